@@ -1,0 +1,50 @@
+# Every user-facing command of pe-workspace. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        := $(CURDIR)/.venv
+PYTHON      := $(VENV)/bin/python
+SETUP_STAMP := $(VENV)/.setup-done
+PE          := target/release/pe
+
+# Build tch against the venv's torch wheel: torch-sys asks `python` on PATH when VIRTUAL_ENV is set.
+export VIRTUAL_ENV := $(VENV)
+export PATH := $(VENV)/bin:$(PATH)
+export LIBTORCH_USE_PYTORCH := 1
+
+.PHONY: help setup build exp test fmt fmt-check clippy cargo-test clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: $(SETUP_STAMP) ## Create .venv with torch 2.11 (libtorch for tch) and the Python references; idempotent
+
+$(SETUP_STAMP): python/requirements.txt
+	@test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --disable-pip-version-check -q -r python/requirements.txt
+	@# A stable path to libtorch for test binaries (.cargo/config.toml), whatever the Python version.
+	ln -sfn "$$($(PYTHON) -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')" $(VENV)/torch-lib
+	@touch $@
+
+build: setup ## Build the release `pe` binary
+	cargo build --release -p pe-runner
+
+exp: build ## Run the default experiment (until the runner lands: environment check and model summary)
+	$(PE) info
+
+test: setup fmt-check clippy cargo-test ## Everything CI checks: format, lints, Rust tests
+
+fmt: ## Format the Rust code
+	cargo fmt --all
+
+fmt-check:
+	cargo fmt --all -- --check
+
+clippy: setup
+	cargo clippy --workspace --all-targets -- -D warnings
+
+cargo-test: setup
+	cargo test --workspace
+
+clean: ## Remove build outputs (keeps .venv and data)
+	cargo clean

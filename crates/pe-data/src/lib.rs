@@ -1,0 +1,1 @@
+//! The image pipeline: datasets, decoding, augmentation and batching. Knows nothing of models.

@@ -1,0 +1,124 @@
+//! Multi-head self-attention: timm's standard layout and the paper's tied `PeAttention`.
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+use crate::init;
+
+/// Width, heads and regularisation of a self-attention layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttentionConfig {
+    pub dim: i64,
+    pub heads: i64,
+    /// Biases on the Q/K/V projections (timm's `qkv_bias`, true for DeiT).
+    pub qkv_bias: bool,
+    /// Dropout on the attention probabilities.
+    pub attn_drop: f64,
+    /// Dropout after the output projection.
+    pub proj_drop: f64,
+}
+
+impl Default for AttentionConfig {
+    fn default() -> Self {
+        Self { dim: 384, heads: 6, qkv_bias: true, attn_drop: 0.0, proj_drop: 0.0 }
+    }
+}
+
+impl AttentionConfig {
+    fn head_dim(&self) -> i64 {
+        assert!(
+            self.heads > 0 && self.dim % self.heads == 0,
+            "attention dim {} must be divisible by heads {}",
+            self.dim,
+            self.heads
+        );
+        self.dim / self.heads
+    }
+
+    /// timm's `Attention`: one fused `qkv` linear `[3·dim, dim]` and a `proj` linear.
+    pub fn init(&self, path: nn::Path) -> Attention {
+        self.head_dim();
+        Attention {
+            qkv: init::vit_linear(&path / "qkv", self.dim, 3 * self.dim, self.qkv_bias),
+            proj: init::vit_linear(&path / "proj", self.dim, self.dim, true),
+            config: self.clone(),
+        }
+    }
+
+    /// The paper's eqs. (1)–(2): two square matrices `W_q`, `W_kv: [dim, dim]`.
+    pub fn init_pe(&self, path: nn::Path) -> PeAttention {
+        self.head_dim();
+        let bias = |name: &str| self.qkv_bias.then(|| path.zeros(name, &[self.dim]));
+        PeAttention {
+            wq: init::trunc_normal(&path, "wq", &[self.dim, self.dim], init::VIT_STD),
+            wkv: init::trunc_normal(&path, "wkv", &[self.dim, self.dim], init::VIT_STD),
+            q_bias: bias("q_bias"),
+            k_bias: bias("k_bias"),
+            v_bias: bias("v_bias"),
+            proj_bias: path.zeros("proj_bias", &[self.dim]),
+            config: self.clone(),
+        }
+    }
+
+    /// Scaled dot-product attention over heads, shared by both layouts.
+    /// q, k, v: [B, N, C] -> [B, N, C]
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, train: bool) -> Tensor {
+        let (b, n, c) = q.size3().expect("attention input must be [B, N, C]");
+        let split = |t: &Tensor| t.reshape([b, n, self.heads, self.head_dim()]).transpose(1, 2);
+        let drop = if train { self.attn_drop } else { 0.0 };
+        // [B, H, N, D] x3 -> [B, H, N, D]
+        let out = Tensor::scaled_dot_product_attention::<Tensor>(
+            &split(q),
+            &split(k),
+            &split(v),
+            None,
+            drop,
+            false,
+            None,
+            false,
+        );
+        out.transpose(1, 2).reshape([b, n, c])
+    }
+}
+
+/// Standard attention: `Q, K, V` from a fused `qkv` projection, output through `proj`.
+#[derive(Debug)]
+pub struct Attention {
+    pub qkv: nn::Linear,
+    pub proj: nn::Linear,
+    pub config: AttentionConfig,
+}
+
+impl nn::ModuleT for Attention {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        // [B, N, C] -> [B, N, 3C] -> 3 x [B, N, C]
+        let qkv = xs.apply(&self.qkv).chunk(3, -1);
+        let out = self.config.attend(&qkv[0], &qkv[1], &qkv[2], train);
+        out.apply(&self.proj).dropout(self.config.proj_drop, train)
+    }
+}
+
+/// Tied attention: `Q = W_q x`, `K = W_kv x`, `V = W_kvᵀ x`, output `W_qᵀ x̂`, plus biases.
+#[derive(Debug)]
+pub struct PeAttention {
+    pub wq: Tensor,
+    pub wkv: Tensor,
+    pub q_bias: Option<Tensor>,
+    pub k_bias: Option<Tensor>,
+    pub v_bias: Option<Tensor>,
+    pub proj_bias: Tensor,
+    pub config: AttentionConfig,
+}
+
+impl nn::ModuleT for PeAttention {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        // [B, N, C] -> [B, N, C] each; `linear(x, A)` computes x Aᵀ, i.e. A applied to each token.
+        let q = xs.linear(&self.wq, self.q_bias.as_ref());
+        let k = xs.linear(&self.wkv, self.k_bias.as_ref());
+        let v = xs.linear(&self.wkv.tr(), self.v_bias.as_ref());
+        let out = self.config.attend(&q, &k, &v, train);
+        // [B, N, C] -> W_qᵀ x̂ + b
+        out.linear(&self.wq.tr(), Some(&self.proj_bias)).dropout(self.config.proj_drop, train)
+    }
+}

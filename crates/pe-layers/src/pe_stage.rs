@@ -1,0 +1,128 @@
+//! A ResNet stage of PE bottlenecks sharing one `W` (the paper's eqs. 7–9).
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+use crate::residual::{batch_norm, conv, ConvBn, ResidualConfig};
+use crate::{Bottleneck, StageShared};
+
+/// How a stage enters its channel count and resolution. The paper's eqs. 7–9 need the block
+/// input to already have the stage's channels (`W x` with `W: [width, C]`) and say nothing about
+/// the stage boundary, so both defensible readings are offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FirstBlock {
+    /// A 1×1 strided conv + BN (torchvision's `downsample`, here as a stage `transition`) maps the
+    /// input to `C` channels at the new resolution; then all `n` blocks are PE blocks sharing `W`.
+    /// Every block follows eq. 7–9; only the stage entrance adds parameters.
+    #[default]
+    Projection,
+    /// Block 0 is a standard torchvision bottleneck (it changes channels and stride itself);
+    /// blocks 1..n are PE blocks sharing `W`.
+    Standard,
+}
+
+/// Geometry of a PE stage, mirroring a torchvision `layerN`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeStageConfig {
+    pub in_channels: i64,
+    pub width: i64,
+    pub out_channels: i64,
+    pub blocks: usize,
+    pub stride: i64,
+    #[serde(default)]
+    pub first_block: FirstBlock,
+    #[serde(default)]
+    pub zero_init_last_bn: bool,
+}
+
+impl PeStageConfig {
+    /// Builds the stage under `path`: `shared_w`, then `transition.{0,1}` or block `0`
+    /// (per [`FirstBlock`]), then PE blocks `k..n` named by their index as torchvision does.
+    pub fn init(&self, path: nn::Path) -> PeStage {
+        assert!(self.blocks >= 1, "a stage needs at least one block");
+        let mut first_index = 0;
+        let (transition, first) = match self.first_block {
+            FirstBlock::Projection => {
+                let needs = self.stride != 1 || self.in_channels != self.out_channels;
+                let transition = needs.then(|| {
+                    ConvBn::projection(&path / "transition", self.in_channels, self.out_channels, self.stride)
+                });
+                (transition, None)
+            }
+            FirstBlock::Standard => {
+                assert!(self.blocks >= 2, "first_block = standard leaves no block to share W with");
+                first_index = 1;
+                let block = ResidualConfig {
+                    in_channels: self.in_channels,
+                    width: self.width,
+                    out_channels: self.out_channels,
+                    stride: self.stride,
+                    zero_init_last_bn: self.zero_init_last_bn,
+                };
+                (None, Some(block.bottleneck(&path / "0")))
+            }
+        };
+        let shared_w = StageShared::new(&path, self.width, self.out_channels);
+        let blocks = (first_index..self.blocks)
+            .map(|index| {
+                PeBottleneck::new(&path / index, self.width, self.out_channels, self.zero_init_last_bn)
+            })
+            .collect();
+        PeStage { shared_w, transition, first, blocks }
+    }
+}
+
+/// The per-block part of a PE bottleneck: `x + Wᵀ G_i(W x)` where `G_i` is the block's own
+/// 3×3 conv + BN + ReLU, and the BNs after `W x` and `Wᵀ h` stay per block too.
+#[derive(Debug)]
+pub struct PeBottleneck {
+    pub bn1: nn::BatchNorm,
+    pub conv2: nn::Conv2D,
+    pub bn2: nn::BatchNorm,
+    pub bn3: nn::BatchNorm,
+}
+
+impl PeBottleneck {
+    fn new(path: nn::Path, width: i64, channels: i64, zero_init_last_bn: bool) -> Self {
+        Self {
+            bn1: batch_norm(&path / "bn1", width, false),
+            conv2: conv(&path / "conv2", width, width, 3, 1),
+            bn2: batch_norm(&path / "bn2", width, false),
+            bn3: batch_norm(&path / "bn3", channels, zero_init_last_bn),
+        }
+    }
+
+    /// [B, C, H, W] -> [B, C, H, W], using the stage's `W` for both 1×1 convs.
+    pub fn forward_t(&self, xs: &Tensor, shared: &StageShared, train: bool) -> Tensor {
+        let branch = shared.reduce(xs).apply_t(&self.bn1, train).relu();
+        let branch = branch.apply(&self.conv2).apply_t(&self.bn2, train).relu();
+        let branch = shared.expand(&branch).apply_t(&self.bn3, train);
+        (branch + xs).relu()
+    }
+}
+
+/// A stage: its entrance (projection or standard block), then PE blocks that all borrow `shared_w`.
+#[derive(Debug)]
+pub struct PeStage {
+    pub shared_w: StageShared,
+    pub transition: Option<ConvBn>,
+    pub first: Option<Bottleneck>,
+    pub blocks: Vec<PeBottleneck>,
+}
+
+impl nn::ModuleT for PeStage {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        // [B, C_in, H, W] -> [B, C, H/s, W/s]
+        let mut xs = match (&self.transition, &self.first) {
+            (Some(transition), _) => transition.forward_t(xs, train),
+            (None, Some(first)) => first.forward_t(xs, train),
+            (None, None) => xs.shallow_clone(),
+        };
+        for block in &self.blocks {
+            xs = block.forward_t(&xs, &self.shared_w, train);
+        }
+        xs
+    }
+}

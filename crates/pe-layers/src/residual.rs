@@ -1,0 +1,142 @@
+//! torchvision's ResNet building blocks (v1.5: the stride sits on the 3×3 conv), with
+//! torchvision's parameter names so checkpoints round-trip with PyTorch.
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+use crate::init;
+
+/// A bias-free convolution initialised as torchvision's ResNet does (kaiming normal, fan-out).
+pub fn conv(path: nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64) -> nn::Conv2D {
+    let ws_init = init::kaiming_normal_fan_out(c_out * kernel * kernel);
+    let config = nn::ConvConfig { stride, padding: kernel / 2, bias: false, ws_init, ..Default::default() };
+    nn::conv2d(path, c_in, c_out, kernel, config)
+}
+
+/// BatchNorm2d with PyTorch's defaults; `zero_init` starts the affine scale at 0 so a residual
+/// branch begins as the identity (torchvision's `zero_init_residual`).
+pub fn batch_norm(path: nn::Path, channels: i64, zero_init: bool) -> nn::BatchNorm {
+    let ws_init = nn::Init::Const(if zero_init { 0.0 } else { 1.0 });
+    nn::batch_norm2d(path, channels, nn::BatchNormConfig { ws_init, ..Default::default() })
+}
+
+/// Convolution followed by BatchNorm, stored as `<path>.0` / `<path>.1` like `nn.Sequential`
+/// (torchvision's `downsample`).
+#[derive(Debug)]
+pub struct ConvBn {
+    pub conv: nn::Conv2D,
+    pub bn: nn::BatchNorm,
+}
+
+impl ConvBn {
+    /// The 1×1 projection shortcut that changes channels and resolution.
+    pub fn projection(path: nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
+        Self { conv: conv(&path / "0", c_in, c_out, 1, stride), bn: batch_norm(&path / "1", c_out, false) }
+    }
+}
+
+impl nn::ModuleT for ConvBn {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        xs.apply(&self.conv).apply_t(&self.bn, train)
+    }
+}
+
+/// Geometry of one residual block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResidualConfig {
+    pub in_channels: i64,
+    /// Channels inside the block (the bottleneck width; for a basic block, its output).
+    pub width: i64,
+    pub out_channels: i64,
+    pub stride: i64,
+    /// Start the last BN of the residual branch at zero.
+    #[serde(default)]
+    pub zero_init_last_bn: bool,
+}
+
+impl ResidualConfig {
+    fn needs_projection(&self) -> bool {
+        self.stride != 1 || self.in_channels != self.out_channels
+    }
+
+    fn downsample(&self, path: &nn::Path) -> Option<ConvBn> {
+        self.needs_projection().then(|| {
+            ConvBn::projection(path / "downsample", self.in_channels, self.out_channels, self.stride)
+        })
+    }
+
+    /// torchvision's `Bottleneck`: 1×1 reduce, 3×3 (strided), 1×1 expand.
+    pub fn bottleneck(&self, path: nn::Path) -> Bottleneck {
+        Bottleneck {
+            conv1: conv(&path / "conv1", self.in_channels, self.width, 1, 1),
+            bn1: batch_norm(&path / "bn1", self.width, false),
+            conv2: conv(&path / "conv2", self.width, self.width, 3, self.stride),
+            bn2: batch_norm(&path / "bn2", self.width, false),
+            conv3: conv(&path / "conv3", self.width, self.out_channels, 1, 1),
+            bn3: batch_norm(&path / "bn3", self.out_channels, self.zero_init_last_bn),
+            downsample: self.downsample(&path),
+        }
+    }
+
+    /// torchvision's `BasicBlock`: two 3×3 convs (the first strided); `width` must equal `out_channels`.
+    pub fn basic(&self, path: nn::Path) -> BasicBlock {
+        assert_eq!(self.width, self.out_channels, "a basic block has no bottleneck width");
+        BasicBlock {
+            conv1: conv(&path / "conv1", self.in_channels, self.out_channels, 3, self.stride),
+            bn1: batch_norm(&path / "bn1", self.out_channels, false),
+            conv2: conv(&path / "conv2", self.out_channels, self.out_channels, 3, 1),
+            bn2: batch_norm(&path / "bn2", self.out_channels, self.zero_init_last_bn),
+            downsample: self.downsample(&path),
+        }
+    }
+}
+
+/// Adds the (possibly projected) shortcut to a residual branch and applies the final ReLU.
+fn close_residual(xs: &Tensor, branch: Tensor, downsample: Option<&ConvBn>, train: bool) -> Tensor {
+    let shortcut = match downsample {
+        Some(projection) => projection.forward_t(xs, train),
+        None => xs.shallow_clone(),
+    };
+    (branch + shortcut).relu()
+}
+
+#[derive(Debug)]
+pub struct Bottleneck {
+    pub conv1: nn::Conv2D,
+    pub bn1: nn::BatchNorm,
+    pub conv2: nn::Conv2D,
+    pub bn2: nn::BatchNorm,
+    pub conv3: nn::Conv2D,
+    pub bn3: nn::BatchNorm,
+    pub downsample: Option<ConvBn>,
+}
+
+impl nn::ModuleT for Bottleneck {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        // [B, C_in, H, W] -> [B, width, H, W] -> [B, width, H/s, W/s] -> [B, C_out, H/s, W/s]
+        let branch = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu();
+        let branch = branch.apply(&self.conv2).apply_t(&self.bn2, train).relu();
+        let branch = branch.apply(&self.conv3).apply_t(&self.bn3, train);
+        close_residual(xs, branch, self.downsample.as_ref(), train)
+    }
+}
+
+#[derive(Debug)]
+pub struct BasicBlock {
+    pub conv1: nn::Conv2D,
+    pub bn1: nn::BatchNorm,
+    pub conv2: nn::Conv2D,
+    pub bn2: nn::BatchNorm,
+    pub downsample: Option<ConvBn>,
+}
+
+impl nn::ModuleT for BasicBlock {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        // [B, C_in, H, W] -> [B, C_out, H/s, W/s]
+        let branch = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu();
+        let branch = branch.apply(&self.conv2).apply_t(&self.bn2, train);
+        close_residual(xs, branch, self.downsample.as_ref(), train)
+    }
+}

@@ -1,0 +1,1 @@
+//! Models built from `pe-layers`: ResNets, DeiT/ViT and their PE variants.
