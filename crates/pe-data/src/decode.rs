@@ -1,0 +1,334 @@
+//! Image decoding to packed RGB: format sniffing, header-only probing and three JPEG decoders.
+//!
+//! Why three: the decoder is the pipeline's hot spot, so `examples/decode_bench.rs` measures `image`'s
+//! decoder, zune-jpeg called directly and libjpeg-turbo (`turbojpeg` feature). libjpeg-turbo wins and can
+//! also decode at 1/2, 1/4 or 1/8 scale in the DCT domain, which RandomResizedCrop and the eval resize
+//! use whenever the crop is at least twice the output size (see [`scale_denominator`]). The others stay
+//! as fallbacks: whatever libjpeg-turbo refuses (CMYK, odd markers) is retried with zune-jpeg through
+//! `image`, and non-JPEG files (PNG, GIF, BMP, WebP) go through `image`. Grayscale and palette inputs
+//! always come out as 3-channel RGB.
+
+use std::io::Cursor;
+
+/// A decoded image: packed RGB, row-major (`[height, width, 3]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RgbImage {
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// `height * width * 3` bytes; may be longer when reused as scratch (only the prefix is valid).
+    pub data: Vec<u8>,
+}
+
+impl RgbImage {
+    /// An image of the given size filled with zeros.
+    pub fn new(width: usize, height: usize) -> Self {
+        RgbImage { width, height, data: vec![0; width * height * 3] }
+    }
+
+    /// Resize the logical image, reusing the allocation; contents are unspecified.
+    pub fn reshape(&mut self, width: usize, height: usize) {
+        self.width = width;
+        self.height = height;
+        self.data.resize(width * height * 3, 0);
+    }
+
+    /// The valid pixel bytes.
+    pub fn pixels(&self) -> &[u8] {
+        &self.data[..self.width * self.height * 3]
+    }
+}
+
+/// The container format, from the file's magic bytes (never from its extension: ImageNet has PNGs
+/// named `.JPEG`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// JPEG (`FF D8 FF`).
+    Jpeg,
+    /// PNG.
+    Png,
+    /// Anything else `image` may still read (GIF, BMP, WebP).
+    Other,
+}
+
+/// Detect the format from the first bytes.
+pub fn sniff(bytes: &[u8]) -> Format {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Format::Jpeg
+    } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Format::Png
+    } else {
+        Format::Other
+    }
+}
+
+/// Which JPEG decoder to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecoderKind {
+    /// libjpeg-turbo via the `turbojpeg` crate (needs the `turbojpeg` feature); supports DCT scaling.
+    Turbo,
+    /// zune-jpeg called directly.
+    Zune,
+    /// The `image` crate's generic `load_from_memory` path.
+    Image,
+}
+
+impl Default for DecoderKind {
+    fn default() -> Self {
+        if cfg!(feature = "turbojpeg") {
+            DecoderKind::Turbo
+        } else {
+            DecoderKind::Zune
+        }
+    }
+}
+
+/// Image dimensions read from the header without decoding pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// Container format.
+    pub format: Format,
+}
+
+/// The DCT scaling denominator (1, 2, 4 or 8) for decoding a `crop_w x crop_h` region that will be
+/// resized to `out_w x out_h`: the largest one that keeps the scaled crop at least as large as the
+/// output in both axes, so the final resize still only shrinks (and still antialiases). For a typical
+/// ImageNet photo and 224 px output this is usually 1; it pays off on large photos and small outputs.
+pub fn scale_denominator(crop_w: f64, crop_h: f64, out_w: usize, out_h: usize) -> usize {
+    let mut d = 1;
+    while d < 8 && crop_w / ((2 * d) as f64) >= out_w as f64 && crop_h / ((2 * d) as f64) >= out_h as f64 {
+        d *= 2;
+    }
+    d
+}
+
+/// A reusable decoder (one per worker thread: it holds libjpeg-turbo's handle).
+pub struct Decoder {
+    kind: DecoderKind,
+    #[cfg(feature = "turbojpeg")]
+    turbo: Option<turbojpeg::Decompressor>,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder").field("kind", &self.kind).finish()
+    }
+}
+
+impl Decoder {
+    /// A decoder of the given kind; `Turbo` without the feature falls back to `Zune`.
+    pub fn new(kind: DecoderKind) -> Self {
+        #[cfg(feature = "turbojpeg")]
+        {
+            let turbo = if kind == DecoderKind::Turbo { turbojpeg::Decompressor::new().ok() } else { None };
+            let kind = if kind == DecoderKind::Turbo && turbo.is_none() { DecoderKind::Zune } else { kind };
+            Decoder { kind, turbo }
+        }
+        #[cfg(not(feature = "turbojpeg"))]
+        {
+            let kind = if kind == DecoderKind::Turbo { DecoderKind::Zune } else { kind };
+            Decoder { kind }
+        }
+    }
+
+    /// The decoder actually in use.
+    pub fn kind(&self) -> DecoderKind {
+        self.kind
+    }
+
+    /// Read the dimensions without decoding pixels (decodes fully only for exotic formats).
+    pub fn header(&mut self, bytes: &[u8]) -> Result<Header, String> {
+        match sniff(bytes) {
+            Format::Jpeg => {
+                #[cfg(feature = "turbojpeg")]
+                if let Some(t) = self.turbo.as_mut() {
+                    if let Ok(h) = t.read_header(bytes) {
+                        return Ok(Header { width: h.width, height: h.height, format: Format::Jpeg });
+                    }
+                }
+                let mut d = zune_jpeg::JpegDecoder::new(zune_core::bytestream::ZCursor::new(bytes));
+                d.decode_headers().map_err(|e| format!("jpeg header: {e:?}"))?;
+                let (width, height) = d.dimensions().ok_or("jpeg header: no dimensions")?;
+                Ok(Header { width, height, format: Format::Jpeg })
+            }
+            format => {
+                let reader = image::ImageReader::new(Cursor::new(bytes))
+                    .with_guessed_format()
+                    .map_err(|e| format!("image header: {e}"))?;
+                let (w, h) = reader.into_dimensions().map_err(|e| format!("image header: {e}"))?;
+                Ok(Header { width: w as usize, height: h as usize, format })
+            }
+        }
+    }
+
+    /// Decode to RGB at `1/denom` scale (1, 2, 4, 8) into `out`, reusing its allocation. Only
+    /// libjpeg-turbo scales; the returned denominator is the one actually applied (1 otherwise), and
+    /// `out`'s size is `ceil(width / denom) x ceil(height / denom)`.
+    pub fn decode_into(&mut self, bytes: &[u8], denom: usize, out: &mut RgbImage) -> Result<usize, String> {
+        let format = sniff(bytes);
+        if format == Format::Jpeg {
+            #[cfg(feature = "turbojpeg")]
+            if self.kind == DecoderKind::Turbo {
+                if let Some(t) = self.turbo.as_mut() {
+                    if let Ok(d) = turbo_decode(t, bytes, denom, out) {
+                        return Ok(d);
+                    }
+                    // Fall through: zune-jpeg handles CMYK/YCCK and is more lenient with odd files.
+                }
+            }
+            if self.kind != DecoderKind::Image && zune_decode(bytes, out).is_ok() {
+                return Ok(1);
+            }
+        }
+        image_decode(bytes, out)?;
+        Ok(1)
+    }
+}
+
+#[cfg(feature = "turbojpeg")]
+fn turbo_decode(
+    t: &mut turbojpeg::Decompressor,
+    bytes: &[u8],
+    denom: usize,
+    out: &mut RgbImage,
+) -> Result<usize, String> {
+    let header = t.read_header(bytes).map_err(|e| e.to_string())?;
+    let denom = if matches!(denom, 2 | 4 | 8) { denom } else { 1 };
+    let factor = turbojpeg::ScalingFactor::new(1, denom);
+    t.set_scaling_factor(factor).map_err(|e| e.to_string())?;
+    let scaled = header.scaled(factor);
+    out.reshape(scaled.width, scaled.height);
+    let image = turbojpeg::Image {
+        pixels: &mut out.data[..],
+        width: scaled.width,
+        pitch: scaled.width * 3,
+        height: scaled.height,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    t.decompress(bytes, image).map_err(|e| e.to_string())?;
+    Ok(denom)
+}
+
+fn zune_decode(bytes: &[u8], out: &mut RgbImage) -> Result<(), String> {
+    let options = zune_core::options::DecoderOptions::default()
+        .jpeg_set_out_colorspace(zune_core::colorspace::ColorSpace::RGB)
+        .set_max_width(1 << 15)
+        .set_max_height(1 << 15);
+    let mut d = zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(bytes), options);
+    d.decode_headers().map_err(|e| format!("{e:?}"))?;
+    let (w, h) = d.dimensions().ok_or("no dimensions")?;
+    let size = d.output_buffer_size().ok_or("no output size")?;
+    if size != w * h * 3 {
+        return Err(format!("unexpected output size {size} for {w}x{h} RGB"));
+    }
+    out.reshape(w, h);
+    d.decode_into(&mut out.data[..size]).map_err(|e| format!("{e:?}"))
+}
+
+fn image_decode(bytes: &[u8], out: &mut RgbImage) -> Result<(), String> {
+    let img = image::load_from_memory(bytes).map_err(|e| e.to_string())?;
+    let rgb = img.into_rgb8();
+    out.width = rgb.width() as usize;
+    out.height = rgb.height() as usize;
+    out.data = rgb.into_raw();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jpeg(w: u32, h: u32, gray: bool) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 95);
+        if gray {
+            let img = image::GrayImage::from_fn(w, h, |x, y| image::Luma([((x * 7 + y * 3) % 256) as u8]));
+            img.write_with_encoder(enc).unwrap();
+        } else {
+            let img = image::RgbImage::from_fn(w, h, |x, _| image::Rgb([200, (x % 256) as u8, 30]));
+            img.write_with_encoder(enc).unwrap();
+        }
+        buf
+    }
+
+    #[test]
+    fn scale_denominator_never_upsamples() {
+        assert_eq!(scale_denominator(500.0, 375.0, 224, 224), 1);
+        assert_eq!(scale_denominator(448.0, 448.0, 224, 224), 2);
+        assert_eq!(scale_denominator(447.0, 900.0, 224, 224), 1);
+        assert_eq!(scale_denominator(4000.0, 3000.0, 224, 224), 8);
+        assert_eq!(scale_denominator(1000.0, 1000.0, 224, 224), 4);
+    }
+
+    #[test]
+    fn all_decoders_agree_on_size_and_roughly_on_pixels() {
+        let bytes = jpeg(64, 48, false);
+        let mut imgs = Vec::new();
+        for kind in [DecoderKind::Turbo, DecoderKind::Zune, DecoderKind::Image] {
+            let mut d = Decoder::new(kind);
+            let h = d.header(&bytes).unwrap();
+            assert_eq!((h.width, h.height, h.format), (64, 48, Format::Jpeg));
+            let mut out = RgbImage::default();
+            assert_eq!(d.decode_into(&bytes, 1, &mut out).unwrap(), 1);
+            assert_eq!((out.width, out.height), (64, 48));
+            imgs.push(out);
+        }
+        for other in &imgs[1..] {
+            let max = imgs[0].data.iter().zip(&other.data).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+            assert!(max <= 8, "decoders differ by {max}");
+        }
+    }
+
+    #[test]
+    fn grayscale_becomes_rgb_and_png_decodes() {
+        let bytes = jpeg(16, 8, true);
+        let mut d = Decoder::new(DecoderKind::default());
+        let mut out = RgbImage::default();
+        d.decode_into(&bytes, 1, &mut out).unwrap();
+        assert_eq!(out.data.len(), 16 * 8 * 3);
+        assert!(out.data.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]));
+
+        let mut png = Vec::new();
+        image::GrayImage::from_pixel(5, 3, image::Luma([77]))
+            .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        assert_eq!(sniff(&png), Format::Png);
+        assert_eq!(d.header(&png).unwrap().width, 5);
+        d.decode_into(&png, 2, &mut out).unwrap();
+        assert_eq!((out.width, out.height), (5, 3));
+        assert!(out.pixels().iter().all(|&v| v == 77));
+    }
+
+    #[test]
+    fn garbage_and_truncated_files_are_errors_not_panics() {
+        let mut d = Decoder::new(DecoderKind::default());
+        let mut out = RgbImage::default();
+        assert!(d.decode_into(b"not an image at all", 1, &mut out).is_err());
+        assert!(d.header(b"").is_err());
+        let bytes = jpeg(64, 64, false);
+        let cut = &bytes[..bytes.len() / 3];
+        // A truncated JPEG must either fail or decode to the right size (decoders may pad with grey).
+        if d.decode_into(cut, 1, &mut out).is_ok() {
+            assert_eq!((out.width, out.height), (64, 64));
+        }
+        assert!(d.decode_into(&bytes[..40], 1, &mut out).is_err());
+    }
+
+    #[cfg(feature = "turbojpeg")]
+    #[test]
+    fn turbo_scaled_decode_halves_the_size() {
+        let bytes = jpeg(101, 60, false);
+        let mut d = Decoder::new(DecoderKind::Turbo);
+        let mut out = RgbImage::default();
+        assert_eq!(d.decode_into(&bytes, 2, &mut out).unwrap(), 2);
+        assert_eq!((out.width, out.height), (51, 30));
+        assert_eq!(d.decode_into(&bytes, 8, &mut out).unwrap(), 8);
+        assert_eq!((out.width, out.height), (13, 8));
+    }
+}

@@ -1,0 +1,78 @@
+//! The crate's error type: every variant names the path or setting a user has to fix.
+
+use std::path::{Path, PathBuf};
+
+/// Errors of dataset indexing, decoding, preparation and configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O operation on a path failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What we were doing ("read", "create directory", ...).
+        op: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The dataset root or split folder does not exist.
+    #[error("dataset folder {0} does not exist (run `pe prepare ...` or fix `root`)")]
+    MissingRoot(PathBuf),
+    /// A split folder has no class sub-folders.
+    #[error("dataset folder {0} has no class sub-folders (expected <split>/<class>/<image files>)")]
+    NoClasses(PathBuf),
+    /// A class folder holds no image file.
+    #[error("class folder {0} holds no image file (.jpeg/.jpg/.png/...); remove it or add images")]
+    EmptyClass(PathBuf),
+    /// A file could not be decoded as an image.
+    #[error("cannot decode {path}: {reason}")]
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// An input file has the wrong format (IDX files, index cache).
+    #[error("{path}: {reason}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A configuration value is out of range or unknown.
+    #[error("data config: {0}")]
+    Config(String),
+    /// Too many replacement attempts failed in a row: the dataset is (nearly) all unreadable.
+    #[error("{attempts} files in a row were unreadable, last {path}: {reason}")]
+    TooManyBadFiles {
+        /// How many were tried.
+        attempts: usize,
+        /// The last one.
+        path: PathBuf,
+        /// Its error.
+        reason: String,
+    },
+}
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
+        Error::Io { op, path: path.to_path_buf(), source }
+    }
+}
+
+/// `.io_ctx("read", path)` on `io::Result`s: attach the operation and path.
+pub(crate) trait IoContext<T> {
+    fn io_ctx(self, op: &'static str, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn io_ctx(self, op: &'static str, path: &Path) -> Result<T> {
+        self.map_err(|e| Error::io(op, path, e))
+    }
+}
