@@ -1,6 +1,15 @@
 //! The image pipeline: datasets, decoding, augmentation and batching. Knows nothing of models.
+//!
+//! Data flow: [`index::ImageFolder`] lists `(path, class)` pairs once (cached), [`sampler`] orders an
+//! epoch for one rank, [`loader::Loader`] decodes and augments samples on a rayon pool with
+//! [`transforms::Transform`] into uint8 NCHW [`loader::Batch`]es, and [`mixup::Mixup`] mixes a batch
+//! and produces soft targets. [`fashion_mnist::prepare`] turns Debian's IDX files into an ImageFolder.
+pub mod config;
 pub mod decode;
 pub mod error;
 pub mod rng;
+pub mod transforms;
 
+pub use config::DataConfig;
 pub use error::{Error, Result};
+pub use transforms::Transform;

@@ -1,0 +1,220 @@
+//! Per-sample transforms: the train (RandomResizedCrop → flip → RandAugment/ColorJitter → erasing) and
+//! eval (resize shorter side → center crop) pipelines, writing uint8 CHW straight into a batch slot.
+//!
+//! The geometry is decided from the JPEG header before any pixel is decoded, so the decoder can use
+//! DCT scaling and crop + resize is one resampling pass over the decoded pixels.
+
+pub mod affine;
+pub mod color;
+pub mod erasing;
+pub mod geometry;
+pub mod jitter;
+pub mod rand_augment;
+pub mod resize;
+
+use crate::config::{DataConfig, Interpolation};
+use crate::decode::{scale_denominator, Decoder, DecoderKind, RgbImage};
+use crate::error::Result;
+use crate::rng::Rng;
+use erasing::RandomErasing;
+use geometry::Region;
+use rand_augment::RandAugment;
+use resize::{Filter, Resizer};
+
+/// Train or eval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Random augmentation.
+    Train,
+    /// Deterministic resize + center crop.
+    Eval,
+}
+
+/// A configured per-sample pipeline. Cheap to share between threads (`&self` only).
+#[derive(Clone, Debug)]
+pub struct Transform {
+    /// Train or eval.
+    pub mode: Mode,
+    /// Output side.
+    pub img_size: usize,
+    /// Eval crop fraction.
+    pub crop_pct: f64,
+    /// RRC area range.
+    pub scale: [f64; 2],
+    /// RRC aspect range.
+    pub ratio: [f64; 2],
+    /// Flip probability.
+    pub hflip: f64,
+    /// Resampling filter.
+    pub interpolation: Interpolation,
+    /// ColorJitter strength (train, only without RandAugment, as timm).
+    pub color_jitter: Option<f64>,
+    /// RandAugment policy (train).
+    pub rand_augment: Option<RandAugment>,
+    /// Random erasing (train).
+    pub erasing: Option<RandomErasing>,
+    /// JPEG decoder.
+    pub decoder: DecoderKind,
+    /// Allow DCT-domain downscaling.
+    pub dct_scaling: bool,
+}
+
+/// Per-thread reusable buffers: decoder handle, decoded and resized images, resampler.
+#[derive(Debug)]
+pub struct Scratch {
+    decoder: Decoder,
+    decoded: RgbImage,
+    resized: RgbImage,
+    tmp: RgbImage,
+    buf: Vec<u8>,
+    resizer: Resizer,
+}
+
+impl Scratch {
+    /// Buffers for a decoder of `kind`.
+    pub fn new(kind: DecoderKind) -> Self {
+        Scratch {
+            decoder: Decoder::new(kind),
+            decoded: RgbImage::default(),
+            resized: RgbImage::default(),
+            tmp: RgbImage::default(),
+            buf: Vec::new(),
+            resizer: Resizer::new(),
+        }
+    }
+
+    /// The decoder kind in use (after fallbacks).
+    pub fn decoder_kind(&self) -> DecoderKind {
+        self.decoder.kind()
+    }
+}
+
+impl Transform {
+    /// The train pipeline of `cfg`.
+    pub fn train(cfg: &DataConfig) -> Result<Self> {
+        cfg.validate()?;
+        let rand_augment = cfg.auto_augment.as_deref().map(|s| RandAugment::parse(s, cfg)).transpose()?;
+        let color_jitter = (cfg.color_jitter > 0.0 && rand_augment.is_none()).then_some(cfg.color_jitter);
+        let erasing = (cfg.reprob > 0.0).then(|| RandomErasing {
+            prob: cfg.reprob,
+            mode: cfg.remode,
+            count: cfg.recount,
+            mean: cfg.mean,
+            std: cfg.std,
+        });
+        Ok(Transform { mode: Mode::Train, rand_augment, color_jitter, erasing, ..Self::eval(cfg)? })
+    }
+
+    /// The eval pipeline of `cfg`.
+    pub fn eval(cfg: &DataConfig) -> Result<Self> {
+        cfg.validate()?;
+        Ok(Transform {
+            mode: Mode::Eval,
+            img_size: cfg.img_size,
+            crop_pct: cfg.crop_pct,
+            scale: cfg.scale,
+            ratio: cfg.ratio,
+            hflip: cfg.hflip,
+            interpolation: cfg.interpolation,
+            color_jitter: None,
+            rand_augment: None,
+            erasing: None,
+            decoder: cfg.decoder,
+            dct_scaling: cfg.dct_scaling,
+        })
+    }
+
+    /// Bytes of one output sample (`3 * img_size * img_size`).
+    pub fn sample_len(&self) -> usize {
+        3 * self.img_size * self.img_size
+    }
+
+    fn filter(&self, rng: &mut Rng) -> Filter {
+        match (self.interpolation, self.mode) {
+            (Interpolation::Bicubic, _) => Filter::Bicubic,
+            (Interpolation::Random, Mode::Train) if rng.bernoulli(0.5) => Filter::Bicubic,
+            _ => Filter::Bilinear,
+        }
+    }
+
+    /// Decode `bytes`, transform, and write `3 x img_size x img_size` uint8 into `out`.
+    /// Errors are strings: the caller attaches the path and treats the file as bad.
+    pub fn apply(&self, bytes: &[u8], rng: &mut Rng, s: &mut Scratch, out: &mut [u8]) -> Result<(), String> {
+        let size = self.img_size;
+        if out.len() != self.sample_len() {
+            return Err(format!("output slot has {} bytes, expected {}", out.len(), self.sample_len()));
+        }
+        let header = s.decoder.header(bytes)?;
+        if header.width == 0 || header.height == 0 {
+            return Err("image has zero size".into());
+        }
+        let region: Region = match self.mode {
+            Mode::Train => geometry::random_resized_crop(header.width, header.height, self.scale, self.ratio, rng).into(),
+            Mode::Eval => geometry::eval_region(header.width, header.height, size, self.crop_pct),
+        };
+        let filter = self.filter(rng);
+        let denom = if self.dct_scaling { scale_denominator(region.width, region.height, size, size) } else { 1 };
+        let applied = s.decoder.decode_into(bytes, denom, &mut s.decoded)?;
+        if applied == 1 && (s.decoded.width, s.decoded.height) != (header.width, header.height) {
+            return Err(format!(
+                "header says {}x{} but decoded {}x{}",
+                header.width, header.height, s.decoded.width, s.decoded.height
+            ));
+        }
+        // Map the region into the (possibly DCT-scaled) decoded image.
+        let sx = s.decoded.width as f64 / header.width as f64;
+        let sy = s.decoded.height as f64 / header.height as f64;
+        let region = Region {
+            left: region.left * sx,
+            top: region.top * sy,
+            width: (region.width * sx).min(s.decoded.width as f64),
+            height: (region.height * sy).min(s.decoded.height as f64),
+        };
+        s.resized.reshape(size, size);
+        s.resizer.resize_region(&s.decoded, region, filter, &mut s.resized)?;
+        if self.mode == Mode::Train {
+            if rng.f64() < self.hflip {
+                flip_horizontal(&mut s.resized);
+            }
+            if let Some(ra) = &self.rand_augment {
+                ra.apply(&mut s.resized, rng, &mut s.tmp, &mut s.buf);
+            } else if let Some(v) = self.color_jitter {
+                jitter::color_jitter(&mut s.resized, v, rng);
+            }
+        }
+        hwc_to_chw(&s.resized, out);
+        if let Some(re) = &self.erasing {
+            re.apply(out, size, size, rng);
+        }
+        Ok(())
+    }
+}
+
+/// Mirror each row in place.
+pub fn flip_horizontal(img: &mut RgbImage) {
+    let w = img.width;
+    let n = img.width * img.height * 3;
+    for row in img.data[..n].chunks_exact_mut(w * 3) {
+        for x in 0..w / 2 {
+            let (a, b) = (x * 3, (w - 1 - x) * 3);
+            for c in 0..3 {
+                row.swap(a + c, b + c);
+            }
+        }
+    }
+}
+
+/// Packed HWC → planar CHW.
+pub fn hwc_to_chw(img: &RgbImage, out: &mut [u8]) {
+    let plane = img.width * img.height;
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for (i, p) in img.pixels().chunks_exact(3).enumerate() {
+        r[i] = p[0];
+        g[i] = p[1];
+        b[i] = p[2];
+    }
+}
+
+#[cfg(test)]
+mod tests;
