@@ -7,9 +7,16 @@
 pub mod config;
 pub mod decode;
 pub mod error;
+pub mod index;
+pub mod loader;
+pub mod mixup;
 pub mod rng;
+pub mod sampler;
 pub mod transforms;
 
 pub use config::DataConfig;
 pub use error::{Error, Result};
+pub use index::{ImageFolder, IndexCache};
+pub use loader::{Batch, Loader, LoaderOptions};
+pub use mixup::{MixPlan, Mixup};
 pub use transforms::Transform;

@@ -1,0 +1,292 @@
+//! ImageFolder: the `(path, class)` list of `<root>/<split>/<class>/**/<image>`, cached in a small file.
+//!
+//! Classes are the sub-folder names sorted by code point and files are walked in sorted order, as
+//! torchvision's `ImageFolder` does, so class indices and sample order match PyTorch. Listing 1.28M
+//! ImageNet files costs seconds to minutes on network storage, so the list is written once to
+//! `<root>/.pe-index-<split>.v1` and reused while the modification times of the split folder and every
+//! folder below it are unchanged (adding, removing or renaming a file changes its folder's mtime; a
+//! file rewritten in place is not noticed, which is fine: the path list is all the index holds).
+//! A read-only dataset simply goes uncached.
+
+use crate::error::{Error, IoContext, Result};
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+/// File extensions torchvision's `ImageFolder` accepts (case-insensitive).
+pub const IMG_EXTENSIONS: [&str; 9] = ["jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp"];
+
+const MAGIC: &str = "pe-index v1";
+
+/// Where the index cache lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IndexCache {
+    /// `<root>/.pe-index-<split>.v1`, next to the split folder.
+    Beside,
+    /// An explicit file (e.g. inside the run folder when the dataset is read-only).
+    At(PathBuf),
+    /// Always walk the folders.
+    Off,
+}
+
+/// How the index was obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexSource {
+    /// Read from a valid cache file.
+    Cache,
+    /// Walked the folders and wrote the cache.
+    ScannedAndCached,
+    /// Walked the folders; no cache written (off, or not writable).
+    Scanned,
+}
+
+/// An indexed ImageFolder split.
+#[derive(Clone, Debug)]
+pub struct ImageFolder {
+    /// The split folder (`<root>/<split>`).
+    pub dir: PathBuf,
+    /// Class names, sorted; a label is an index into this.
+    pub classes: Vec<String>,
+    /// `(path, label)` in torchvision's order.
+    pub samples: Vec<(PathBuf, u32)>,
+    /// Cache hit or walk.
+    pub source: IndexSource,
+}
+
+fn mtime_ns(path: &Path) -> Result<u128> {
+    let meta = std::fs::metadata(path).io_ctx("stat", path)?;
+    let t = meta.modified().io_ctx("read mtime of", path)?;
+    Ok(t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0))
+}
+
+fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMG_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf, bool)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).io_ctx("list", dir)? {
+        let entry = entry.io_ctx("list", dir)?;
+        let path = entry.path();
+        // Follow symlinks, as torchvision's os.walk(followlinks=True) does.
+        let is_dir = std::fs::metadata(&path).map(|m| m.is_dir()).unwrap_or(false);
+        out.push((entry.file_name().to_string_lossy().into_owned(), path, is_dir));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Walk one class folder recursively: image files (sorted) and every folder seen (for the cache key).
+fn walk_class(dir: &Path, files: &mut Vec<PathBuf>, dirs: &mut Vec<PathBuf>) -> Result<()> {
+    dirs.push(dir.to_path_buf());
+    for (_, path, is_dir) in sorted_entries(dir)? {
+        if is_dir {
+            walk_class(&path, files, dirs)?;
+        } else if is_image(&path) {
+            files.push(path);
+        }
+    }
+    Ok(())
+}
+
+impl ImageFolder {
+    /// Index `<root>/<split>`, using the cache when it is valid.
+    pub fn open(root: &Path, split: &str, cache: IndexCache) -> Result<Self> {
+        let dir = root.join(split);
+        if !dir.is_dir() {
+            return Err(Error::MissingRoot(dir));
+        }
+        let cache_file = match cache {
+            IndexCache::Beside => Some(root.join(format!(".pe-index-{split}.v1"))),
+            IndexCache::At(p) => Some(p),
+            IndexCache::Off => None,
+        };
+        if let Some(file) = &cache_file {
+            if let Some(found) = Self::read_cache(&dir, file) {
+                return Ok(found);
+            }
+        }
+        let (mut folder, dirs) = Self::scan(&dir)?;
+        if let Some(file) = &cache_file {
+            if folder.write_cache(file, &dirs).is_ok() {
+                folder.source = IndexSource::ScannedAndCached;
+            }
+        }
+        Ok(folder)
+    }
+
+    /// Walk the split folder. Also returns the folders visited (their mtimes key the cache).
+    fn scan(dir: &Path) -> Result<(Self, Vec<PathBuf>)> {
+        let class_dirs: Vec<(String, PathBuf)> =
+            sorted_entries(dir)?.into_iter().filter(|e| e.2).map(|(name, path, _)| (name, path)).collect();
+        if class_dirs.is_empty() {
+            return Err(Error::NoClasses(dir.to_path_buf()));
+        }
+        let mut samples = Vec::new();
+        let mut dirs = vec![dir.to_path_buf()];
+        let mut classes = Vec::with_capacity(class_dirs.len());
+        for (label, (name, path)) in class_dirs.into_iter().enumerate() {
+            let mut files = Vec::new();
+            walk_class(&path, &mut files, &mut dirs)?;
+            if files.is_empty() {
+                return Err(Error::EmptyClass(path));
+            }
+            samples.extend(files.into_iter().map(|f| (f, label as u32)));
+            classes.push(name);
+        }
+        Ok((ImageFolder { dir: dir.to_path_buf(), classes, samples, source: IndexSource::Scanned }, dirs))
+    }
+
+    fn write_cache(&self, file: &Path, dirs: &[PathBuf]) -> Result<()> {
+        use std::fmt::Write as _;
+        let rel = |p: &Path| p.strip_prefix(&self.dir).ok().and_then(|r| r.to_str()).map(str::to_owned);
+        let mut s = String::new();
+        let _ = writeln!(s, "{MAGIC}\n{} {}", dirs.len(), self.samples.len());
+        for d in dirs {
+            let r = rel(d).ok_or_else(|| Error::Config(format!("non-UTF-8 path {}", d.display())))?;
+            let _ = writeln!(s, "{}\t{}", mtime_ns(d)?, r);
+        }
+        for c in &self.classes {
+            let _ = writeln!(s, "{c}");
+        }
+        for (p, label) in &self.samples {
+            let r = rel(p).ok_or_else(|| Error::Config(format!("non-UTF-8 path {}", p.display())))?;
+            if r.contains(['\n', '\t']) {
+                return Err(Error::Config("file name with a tab or newline: not cached".into()));
+            }
+            let _ = writeln!(s, "{label}\t{r}");
+        }
+        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, s).io_ctx("write", &tmp)?;
+        std::fs::rename(&tmp, file).io_ctx("rename into", file)
+    }
+
+    /// Read and validate a cache file; `None` when missing, stale or malformed (then we rescan).
+    fn read_cache(dir: &Path, file: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(file).ok()?;
+        let mut lines = text.lines();
+        if lines.next()? != MAGIC {
+            return None;
+        }
+        let mut counts = lines.next()?.split(' ');
+        let n_dirs: usize = counts.next()?.parse().ok()?;
+        let n_samples: usize = counts.next()?.parse().ok()?;
+        let mut n_classes = 0;
+        for _ in 0..n_dirs {
+            let (mtime, rel) = lines.next()?.split_once('\t')?;
+            let d = if rel.is_empty() { dir.to_path_buf() } else { dir.join(rel) };
+            if mtime_ns(&d).ok()? != mtime.parse::<u128>().ok()? {
+                return None;
+            }
+            if !rel.is_empty() && !rel.contains('/') {
+                n_classes += 1;
+            }
+        }
+        let classes: Vec<String> = (0..n_classes).map(|_| lines.next().map(str::to_owned)).collect::<Option<_>>()?;
+        let mut samples = Vec::with_capacity(n_samples);
+        for _ in 0..n_samples {
+            let (label, rel) = lines.next()?.split_once('\t')?;
+            let label: u32 = label.parse().ok()?;
+            if label as usize >= classes.len() {
+                return None;
+            }
+            samples.push((dir.join(rel), label));
+        }
+        Some(ImageFolder { dir: dir.to_path_buf(), classes, samples, source: IndexSource::Cache })
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// True when there are no samples (never, for an opened folder).
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.classes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(p: &Path) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b"x").unwrap();
+    }
+
+    #[test]
+    fn classes_sorted_files_sorted_non_images_skipped() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        touch(&r.join("train/b_dog/2.JPEG"));
+        touch(&r.join("train/b_dog/1.jpg"));
+        touch(&r.join("train/B_cat/x.png"));
+        touch(&r.join("train/a/nested/z.jpeg"));
+        touch(&r.join("train/a/y.jpeg"));
+        touch(&r.join("train/a/notes.txt"));
+        touch(&r.join("train/README"));
+        let f = ImageFolder::open(r, "train", IndexCache::Off).unwrap();
+        // Code-point order: 'B' < 'a' < 'b'.
+        assert_eq!(f.classes, vec!["B_cat", "a", "b_dog"]);
+        let names: Vec<(String, u32)> = f
+            .samples
+            .iter()
+            .map(|(p, l)| (p.strip_prefix(r.join("train")).unwrap().display().to_string(), *l))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("B_cat/x.png".into(), 0),
+                ("a/nested/z.jpeg".into(), 1),
+                ("a/y.jpeg".into(), 1),
+                ("b_dog/1.jpg".into(), 2),
+                ("b_dog/2.JPEG".into(), 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn cache_is_written_reused_and_invalidated() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        touch(&r.join("val/c1/a.jpg"));
+        touch(&r.join("val/c2/b.jpg"));
+        let first = ImageFolder::open(r, "val", IndexCache::Beside).unwrap();
+        assert_eq!(first.source, IndexSource::ScannedAndCached);
+        assert!(r.join(".pe-index-val.v1").exists());
+        let second = ImageFolder::open(r, "val", IndexCache::Beside).unwrap();
+        assert_eq!(second.source, IndexSource::Cache);
+        assert_eq!(second.samples, first.samples);
+        assert_eq!(second.classes, first.classes);
+        // Adding a file changes the class folder's mtime. Sleep past coarse-mtime filesystems.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        touch(&r.join("val/c2/c.jpg"));
+        let third = ImageFolder::open(r, "val", IndexCache::Beside).unwrap();
+        assert_ne!(third.source, IndexSource::Cache);
+        assert_eq!(third.len(), 3);
+        // A corrupt cache file is ignored, not trusted.
+        std::fs::write(r.join(".pe-index-val.v1"), "pe-index v1\n1 5\ngarbage").unwrap();
+        assert_eq!(ImageFolder::open(r, "val", IndexCache::Beside).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn missing_root_and_empty_class_name_the_path() {
+        let t = tempfile::tempdir().unwrap();
+        let err = ImageFolder::open(t.path(), "train", IndexCache::Off).unwrap_err();
+        assert!(err.to_string().contains(&t.path().join("train").display().to_string()), "{err}");
+        std::fs::create_dir_all(t.path().join("train")).unwrap();
+        assert!(matches!(ImageFolder::open(t.path(), "train", IndexCache::Off), Err(Error::NoClasses(_))));
+        touch(&t.path().join("train/full/a.jpg"));
+        std::fs::create_dir_all(t.path().join("train/empty")).unwrap();
+        let err = ImageFolder::open(t.path(), "train", IndexCache::Off).unwrap_err();
+        assert!(matches!(&err, Error::EmptyClass(p) if p.ends_with("train/empty")), "{err}");
+        assert!(err.to_string().contains("train/empty"));
+    }
+}

@@ -1,0 +1,416 @@
+//! The loader: a rayon pool decoding and augmenting samples into uint8 NCHW batches, a bounded number
+//! of batches ahead of the consumer, deterministic given (seed, epoch) whatever the worker count.
+//!
+//! How it runs: the epoch's slots come from [`crate::sampler`]; for each batch a job is spawned on the
+//! pool, which fills the batch's samples in parallel (`par_chunks_mut`, so idle workers steal samples
+//! of the batch in progress before starting the next). At most `prefetch` batches are in flight, so
+//! memory does not grow with the data set. Batches come out in order. Each sample's randomness is
+//! keyed by (seed, epoch, global position, attempt), never by thread or timing.
+//!
+//! Bad data never stops a run: an unreadable, truncated or non-image file (or a decoder panic) is
+//! recorded, and the slot is refilled from another, randomly chosen (keyed) sample. The epoch's bad
+//! files are reported once, at the end of the epoch (count and the first few paths).
+//!
+//! Host memory: image buffers handed back with [`Loader::recycle`] are reused for later batches.
+//! (Pinned memory needs libtorch's allocator, which this crate deliberately does not link.)
+
+use crate::config::DataConfig;
+use crate::error::{Error, Result};
+use crate::index::{ImageFolder, IndexCache};
+use crate::rng::{Rng, Stream};
+use crate::sampler::{epoch_slots, Sampling, Slot};
+use crate::transforms::{Scratch, Transform};
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+/// How many different files a slot may try before the epoch fails (the data set is then mostly bad).
+pub const MAX_ATTEMPTS: u64 = 16;
+/// How many bad paths an epoch report lists.
+pub const REPORT_FIRST: usize = 5;
+
+/// Loader settings that are not augmentation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoaderOptions {
+    /// Samples per batch.
+    pub batch_size: usize,
+    /// Base seed.
+    pub seed: u64,
+    /// Worker threads (0 = available cores).
+    pub workers: usize,
+    /// Batches in flight ahead of the consumer.
+    pub prefetch: usize,
+    /// Shuffle, repeats, rank, world.
+    pub sampling: Sampling,
+    /// Drop the last incomplete batch.
+    pub drop_last: bool,
+    /// Print the epoch's bad files to stderr at the end of the epoch.
+    pub report_bad_files: bool,
+}
+
+impl LoaderOptions {
+    /// Training options from the config: shuffled, repeats from `repeated_aug`, last batch dropped.
+    pub fn train(cfg: &DataConfig, batch_size: usize, seed: u64, rank: usize, world: usize) -> Self {
+        LoaderOptions {
+            batch_size,
+            seed,
+            workers: cfg.workers,
+            prefetch: cfg.prefetch,
+            sampling: Sampling { shuffle: true, repeats: cfg.repeated_aug, rank, world },
+            drop_last: true,
+            report_bad_files: true,
+        }
+    }
+
+    /// Evaluation options: in order, no repeats, last batch kept.
+    pub fn eval(cfg: &DataConfig, batch_size: usize, rank: usize, world: usize) -> Self {
+        LoaderOptions {
+            sampling: Sampling { shuffle: false, repeats: 1, rank, world },
+            drop_last: false,
+            ..Self::train(cfg, batch_size, 0, rank, world)
+        }
+    }
+}
+
+/// A file that could not be used, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadFile {
+    /// The file.
+    pub path: PathBuf,
+    /// The error (I/O or decode).
+    pub reason: String,
+}
+
+/// One batch: uint8 images `[n, 3, h, w]` and i64 labels `[n]`.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// `n * 3 * h * w` bytes, NCHW, RGB, not normalised.
+    pub images: Vec<u8>,
+    /// Class indices.
+    pub labels: Vec<i64>,
+    /// Dataset index of each sample actually used (after replacements).
+    pub indices: Vec<usize>,
+    /// Samples in this batch (`batch_size`, or fewer for a kept last batch).
+    pub n: usize,
+    /// Image height.
+    pub h: usize,
+    /// Image width.
+    pub w: usize,
+    /// Epoch.
+    pub epoch: u64,
+    /// Batch number within the epoch (keys the Mixup plan).
+    pub index: u64,
+    /// Files replaced in this batch.
+    pub bad_files: Vec<BadFile>,
+}
+
+/// The bad files of an epoch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BadFileReport {
+    /// How many files failed.
+    pub count: usize,
+    /// The first few.
+    pub first: Vec<BadFile>,
+}
+
+impl std::fmt::Display for BadFileReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} unreadable file(s) skipped and replaced", self.count)?;
+        for b in &self.first {
+            write!(f, "; {}: {}", b.path.display(), b.reason)?;
+        }
+        if self.count > self.first.len() {
+            write!(f, "; ...")?;
+        }
+        Ok(())
+    }
+}
+
+struct Shared {
+    dataset: ImageFolder,
+    transform: Transform,
+    opts: LoaderOptions,
+    recycled: Mutex<Vec<Vec<u8>>>,
+}
+
+/// A data loader over one ImageFolder split.
+pub struct Loader {
+    shared: Arc<Shared>,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+impl std::fmt::Debug for Loader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loader")
+            .field("dir", &self.shared.dataset.dir)
+            .field("samples", &self.shared.dataset.len())
+            .field("opts", &self.shared.opts)
+            .finish()
+    }
+}
+
+impl Loader {
+    /// A loader with its own pool of `opts.workers` threads.
+    pub fn new(dataset: ImageFolder, transform: Transform, opts: LoaderOptions) -> Result<Self> {
+        if opts.batch_size == 0 {
+            return Err(Error::Config("batch_size must be > 0".into()));
+        }
+        if opts.sampling.world == 0 || opts.sampling.rank >= opts.sampling.world {
+            return Err(Error::Config(format!(
+                "rank {} is not in 0..world ({})",
+                opts.sampling.rank, opts.sampling.world
+            )));
+        }
+        let workers = if opts.workers > 0 {
+            opts.workers
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(workers)
+            .thread_name(|i| format!("pe-data-{i}"))
+            .build()
+            .map_err(|e| Error::Config(format!("cannot start {workers} loader threads: {e}")))?;
+        let opts = LoaderOptions { prefetch: opts.prefetch.max(1), ..opts };
+        Ok(Loader {
+            shared: Arc::new(Shared { dataset, transform, opts, recycled: Mutex::new(Vec::new()) }),
+            pool: Arc::new(pool),
+        })
+    }
+
+    /// The training loader of `cfg`: `<root>/<train_split>`, indexed with the cache beside it.
+    pub fn train(cfg: &DataConfig, batch_size: usize, seed: u64, rank: usize, world: usize) -> Result<Self> {
+        let ds = ImageFolder::open(&cfg.root, &cfg.train_split, IndexCache::Beside)?;
+        Self::new(ds, Transform::train(cfg)?, LoaderOptions::train(cfg, batch_size, seed, rank, world))
+    }
+
+    /// The evaluation loader of `cfg`: `<root>/<val_split>`.
+    pub fn eval(cfg: &DataConfig, batch_size: usize, rank: usize, world: usize) -> Result<Self> {
+        let ds = ImageFolder::open(&cfg.root, &cfg.val_split, IndexCache::Beside)?;
+        Self::new(ds, Transform::eval(cfg)?, LoaderOptions::eval(cfg, batch_size, rank, world))
+    }
+
+    /// The indexed data set.
+    pub fn dataset(&self) -> &ImageFolder {
+        &self.shared.dataset
+    }
+
+    /// The per-sample transform.
+    pub fn transform(&self) -> &Transform {
+        &self.shared.transform
+    }
+
+    /// Worker threads in the pool.
+    pub fn workers(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Samples this rank sees per epoch.
+    pub fn samples_per_epoch(&self) -> usize {
+        epoch_slots(self.shared.dataset.len(), 0, 0, self.shared.opts.sampling).len()
+    }
+
+    /// Batches per epoch.
+    pub fn batches_per_epoch(&self) -> usize {
+        let n = self.samples_per_epoch();
+        let b = self.shared.opts.batch_size;
+        if self.shared.opts.drop_last {
+            n / b
+        } else {
+            n.div_ceil(b)
+        }
+    }
+
+    /// Hand an image buffer back for reuse by later batches.
+    pub fn recycle(&self, images: Vec<u8>) {
+        if let Ok(mut r) = self.shared.recycled.lock() {
+            if r.len() < self.shared.opts.prefetch + 2 {
+                r.push(images);
+            }
+        }
+    }
+
+    /// Iterate over epoch `epoch`'s batches.
+    pub fn epoch(&self, epoch: u64) -> EpochIter {
+        let o = &self.shared.opts;
+        let slots = epoch_slots(self.shared.dataset.len(), o.seed, epoch, o.sampling);
+        let mut batches: Vec<Vec<Slot>> = slots.chunks(o.batch_size).map(<[Slot]>::to_vec).collect();
+        if o.drop_last && batches.last().is_some_and(|b| b.len() < o.batch_size) {
+            batches.pop();
+        }
+        EpochIter {
+            shared: Arc::clone(&self.shared),
+            pool: Arc::clone(&self.pool),
+            epoch,
+            batches: batches.into(),
+            next_index: 0,
+            pending: VecDeque::new(),
+            cancel: Arc::new(AtomicBool::new(false)),
+            report: BadFileReport::default(),
+            finished: false,
+        }
+    }
+}
+
+/// The batches of one epoch, in order. Dropping it cancels the batches not yet started.
+pub struct EpochIter {
+    shared: Arc<Shared>,
+    pool: Arc<rayon::ThreadPool>,
+    epoch: u64,
+    batches: VecDeque<Vec<Slot>>,
+    next_index: u64,
+    pending: VecDeque<mpsc::Receiver<Result<Batch>>>,
+    cancel: Arc<AtomicBool>,
+    report: BadFileReport,
+    finished: bool,
+}
+
+impl EpochIter {
+    /// Bad files seen so far in this epoch.
+    pub fn bad_files(&self) -> &BadFileReport {
+        &self.report
+    }
+
+    /// Batches not yet returned.
+    pub fn remaining(&self) -> usize {
+        self.batches.len() + self.pending.len()
+    }
+
+    fn launch(&mut self) {
+        while self.pending.len() < self.shared.opts.prefetch {
+            let Some(slots) = self.batches.pop_front() else { break };
+            let (tx, rx) = mpsc::sync_channel(1);
+            let (shared, cancel, epoch, index) = (Arc::clone(&self.shared), Arc::clone(&self.cancel), self.epoch, self.next_index);
+            self.next_index += 1;
+            self.pool.spawn(move || {
+                if cancel.load(Ordering::Relaxed) {
+                    return;
+                }
+                let _ = tx.send(build_batch(&shared, epoch, index, &slots));
+            });
+            self.pending.push_back(rx);
+        }
+    }
+}
+
+impl Iterator for EpochIter {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        self.launch();
+        let Some(rx) = self.pending.pop_front() else {
+            if !self.finished {
+                self.finished = true;
+                if self.shared.opts.report_bad_files && self.report.count > 0 {
+                    eprintln!("pe-data: {} epoch {}: {}", self.shared.dataset.dir.display(), self.epoch, self.report);
+                }
+            }
+            return None;
+        };
+        self.launch();
+        let result = rx.recv().unwrap_or_else(|_| Err(Error::Config("loader worker stopped unexpectedly".into())));
+        if let Ok(b) = &result {
+            self.report.count += b.bad_files.len();
+            for f in &b.bad_files {
+                if self.report.first.len() < REPORT_FIRST {
+                    self.report.first.push(f.clone());
+                }
+            }
+        }
+        Some(result)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining(), Some(self.remaining()))
+    }
+}
+
+impl Drop for EpochIter {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Option<Scratch>> = const { RefCell::new(None) };
+}
+
+struct SampleOut {
+    label: i64,
+    index: usize,
+    bad: Vec<BadFile>,
+}
+
+fn build_batch(shared: &Shared, epoch: u64, index: u64, slots: &[Slot]) -> Result<Batch> {
+    let t = &shared.transform;
+    let per = t.sample_len();
+    let need = per * slots.len();
+    let mut images = shared
+        .recycled
+        .lock()
+        .ok()
+        .and_then(|mut r| r.iter().position(|v| v.capacity() >= need).map(|i| r.swap_remove(i)))
+        .unwrap_or_default();
+    images.resize(need, 0);
+    let outs: Vec<Result<SampleOut>> = images
+        .par_chunks_mut(per)
+        .zip(slots.par_iter())
+        .map(|(out, slot)| load_sample(shared, epoch, *slot, out))
+        .collect();
+    let mut batch = Batch {
+        images,
+        labels: Vec::with_capacity(slots.len()),
+        indices: Vec::with_capacity(slots.len()),
+        n: slots.len(),
+        h: t.img_size,
+        w: t.img_size,
+        epoch,
+        index,
+        bad_files: Vec::new(),
+    };
+    for o in outs {
+        let o = o?;
+        batch.labels.push(o.label);
+        batch.indices.push(o.index);
+        batch.bad_files.extend(o.bad);
+    }
+    Ok(batch)
+}
+
+fn load_sample(shared: &Shared, epoch: u64, slot: Slot, out: &mut [u8]) -> Result<SampleOut> {
+    let ds = &shared.dataset;
+    let seed = shared.opts.seed;
+    let mut index = slot.index;
+    let mut bad = Vec::new();
+    for attempt in 0..MAX_ATTEMPTS {
+        let (path, label) = &ds.samples[index];
+        let mut rng = Rng::keyed(Stream::Sample, &[seed, epoch, slot.position, attempt]);
+        let result = SCRATCH.with(|cell| {
+            let mut guard = cell.borrow_mut();
+            let scratch = guard.get_or_insert_with(|| Scratch::new(shared.transform.decoder));
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let bytes = std::fs::read(path).map_err(|e| format!("read: {e}"))?;
+                shared.transform.apply(&bytes, &mut rng, scratch, out)
+            }));
+            r.unwrap_or_else(|_| {
+                // A decoder panicked: its buffers may be inconsistent, so start this thread afresh.
+                *guard = None;
+                Err("decoder panicked".into())
+            })
+        });
+        match result {
+            Ok(()) => return Ok(SampleOut { label: *label as i64, index, bad }),
+            Err(reason) => {
+                bad.push(BadFile { path: path.clone(), reason });
+                index = Rng::keyed(Stream::Replace, &[seed, epoch, slot.position, attempt]).below(ds.len() as u64)
+                    as usize;
+            }
+        }
+    }
+    let last = bad.pop().unwrap_or(BadFile { path: PathBuf::new(), reason: String::new() });
+    Err(Error::TooManyBadFiles { attempts: MAX_ATTEMPTS as usize, path: last.path, reason: last.reason })
+}
