@@ -12,7 +12,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: help setup build exp test fmt fmt-check clippy cargo-test clean
+.PHONY: help setup build exp summary test fmt fmt-check clippy cargo-test pytest clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,8 +31,12 @@ build: setup ## Build the release `pe` binary
 
 exp: build ## Run the default experiment (until the runner lands: environment check and model summary)
 	$(PE) info
+	$(PE) summary
 
-test: setup fmt-check clippy cargo-test ## Everything CI checks: format, lints, Rust tests
+summary: build ## Parameters and MACs of every registry model beside the paper's numbers
+	$(PE) summary
+
+test: setup fmt-check clippy cargo-test pytest ## Everything CI checks: format, lints, Rust tests, PyTorch parity tests
 
 fmt: ## Format the Rust code
 	cargo fmt --all
@@ -45,6 +49,10 @@ clippy: setup
 
 cargo-test: setup
 	cargo test --workspace
+
+# Parity tests drive the debug `pe` that cargo-test built (libtorch does the arithmetic either way).
+pytest: cargo-test
+	PE_BIN=$(CURDIR)/target/debug/pe $(PYTHON) -m pytest -q tests/python
 
 clean: ## Remove build outputs (keeps .venv and data)
 	cargo clean

@@ -1,6 +1,8 @@
 //! `pe`: the command-line entry point of the workspace.
 
+mod forward;
 mod info;
+mod summary;
 
 use clap::{Parser, Subcommand};
 
@@ -19,10 +21,16 @@ struct Cli {
 enum Command {
     /// Show the libtorch in use, where it was loaded from, and the devices it sees.
     Info,
+    /// Parameters (with/without head) and MACs of registry models, beside the paper's numbers.
+    Summary(summary::SummaryArgs),
+    /// Run a model on tensors from a safetensors file (interop and parity checks with PyTorch).
+    Forward(forward::ForwardArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Info => info::run(),
+        Command::Summary(args) => summary::run(args),
+        Command::Forward(args) => forward::run(args),
     }
 }

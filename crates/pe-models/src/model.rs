@@ -1,0 +1,89 @@
+//! One type for "any model of the registry", so the runner needs no per-architecture code.
+
+use serde::{Deserialize, Serialize};
+use tch::nn;
+use tch::Tensor;
+
+use crate::accounting::CostSheet;
+use crate::resnet::{ResNet, ResNetConfig};
+use crate::vit::{Vit, VitConfig};
+
+/// A model's full definition, as written in a TOML `[model]` section (`arch = "resnet" | "vit"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "arch", rename_all = "snake_case")]
+pub enum ModelConfig {
+    Resnet(ResNetConfig),
+    Vit(VitConfig),
+}
+
+impl ModelConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            ModelConfig::Resnet(config) => config.validate(),
+            ModelConfig::Vit(config) => config.validate(),
+        }
+    }
+
+    pub fn init(&self, path: nn::Path) -> Model {
+        match self {
+            ModelConfig::Resnet(config) => Model::Resnet(config.init(path)),
+            ModelConfig::Vit(config) => Model::Vit(config.init(path)),
+        }
+    }
+
+    pub fn num_classes(&self) -> i64 {
+        match self {
+            ModelConfig::Resnet(config) => config.num_classes,
+            ModelConfig::Vit(config) => config.num_classes,
+        }
+    }
+
+    pub fn in_channels(&self) -> i64 {
+        match self {
+            ModelConfig::Resnet(config) => config.in_channels,
+            ModelConfig::Vit(config) => config.in_channels,
+        }
+    }
+
+    /// The input side the model expects: fixed for ViTs (position embeddings), 224 by
+    /// convention for ResNets, which accept any size.
+    pub fn default_img_size(&self) -> i64 {
+        match self {
+            ModelConfig::Resnet(config) if config.stem == crate::resnet::Stem::Small => 32,
+            ModelConfig::Resnet(_) => 224,
+            ModelConfig::Vit(config) => config.img_size,
+        }
+    }
+
+    /// Per-layer parameters and MACs at a square `img_size` input.
+    pub fn costs(&self, img_size: i64) -> CostSheet {
+        match self {
+            ModelConfig::Resnet(config) => config.costs(img_size, img_size),
+            ModelConfig::Vit(config) => VitConfig { img_size, ..config.clone() }.costs(),
+        }
+    }
+
+    /// Name of the classifier layer (its parameters are the "head" in counts).
+    pub fn head_name(&self) -> &'static str {
+        match self {
+            ModelConfig::Resnet(_) => "fc",
+            ModelConfig::Vit(_) => "head",
+        }
+    }
+}
+
+/// A built model. Its fields stay public so users can reach any layer (`stages[2].shared_w`).
+#[derive(Debug)]
+pub enum Model {
+    Resnet(ResNet),
+    Vit(Vit),
+}
+
+impl nn::ModuleT for Model {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        match self {
+            Model::Resnet(model) => model.forward_t(xs, train),
+            Model::Vit(model) => model.forward_t(xs, train),
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Named presets: the names TOML recipes and `pe summary` use, with the paper's reported numbers.
+
+use crate::model::ModelConfig;
+use crate::resnet::ResNetConfig;
+use crate::vit::VitConfig;
+
+/// A registered model with what the paper (or the reference library) reports for it.
+#[derive(Debug, Clone)]
+pub struct Preset {
+    pub name: &'static str,
+    pub config: ModelConfig,
+    /// Parameters (millions) as the paper's tables print them, if the paper lists the model.
+    pub paper_params_m: Option<f64>,
+    /// How our count relates to the paper's.
+    pub note: &'static str,
+}
+
+/// Every registered model, in the order `pe summary` prints them.
+pub fn presets() -> Vec<Preset> {
+    use ModelConfig::{Resnet, Vit};
+    let preset = |name, config, paper_params_m, note| Preset { name, config, paper_params_m, note };
+    vec![
+        preset("resnet18", Resnet(ResNetConfig::resnet18()), Some(11.7), "torchvision resnet18"),
+        preset("resnet34", Resnet(ResNetConfig::resnet34()), Some(21.8), "torchvision resnet34"),
+        preset("resnet50", Resnet(ResNetConfig::resnet50()), Some(25.6), "torchvision resnet50"),
+        preset(
+            "resnet50_pe",
+            Resnet(ResNetConfig::resnet50_pe(&[1, 2, 3, 4])),
+            Some(12.8),
+            "PE¹: one W per stage in all 4 stages. Paper's 12.8M = ours without head minus the 4 stage-entrance projections (2.78M)",
+        ),
+        preset(
+            "resnet50_pe_stage34",
+            Resnet(ResNetConfig::resnet50_pe(&[3, 4])),
+            Some(13.4),
+            "PE²: stages 3-4 PE. Paper's 13.4M = ours without head minus the 2 PE stage-entrance projections (2.63M)",
+        ),
+        preset("deit_tiny", Vit(VitConfig::deit_tiny()), Some(5.7), "timm deit_tiny_patch16_224"),
+        preset("deit_small", Vit(VitConfig::deit_small()), Some(22.1), "timm deit_small_patch16_224"),
+        preset("vit_pe_tiny", Vit(VitConfig::deit_tiny().pe()), None, "DeiT-T geometry, tied attention + MLP"),
+        preset(
+            "vit_pe_small",
+            Vit(VitConfig::deit_small().pe()),
+            Some(11.1),
+            "DeiT-S geometry, tied attention + MLP; paper's 11.1M = ours without head (11.05M)",
+        ),
+        preset("resnet_mini", Resnet(ResNetConfig::resnet_mini(&[])), None, "CPU scale: 32×32 input, widths 16-128"),
+        preset("resnet_mini_pe", Resnet(ResNetConfig::resnet_mini(&[1, 2, 3, 4])), None, "resnet_mini with all stages PE"),
+        preset("vit_mini", Vit(VitConfig::vit_mini()), None, "CPU scale: 32×32 input, patch 4, dim 192, depth 6"),
+        preset("vit_pe_mini", Vit(VitConfig::vit_mini().pe()), None, "vit_mini with tied attention + MLP"),
+    ]
+}
+
+/// The config registered under `name`, or an error listing the valid names.
+pub fn preset(name: &str) -> Result<ModelConfig, String> {
+    presets().into_iter().find(|p| p.name == name).map(|p| p.config).ok_or_else(|| {
+        let names: Vec<&str> = presets().iter().map(|p| p.name).collect();
+        format!("unknown model {name:?}; registered models: {}", names.join(", "))
+    })
+}

@@ -1,0 +1,312 @@
+//! DeiT/ViT as timm builds them (`deit_*_patch16_224`), and ViT-PE: every block's attention
+//! and MLP replaced by the tied `PeAttention` / `PeMlp` (the paper's Section 3.1).
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+use pe_layers::{drop_path, init, Activation, Attention, AttentionConfig, DropPath, Mlp, MlpConfig};
+use pe_layers::{PeAttention, PeMlp};
+
+use crate::accounting::{Cost, CostSheet};
+use crate::init::torch_default_conv;
+
+/// timm's ViT LayerNorm epsilon.
+const LN_EPS: f64 = 1e-6;
+
+/// Everything that defines a ViT; presets are [`VitConfig::deit_small`] and friends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VitConfig {
+    pub img_size: i64,
+    pub patch_size: i64,
+    pub in_channels: i64,
+    pub num_classes: i64,
+    pub embed_dim: i64,
+    pub depth: usize,
+    pub heads: i64,
+    pub mlp_ratio: f64,
+    #[serde(default = "yes")]
+    pub qkv_bias: bool,
+    /// Tied attention (`W_q`, `W_kv`) in every block.
+    #[serde(default)]
+    pub pe_attention: bool,
+    /// Tied MLP (`W`, `Wᵀ`) in every block.
+    #[serde(default)]
+    pub pe_mlp: bool,
+    /// Dropout after the position embedding, in the MLP and after projections.
+    #[serde(default)]
+    pub drop_rate: f64,
+    #[serde(default)]
+    pub attn_drop_rate: f64,
+    /// Stochastic depth of the last block; block i gets `drop_path_rate × i / (depth − 1)`.
+    #[serde(default)]
+    pub drop_path_rate: f64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl VitConfig {
+    fn deit(embed_dim: i64, heads: i64) -> Self {
+        Self {
+            img_size: 224,
+            patch_size: 16,
+            in_channels: 3,
+            num_classes: 1000,
+            embed_dim,
+            depth: 12,
+            heads,
+            mlp_ratio: 4.0,
+            qkv_bias: true,
+            pe_attention: false,
+            pe_mlp: false,
+            drop_rate: 0.0,
+            attn_drop_rate: 0.0,
+            drop_path_rate: 0.0,
+        }
+    }
+
+    pub fn deit_tiny() -> Self {
+        Self::deit(192, 3)
+    }
+
+    pub fn deit_small() -> Self {
+        Self::deit(384, 6)
+    }
+
+    /// The given geometry with both attention and MLP tied (the paper's ViT-PE).
+    pub fn pe(self) -> Self {
+        Self { pe_attention: true, pe_mlp: true, ..self }
+    }
+
+    /// A 32×32, patch-4 ViT for CPU-scale experiments (64 tokens + cls).
+    pub fn vit_mini() -> Self {
+        Self {
+            img_size: 32,
+            patch_size: 4,
+            num_classes: 10,
+            embed_dim: 192,
+            depth: 6,
+            heads: 3,
+            ..Self::deit_tiny()
+        }
+    }
+
+    fn hidden(&self) -> i64 {
+        (self.embed_dim as f64 * self.mlp_ratio).round() as i64
+    }
+
+    fn grid(&self) -> i64 {
+        self.img_size / self.patch_size
+    }
+
+    fn tokens(&self) -> i64 {
+        self.grid() * self.grid() + 1
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.patch_size < 1 || self.img_size % self.patch_size != 0 {
+            return Err(format!(
+                "img_size {} must be a multiple of patch_size {}",
+                self.img_size, self.patch_size
+            ));
+        }
+        if self.heads < 1 || self.embed_dim % self.heads != 0 {
+            return Err(format!("embed_dim {} must be divisible by heads {}", self.embed_dim, self.heads));
+        }
+        if self.depth == 0 || self.num_classes < 1 || self.mlp_ratio <= 0.0 {
+            return Err("depth, num_classes and mlp_ratio must be positive".into());
+        }
+        for (name, p) in [
+            ("drop_rate", self.drop_rate),
+            ("attn_drop_rate", self.attn_drop_rate),
+            ("drop_path_rate", self.drop_path_rate),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(format!("{name} must be in [0, 1), got {p}"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn init(&self, path: nn::Path) -> Vit {
+        if let Err(message) = self.validate() {
+            panic!("invalid ViT config: {message}");
+        }
+        let dim = self.embed_dim;
+        let patch_embed = torch_default_conv(
+            &path / "patch_embed" / "proj",
+            self.in_channels,
+            dim,
+            self.patch_size,
+            self.patch_size,
+        );
+        // timm: cls_token ~ N(0, 1e-6), pos_embed ~ trunc_normal(0.02).
+        let cls_token = path.var("cls_token", &[1, 1, dim], nn::Init::Randn { mean: 0.0, stdev: 1e-6 });
+        let pos_embed = init::trunc_normal(&path, "pos_embed", &[1, self.tokens(), dim], init::VIT_STD);
+        let rates = drop_path::linear_rates(self.drop_path_rate, self.depth);
+        let blocks_path = &path / "blocks";
+        let blocks =
+            rates.iter().enumerate().map(|(i, &rate)| self.init_block(&blocks_path / i, rate)).collect();
+        let norm = layer_norm(&path / "norm", dim);
+        let head = init::vit_linear(&path / "head", dim, self.num_classes, true);
+        Vit { patch_embed, cls_token, pos_embed, blocks, norm, head, config: self.clone() }
+    }
+
+    fn init_block(&self, path: nn::Path, drop_path: f64) -> VitBlock {
+        let attention = AttentionConfig {
+            dim: self.embed_dim,
+            heads: self.heads,
+            qkv_bias: self.qkv_bias,
+            attn_drop: self.attn_drop_rate,
+            proj_drop: self.drop_rate,
+        };
+        let mlp = MlpConfig {
+            dim: self.embed_dim,
+            hidden: self.hidden(),
+            activation: Activation::Gelu,
+            drop: self.drop_rate,
+        };
+        VitBlock {
+            norm1: layer_norm(&path / "norm1", self.embed_dim),
+            attn: if self.pe_attention {
+                AnyAttention::Pe(attention.init_pe(&path / "attn"))
+            } else {
+                AnyAttention::Standard(attention.init(&path / "attn"))
+            },
+            norm2: layer_norm(&path / "norm2", self.embed_dim),
+            mlp: if self.pe_mlp {
+                AnyMlp::Pe(mlp.init_pe(&path / "mlp"))
+            } else {
+                AnyMlp::Standard(mlp.init(&path / "mlp"))
+            },
+            drop_path: DropPath::new(drop_path),
+        }
+    }
+
+    /// Per-layer multiply-accumulates and parameters at this config's `img_size`.
+    pub fn costs(&self) -> CostSheet {
+        let (dim, hidden, tokens, grid) = (self.embed_dim, self.hidden(), self.tokens(), self.grid());
+        let mut sheet = CostSheet::default();
+        sheet.conv_with_bias("patch_embed.proj", self.in_channels, dim, self.patch_size, grid, grid);
+        sheet.push(Cost::param("cls_token".into(), dim));
+        sheet.push(Cost::param("pos_embed".into(), tokens * dim));
+        for block in 0..self.depth {
+            let name = |layer: &str| format!("blocks.{block}.{layer}");
+            sheet.norm(&name("norm1"), dim);
+            let bias = if self.qkv_bias { 3 * dim } else { 0 };
+            if self.pe_attention {
+                // W_q, W_kv: 2·C² parameters used for four C×C products per token.
+                sheet.push(Cost {
+                    name: name("attn.wq,wkv"),
+                    params: 2 * dim * dim + bias + dim,
+                    macs: 4 * dim * dim * tokens,
+                });
+            } else {
+                sheet.push(Cost {
+                    name: name("attn.qkv"),
+                    params: 3 * dim * dim + bias,
+                    macs: 3 * dim * dim * tokens,
+                });
+                sheet.linear(&name("attn.proj"), dim, dim, tokens);
+            }
+            // QKᵀ and attention × V: two N×N×C products over all heads.
+            sheet.push(Cost::macs(name("attn.matmuls"), 2 * tokens * tokens * dim));
+            sheet.norm(&name("norm2"), dim);
+            if self.pe_mlp {
+                sheet.push(Cost {
+                    name: name("mlp.weight"),
+                    params: dim * hidden + hidden + dim,
+                    macs: 2 * dim * hidden * tokens,
+                });
+            } else {
+                sheet.linear(&name("mlp.fc1"), dim, hidden, tokens);
+                sheet.linear(&name("mlp.fc2"), hidden, dim, tokens);
+            }
+        }
+        sheet.norm("norm", dim);
+        sheet.linear("head", dim, self.num_classes, 1);
+        sheet.mark_head("head");
+        sheet
+    }
+}
+
+fn layer_norm(path: nn::Path, dim: i64) -> nn::LayerNorm {
+    nn::layer_norm(path, vec![dim], nn::LayerNormConfig { eps: LN_EPS, ..Default::default() })
+}
+
+/// A block's attention: standard or tied.
+#[derive(Debug)]
+pub enum AnyAttention {
+    Standard(Attention),
+    Pe(PeAttention),
+}
+
+/// A block's MLP: standard or tied.
+#[derive(Debug)]
+pub enum AnyMlp {
+    Standard(Mlp),
+    Pe(PeMlp),
+}
+
+/// Pre-norm transformer block: `x + drop_path(attn(norm1 x))`, then `x + drop_path(mlp(norm2 x))`.
+#[derive(Debug)]
+pub struct VitBlock {
+    pub norm1: nn::LayerNorm,
+    pub attn: AnyAttention,
+    pub norm2: nn::LayerNorm,
+    pub mlp: AnyMlp,
+    pub drop_path: DropPath,
+}
+
+impl nn::ModuleT for VitBlock {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        // [B, N, C] -> [B, N, C]
+        let normed = xs.apply(&self.norm1);
+        let attended = match &self.attn {
+            AnyAttention::Standard(attn) => attn.forward_t(&normed, train),
+            AnyAttention::Pe(attn) => attn.forward_t(&normed, train),
+        };
+        let xs = xs + self.drop_path.forward_t(&attended, train);
+        let normed = xs.apply(&self.norm2);
+        let mixed = match &self.mlp {
+            AnyMlp::Standard(mlp) => mlp.forward_t(&normed, train),
+            AnyMlp::Pe(mlp) => mlp.forward_t(&normed, train),
+        };
+        &xs + self.drop_path.forward_t(&mixed, train)
+    }
+}
+
+#[derive(Debug)]
+pub struct Vit {
+    pub patch_embed: nn::Conv2D,
+    pub cls_token: Tensor,
+    pub pos_embed: Tensor,
+    pub blocks: Vec<VitBlock>,
+    pub norm: nn::LayerNorm,
+    pub head: nn::Linear,
+    pub config: VitConfig,
+}
+
+impl Vit {
+    /// The normalised cls token: [B, C_in, H, W] -> [B, embed_dim]
+    pub fn features(&self, xs: &Tensor, train: bool) -> Tensor {
+        let b = xs.size()[0];
+        // [B, C_in, H, W] -> [B, C, H/p, W/p] -> [B, N, C]
+        let patches = xs.apply(&self.patch_embed).flatten(2, -1).transpose(1, 2);
+        let cls = self.cls_token.expand([b, -1, -1], false).to_kind(patches.kind());
+        let tokens =
+            (Tensor::cat(&[cls, patches], 1) + &self.pos_embed).dropout(self.config.drop_rate, train);
+        let tokens = self.blocks.iter().fold(tokens, |xs, block| block.forward_t(&xs, train));
+        tokens.apply(&self.norm).select(1, 0)
+    }
+}
+
+impl nn::ModuleT for Vit {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        // [B, C_in, H, W] -> [B, num_classes]
+        self.features(xs, train).apply(&self.head)
+    }
+}

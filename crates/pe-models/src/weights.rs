@@ -1,0 +1,98 @@
+//! Model weights as safetensors files that PyTorch reads and writes with the same names.
+//!
+//! Baselines use torchvision/timm parameter names, so a file saved here loads into
+//! `torchvision.models.resnet50()` / `timm.create_model("deit_small_patch16_224")` with
+//! `load_state_dict(strict=True)`, and their `state_dict()` loads here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use tch::{nn, Kind, Tensor};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("reading weights {path}: {source}")]
+    Read { path: PathBuf, source: tch::TchError },
+    #[error("writing weights {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("writing weights {path}: {source}")]
+    Encode { path: PathBuf, source: tch::TchError },
+    #[error("weights {path} do not fit the model:{}{}{}", list("missing", .missing), list("unexpected", .unexpected), list("wrong shape", .mismatched))]
+    Mismatch { path: PathBuf, missing: Vec<String>, unexpected: Vec<String>, mismatched: Vec<String> },
+}
+
+fn list(what: &str, names: &[String]) -> String {
+    if names.is_empty() {
+        return String::new();
+    }
+    let shown: Vec<&str> = names.iter().take(8).map(String::as_str).collect();
+    let more = if names.len() > 8 { format!(" (+{} more)", names.len() - 8) } else { String::new() };
+    format!("\n  {what}: {}{more}", shown.join(", "))
+}
+
+/// BatchNorm's step counter: PyTorch's state dicts carry it, our var stores do not need it.
+const BN_COUNTER: &str = "num_batches_tracked";
+
+/// Every variable of `vs` (parameters and BN running statistics) plus a `num_batches_tracked`
+/// per BatchNorm, as PyTorch's `state_dict()` has them.
+pub fn state_dict(vs: &nn::VarStore) -> BTreeMap<String, Tensor> {
+    let mut named: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    let counters: Vec<String> = named
+        .keys()
+        .filter_map(|name| name.strip_suffix("running_mean"))
+        .map(|prefix| format!("{prefix}{BN_COUNTER}"))
+        .collect();
+    for name in counters {
+        named.insert(name, Tensor::from(0i64));
+    }
+    named
+}
+
+/// Writes `vs` to `path` atomically (a temporary file renamed into place), in fp32 on the CPU.
+pub fn save(vs: &nn::VarStore, path: &Path) -> Result<(), WeightsError> {
+    let tensors: Vec<(String, Tensor)> = state_dict(vs)
+        .into_iter()
+        .map(|(name, t)| {
+            let t = if t.is_floating_point() { t.to_kind(Kind::Float) } else { t };
+            (name, t.to_device(tch::Device::Cpu).contiguous())
+        })
+        .collect();
+    let tmp = path.with_extension("safetensors.tmp");
+    Tensor::write_safetensors(&tensors, &tmp)
+        .map_err(|source| WeightsError::Encode { path: path.into(), source })?;
+    std::fs::rename(&tmp, path).map_err(|source| WeightsError::Write { path: path.into(), source })
+}
+
+/// Loads `path` into `vs` strictly: every variable must be present with the same shape, and
+/// the file may hold nothing else (BN counters aside). Values are cast to each variable's kind.
+pub fn load(vs: &nn::VarStore, path: &Path) -> Result<(), WeightsError> {
+    let file: HashMap<String, Tensor> = Tensor::read_safetensors(path)
+        .map_err(|source| WeightsError::Read { path: path.into(), source })?
+        .into_iter()
+        .collect();
+    let variables = vs.variables();
+    let mut missing: Vec<String> = variables.keys().filter(|n| !file.contains_key(*n)).cloned().collect();
+    let mut unexpected: Vec<String> =
+        file.keys().filter(|n| !variables.contains_key(*n) && !n.ends_with(BN_COUNTER)).cloned().collect();
+    let mut mismatched: Vec<String> = variables
+        .iter()
+        .filter_map(|(name, var)| {
+            let stored = file.get(name)?;
+            (stored.size() != var.size())
+                .then(|| format!("{name} {:?} vs model {:?}", stored.size(), var.size()))
+        })
+        .collect();
+    if !(missing.is_empty() && unexpected.is_empty() && mismatched.is_empty()) {
+        missing.sort();
+        unexpected.sort();
+        mismatched.sort();
+        return Err(WeightsError::Mismatch { path: path.into(), missing, unexpected, mismatched });
+    }
+    tch::no_grad(|| {
+        for (name, var) in &variables {
+            let value = file[name].to_kind(var.kind()).to_device(var.device());
+            var.shallow_clone().copy_(&value);
+        }
+    });
+    Ok(())
+}

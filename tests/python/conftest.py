@@ -1,0 +1,70 @@
+"""Shared helpers for the PyTorch parity tests: run the `pe` binary on safetensors files."""
+
+import os
+import pathlib
+import subprocess
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+PE = os.environ.get("PE_BIN", str(ROOT / "target" / "release" / "pe"))
+
+
+def run_pe(*args):
+    """Runs `pe` and fails the test with its stderr when it exits non-zero."""
+    result = subprocess.run([PE, *map(str, args)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.fail(f"pe {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+def save_tensors(path, tensors):
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(path))
+
+
+def load_tensors(path):
+    return load_file(str(path))
+
+
+def rust_forward(tmp_path, model_args, x, *, weights=None, save_weights=None, train=False, grads=(), grad_output=None):
+    """Runs a model in Rust on `x`; returns (logits, {param: grad})."""
+    inputs = {"x": x}
+    if grad_output is not None:
+        inputs["grad_output"] = grad_output
+    save_tensors(tmp_path / "in.safetensors", inputs)
+    args = ["forward", *model_args, "--input", tmp_path / "in.safetensors", "--output", tmp_path / "out.safetensors"]
+    if weights is not None:
+        args += ["--weights", weights]
+    if save_weights is not None:
+        args += ["--save-weights", save_weights]
+    if train:
+        args.append("--train")
+    if grads:
+        args += ["--grads", ",".join(grads)]
+    run_pe(*args)
+    out = load_tensors(tmp_path / "out.safetensors")
+    return out["logits"], {name: out[f"grad.{name}"] for name in grads}
+
+
+def randomize_norms(model, generator):
+    """Non-trivial BN/LN affine parameters and running statistics, so eval mode tests them."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)):
+                module.weight.uniform_(0.5, 1.5, generator=generator)
+                module.bias.normal_(0.0, 0.1, generator=generator)
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0.0, 0.1, generator=generator)
+                module.running_var.uniform_(0.5, 1.5, generator=generator)
+
+
+def max_abs_diff(a, b):
+    assert a.shape == b.shape, f"{tuple(a.shape)} vs {tuple(b.shape)}"
+    return (a.double() - b.double()).abs().max().item()
+
+
+def max_rel_diff(a, b):
+    """Max abs difference relative to the reference's largest magnitude."""
+    return max_abs_diff(a, b) / max(b.double().abs().max().item(), 1e-12)

@@ -1,0 +1,100 @@
+"""Baselines against the real references: torchvision ResNets and timm DeiTs.
+
+Weights go both ways through safetensors files with the references' own state-dict names;
+logits (eval) and gradients (train) must agree.
+"""
+
+import pytest
+import timm
+import torch
+import torchvision
+
+from conftest import load_tensors, max_abs_diff, max_rel_diff, randomize_norms, rust_forward, save_tensors
+
+REFERENCES = {
+    "resnet18": lambda: torchvision.models.resnet18(),
+    "resnet50": lambda: torchvision.models.resnet50(),
+    "deit_tiny": lambda: timm.create_model("deit_tiny_patch16_224", pretrained=False),
+    "deit_small": lambda: timm.create_model("deit_small_patch16_224", pretrained=False),
+}
+
+GRAD_PARAMS = {
+    "resnet18": ["conv1.weight", "layer2.0.downsample.0.weight", "layer4.1.bn2.weight", "fc.weight"],
+    "resnet50": ["conv1.weight", "layer1.0.conv1.weight", "layer3.5.conv3.weight", "layer4.2.bn3.bias", "fc.bias"],
+    "deit_tiny": ["patch_embed.proj.weight", "pos_embed", "cls_token", "blocks.0.attn.qkv.weight", "blocks.11.mlp.fc2.weight", "head.weight"],
+    "deit_small": ["patch_embed.proj.weight", "blocks.5.attn.proj.weight", "blocks.11.norm2.weight", "norm.bias", "head.bias"],
+}
+
+
+def reference(name, seed=0):
+    torch.manual_seed(seed)
+    model = REFERENCES[name]()
+    randomize_norms(model, torch.Generator().manual_seed(seed + 1))
+    return model
+
+
+def inputs(seed=2):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 3, 224, 224, generator=generator), torch.randn(2, 1000, generator=generator)
+
+
+@pytest.mark.parametrize("name", REFERENCES)
+def test_pytorch_weights_give_the_same_eval_logits_in_rust(name, tmp_path):
+    model = reference(name).eval()
+    save_tensors(tmp_path / "torch.safetensors", model.state_dict())
+    x, _ = inputs()
+    with torch.no_grad():
+        expected = model(x)
+    logits, _ = rust_forward(tmp_path, ["--model", name], x, weights=tmp_path / "torch.safetensors")
+    assert max_abs_diff(logits, expected) <= 1e-4
+
+
+@pytest.mark.parametrize("name", REFERENCES)
+def test_rust_weights_load_strictly_into_the_reference(name, tmp_path):
+    x, _ = inputs()
+    logits, _ = rust_forward(tmp_path, ["--model", name], x, save_weights=tmp_path / "ours.safetensors")
+    model = REFERENCES[name]()
+    model.load_state_dict(load_tensors(tmp_path / "ours.safetensors"), strict=True)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    assert max_abs_diff(logits, expected) <= 1e-4
+
+
+@pytest.mark.parametrize("name", REFERENCES)
+def test_training_mode_gradients_agree(name, tmp_path):
+    model = reference(name).train()
+    save_tensors(tmp_path / "torch.safetensors", model.state_dict())
+    x, grad_output = inputs()
+    logits_ref = model(x)
+    (logits_ref * grad_output).sum().backward()
+    params = dict(model.named_parameters())
+    logits, grads = rust_forward(
+        tmp_path,
+        ["--model", name],
+        x,
+        weights=tmp_path / "torch.safetensors",
+        train=True,
+        grads=GRAD_PARAMS[name],
+        grad_output=grad_output,
+    )
+    assert max_rel_diff(logits, logits_ref.detach()) <= 1e-4
+    for param in GRAD_PARAMS[name]:
+        assert max_rel_diff(grads[param], params[param].grad) <= 1e-4, param
+
+
+def test_a_missing_tensor_is_a_clear_error(tmp_path):
+    model = reference("resnet18")
+    state = model.state_dict()
+    del state["layer3.1.conv2.weight"]
+    save_tensors(tmp_path / "broken.safetensors", state)
+    import subprocess
+
+    from conftest import PE
+
+    result = subprocess.run(
+        [PE, "forward", "--model", "resnet18", "--weights", str(tmp_path / "broken.safetensors")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "missing: layer3.1.conv2.weight" in result.stderr
