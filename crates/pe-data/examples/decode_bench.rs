@@ -13,7 +13,10 @@ fn collect(dir: &std::path::Path, out: &mut Vec<Vec<u8>>) {
     for p in entries {
         if p.is_dir() {
             collect(&p, out);
-        } else if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpeg") || e.eq_ignore_ascii_case("jpg")) {
+        } else if p
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("jpeg") || e.eq_ignore_ascii_case("jpg"))
+        {
             if let Ok(b) = std::fs::read(&p) {
                 out.push(b);
             }

@@ -159,7 +159,8 @@ impl DataConfig {
 
     /// Check ranges and parse the RandAugment string; call once after deserialising.
     pub fn validate(&self) -> Result<()> {
-        let p = |name: &str, v: f64| check((0.0..=1.0).contains(&v), || format!("{name} = {v} is not in [0, 1]"));
+        let p =
+            |name: &str, v: f64| check((0.0..=1.0).contains(&v), || format!("{name} = {v} is not in [0, 1]"));
         check(self.img_size > 0, || "img_size must be > 0".into())?;
         check(self.crop_pct > 0.0 && self.crop_pct <= 1.0, || {
             format!("crop_pct = {} is not in (0, 1]", self.crop_pct)
@@ -176,7 +177,9 @@ impl DataConfig {
         p("mixup_switch_prob", self.mixup_switch_prob)?;
         p("label_smoothing", self.label_smoothing)?;
         check(self.color_jitter >= 0.0, || "color_jitter must be >= 0".into())?;
-        check(self.mixup_alpha >= 0.0 && self.cutmix_alpha >= 0.0, || "mixup/cutmix alpha must be >= 0".into())?;
+        check(self.mixup_alpha >= 0.0 && self.cutmix_alpha >= 0.0, || {
+            "mixup/cutmix alpha must be >= 0".into()
+        })?;
         check(self.recount >= 1, || "recount must be >= 1".into())?;
         check(self.repeated_aug >= 1, || "repeated_aug must be >= 1 (1 = off)".into())?;
         check(self.prefetch >= 1, || "prefetch must be >= 1".into())?;

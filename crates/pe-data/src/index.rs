@@ -183,7 +183,8 @@ impl ImageFolder {
                 n_classes += 1;
             }
         }
-        let classes: Vec<String> = (0..n_classes).map(|_| lines.next().map(str::to_owned)).collect::<Option<_>>()?;
+        let classes: Vec<String> =
+            (0..n_classes).map(|_| lines.next().map(str::to_owned)).collect::<Option<_>>()?;
         let mut samples = Vec::with_capacity(n_samples);
         for _ in 0..n_samples {
             let (label, rel) = lines.next()?.split_once('\t')?;

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod decode;
 pub mod error;
+pub mod fashion_mnist;
 pub mod index;
 pub mod loader;
 pub mod mixup;

@@ -284,7 +284,8 @@ impl EpochIter {
         while self.pending.len() < self.shared.opts.prefetch {
             let Some(slots) = self.batches.pop_front() else { break };
             let (tx, rx) = mpsc::sync_channel(1);
-            let (shared, cancel, epoch, index) = (Arc::clone(&self.shared), Arc::clone(&self.cancel), self.epoch, self.next_index);
+            let (shared, cancel, epoch, index) =
+                (Arc::clone(&self.shared), Arc::clone(&self.cancel), self.epoch, self.next_index);
             self.next_index += 1;
             self.pool.spawn(move || {
                 if cancel.load(Ordering::Relaxed) {
@@ -306,13 +307,19 @@ impl Iterator for EpochIter {
             if !self.finished {
                 self.finished = true;
                 if self.shared.opts.report_bad_files && self.report.count > 0 {
-                    eprintln!("pe-data: {} epoch {}: {}", self.shared.dataset.dir.display(), self.epoch, self.report);
+                    eprintln!(
+                        "pe-data: {} epoch {}: {}",
+                        self.shared.dataset.dir.display(),
+                        self.epoch,
+                        self.report
+                    );
                 }
             }
             return None;
         };
         self.launch();
-        let result = rx.recv().unwrap_or_else(|_| Err(Error::Config("loader worker stopped unexpectedly".into())));
+        let result =
+            rx.recv().unwrap_or_else(|_| Err(Error::Config("loader worker stopped unexpectedly".into())));
         if let Ok(b) = &result {
             self.report.count += b.bad_files.len();
             for f in &b.bad_files {
@@ -406,8 +413,8 @@ fn load_sample(shared: &Shared, epoch: u64, slot: Slot, out: &mut [u8]) -> Resul
             Ok(()) => return Ok(SampleOut { label: *label as i64, index, bad }),
             Err(reason) => {
                 bad.push(BadFile { path: path.clone(), reason });
-                index = Rng::keyed(Stream::Replace, &[seed, epoch, slot.position, attempt]).below(ds.len() as u64)
-                    as usize;
+                index = Rng::keyed(Stream::Replace, &[seed, epoch, slot.position, attempt])
+                    .below(ds.len() as u64) as usize;
             }
         }
     }

@@ -64,7 +64,7 @@ pub struct MixPlan {
 impl Mixup {
     /// From the config; `None` when both alphas are 0 (timm then does not mix at all).
     pub fn from_config(cfg: &DataConfig, num_classes: usize) -> Option<Self> {
-        (cfg.mixup_alpha > 0.0 || cfg.cutmix_alpha > 0.0).then(|| Mixup {
+        (cfg.mixup_alpha > 0.0 || cfg.cutmix_alpha > 0.0).then_some(Mixup {
             mixup_alpha: cfg.mixup_alpha,
             cutmix_alpha: cfg.cutmix_alpha,
             prob: cfg.mixup_prob,
@@ -77,7 +77,7 @@ impl Mixup {
     /// The plan for a batch of `h x w` images, drawn from `rng`.
     pub fn plan(&self, h: usize, w: usize, rng: &mut Rng) -> MixPlan {
         let none = MixPlan { lambda: 1.0, kind: MixKind::None };
-        if !(rng.f64() < self.prob) {
+        if rng.f64() >= self.prob {
             return none;
         }
         let (cutmix, alpha) = if self.mixup_alpha > 0.0 && self.cutmix_alpha > 0.0 {
@@ -109,7 +109,15 @@ impl Mixup {
     }
 
     /// The plan of batch `batch_index` of `epoch` (keyed, so it does not depend on consumption order).
-    pub fn plan_for(&self, seed: u64, epoch: u64, batch_index: u64, rank: u64, h: usize, w: usize) -> MixPlan {
+    pub fn plan_for(
+        &self,
+        seed: u64,
+        epoch: u64,
+        batch_index: u64,
+        rank: u64,
+        h: usize,
+        w: usize,
+    ) -> MixPlan {
         self.plan(h, w, &mut Rng::keyed(Stream::Mix, &[seed, epoch, batch_index, rank]))
     }
 
@@ -178,7 +186,14 @@ mod tests {
     use super::*;
 
     fn mixup(m: f64, c: f64) -> Mixup {
-        Mixup { mixup_alpha: m, cutmix_alpha: c, prob: 1.0, switch_prob: 0.5, label_smoothing: 0.1, num_classes: 5 }
+        Mixup {
+            mixup_alpha: m,
+            cutmix_alpha: c,
+            prob: 1.0,
+            switch_prob: 0.5,
+            label_smoothing: 0.1,
+            num_classes: 5,
+        }
     }
 
     #[test]

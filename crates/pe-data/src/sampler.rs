@@ -83,7 +83,10 @@ mod tests {
         assert_eq!(sorted, (0..100).collect::<Vec<_>>());
         assert_eq!(a, epoch_slots(100, 1, 0, s).iter().map(|x| x.index).collect::<Vec<_>>());
         let eval = Sampling { shuffle: false, ..s };
-        assert_eq!(epoch_slots(5, 1, 3, eval).iter().map(|x| x.index).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(
+            epoch_slots(5, 1, 3, eval).iter().map(|x| x.index).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 4]
+        );
     }
 
     #[test]
@@ -123,7 +126,7 @@ mod tests {
         assert_eq!((r0.len(), r1.len()), (384, 384));
         assert_eq!(r0[0].index, r1[0].index); // positions 0 and 1 are copies of the same image
         assert_eq!(r0[1].index, r1[0].index); // position 2 too
-        // Tiny data sets (< 256) keep ceil(len / world).
+                                              // Tiny data sets (< 256) keep ceil(len / world).
         assert_eq!(epoch_slots(10, 0, 0, s).len(), 10);
     }
 }

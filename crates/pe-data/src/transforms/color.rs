@@ -56,7 +56,9 @@ pub fn solarize(img: &mut RgbImage, threshold: u32) {
 /// timm's `solarize_add`: values below `threshold` get `add` added (saturating).
 pub fn solarize_add(img: &mut RgbImage, add: u32, threshold: u32) {
     let lut: [u8; 256] =
-        std::array::from_fn(|i| if (i as u32) < threshold { (i as u32 + add).min(255) as u8 } else { i as u8 });
+        std::array::from_fn(
+            |i| if (i as u32) < threshold { (i as u32 + add).min(255) as u8 } else { i as u8 },
+        );
     apply_lut(img, &lut);
 }
 

@@ -108,7 +108,8 @@ mod tests {
         let mut n_erased = 0;
         for i in 0..2000 {
             let mut img = vec![7u8; 3 * h * w];
-            let boxes = re(0.5, EraseMode::Const).apply(&mut img, h, w, &mut Rng::keyed(Stream::Sample, &[i]));
+            let boxes =
+                re(0.5, EraseMode::Const).apply(&mut img, h, w, &mut Rng::keyed(Stream::Sample, &[i]));
             n_erased += !boxes.is_empty() as usize;
             for b in &boxes {
                 assert!(b.width < w && b.height < h && b.top + b.height <= h && b.left + b.width <= w);
@@ -143,13 +144,16 @@ mod tests {
         let mut img = vec![0u8; 3 * h * w];
         let b = re(1.0, EraseMode::Rand).apply(&mut img, h, w, &mut rng)[0];
         let first = img[b.top * w + b.left];
-        assert!((b.top..b.top + b.height).all(|y| img[y * w + b.left..y * w + b.left + b.width].iter().all(|&v| v == first)));
+        assert!((b.top..b.top + b.height)
+            .all(|y| img[y * w + b.left..y * w + b.left + b.width].iter().all(|&v| v == first)));
     }
 
     #[test]
     fn prob_zero_never_erases() {
         let mut img = vec![9u8; 3 * 10 * 10];
-        assert!(re(0.0, EraseMode::Pixel).apply(&mut img, 10, 10, &mut Rng::keyed(Stream::Sample, &[1])).is_empty());
+        assert!(re(0.0, EraseMode::Pixel)
+            .apply(&mut img, 10, 10, &mut Rng::keyed(Stream::Sample, &[1]))
+            .is_empty());
         assert!(img.iter().all(|&v| v == 9));
     }
 }

@@ -39,7 +39,13 @@ impl From<CropBox> for Region {
 
 /// `RandomResizedCrop.get_params`: up to 10 tries of a random area fraction in `scale` and a log-uniform
 /// aspect ratio in `ratio` that fit the image, then the fallback center crop clamped to `ratio`.
-pub fn random_resized_crop(width: usize, height: usize, scale: [f64; 2], ratio: [f64; 2], rng: &mut Rng) -> CropBox {
+pub fn random_resized_crop(
+    width: usize,
+    height: usize,
+    scale: [f64; 2],
+    ratio: [f64; 2],
+    rng: &mut Rng,
+) -> CropBox {
     let area = (width * height) as f64;
     let log_ratio = (ratio[0].ln(), ratio[1].ln());
     for _ in 0..10 {
@@ -142,8 +148,14 @@ mod tests {
             center_fallback(1000, 100, [0.75, 4.0 / 3.0]),
             CropBox { top: 0, left: 433, height: 100, width: 133 }
         );
-        assert_eq!(center_fallback(100, 1000, [0.75, 4.0 / 3.0]), CropBox { top: 433, left: 0, height: 133, width: 100 });
-        assert_eq!(center_fallback(120, 100, [0.75, 4.0 / 3.0]), CropBox { top: 0, left: 0, height: 100, width: 120 });
+        assert_eq!(
+            center_fallback(100, 1000, [0.75, 4.0 / 3.0]),
+            CropBox { top: 433, left: 0, height: 133, width: 100 }
+        );
+        assert_eq!(
+            center_fallback(120, 100, [0.75, 4.0 / 3.0]),
+            CropBox { top: 0, left: 0, height: 100, width: 120 }
+        );
         // scale = [1, 1] and a 10:1 image: no try can fit, so the fallback is what comes out.
         let mut rng = Rng::keyed(Stream::Sample, &[2]);
         assert_eq!(

@@ -95,7 +95,7 @@ impl Transform {
         cfg.validate()?;
         let rand_augment = cfg.auto_augment.as_deref().map(|s| RandAugment::parse(s, cfg)).transpose()?;
         let color_jitter = (cfg.color_jitter > 0.0 && rand_augment.is_none()).then_some(cfg.color_jitter);
-        let erasing = (cfg.reprob > 0.0).then(|| RandomErasing {
+        let erasing = (cfg.reprob > 0.0).then_some(RandomErasing {
             prob: cfg.reprob,
             mode: cfg.remode,
             count: cfg.recount,
@@ -149,11 +149,14 @@ impl Transform {
             return Err("image has zero size".into());
         }
         let region: Region = match self.mode {
-            Mode::Train => geometry::random_resized_crop(header.width, header.height, self.scale, self.ratio, rng).into(),
+            Mode::Train => {
+                geometry::random_resized_crop(header.width, header.height, self.scale, self.ratio, rng).into()
+            }
             Mode::Eval => geometry::eval_region(header.width, header.height, size, self.crop_pct),
         };
         let filter = self.filter(rng);
-        let denom = if self.dct_scaling { scale_denominator(region.width, region.height, size, size) } else { 1 };
+        let denom =
+            if self.dct_scaling { scale_denominator(region.width, region.height, size, size) } else { 1 };
         let applied = s.decoder.decode_into(bytes, denom, &mut s.decoded)?;
         if applied == 1 && (s.decoded.width, s.decoded.height) != (header.width, header.height) {
             return Err(format!(

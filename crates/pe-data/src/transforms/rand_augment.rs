@@ -142,7 +142,8 @@ impl RandAugment {
             interpolation: cfg.interpolation,
         };
         for part in parts {
-            let split = part.find(|c: char| c.is_ascii_digit()).ok_or_else(|| bad(&format!("section {part:?}")))?;
+            let split =
+                part.find(|c: char| c.is_ascii_digit()).ok_or_else(|| bad(&format!("section {part:?}")))?;
             let (key, val) = part.split_at(split);
             let num: f64 = val.parse().map_err(|_| bad(&format!("section {part:?}: bad number")))?;
             match key {
@@ -152,7 +153,11 @@ impl RandAugment {
                 "mstd" => ra.magnitude_std = if num > 100.0 { f64::INFINITY } else { num },
                 "mmax" => ra.magnitude_max = num,
                 "inc" => {
-                    ra.ops = if num != 0.0 { RAND_INCREASING_TRANSFORMS.to_vec() } else { RAND_TRANSFORMS.to_vec() }
+                    ra.ops = if num != 0.0 {
+                        RAND_INCREASING_TRANSFORMS.to_vec()
+                    } else {
+                        RAND_TRANSFORMS.to_vec()
+                    }
                 }
                 _ => return Err(bad(&format!("unknown section {part:?}"))),
             }
@@ -267,7 +272,10 @@ mod tests {
         let cfg = DataConfig { interpolation: Interpolation::Bicubic, ..Default::default() };
         let ra = RandAugment::parse("rand-m9-mstd0.5-inc1", &cfg).unwrap();
         assert_eq!(ra.ops, RAND_INCREASING_TRANSFORMS.to_vec());
-        assert_eq!((ra.num_layers, ra.magnitude, ra.magnitude_std, ra.magnitude_max, ra.prob), (2, 9.0, 0.5, 10.0, 0.5));
+        assert_eq!(
+            (ra.num_layers, ra.magnitude, ra.magnitude_std, ra.magnitude_max, ra.prob),
+            (2, 9.0, 0.5, 10.0, 0.5)
+        );
         assert_eq!(ra.fill, [124, 116, 104]);
         let ra = RandAugment::parse("rand-m7-n3-mstd101-p0.7", &cfg).unwrap();
         assert_eq!(ra.ops, RAND_TRANSFORMS.to_vec());

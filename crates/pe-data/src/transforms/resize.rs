@@ -62,7 +62,12 @@ impl Resizer {
             Filter::Bilinear => fir::FilterType::Bilinear,
             Filter::Bicubic => fir::FilterType::CatmullRom,
         });
-        let opts = fir::ResizeOptions::new().resize_alg(alg).crop(region.left, region.top, region.width, region.height);
+        let opts = fir::ResizeOptions::new().resize_alg(alg).crop(
+            region.left,
+            region.top,
+            region.width,
+            region.height,
+        );
         self.inner.resize(&src_view, &mut dst, &opts).map_err(|e| e.to_string())
     }
 }
