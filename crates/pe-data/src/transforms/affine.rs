@@ -21,7 +21,7 @@ pub fn rotation(width: usize, height: usize, degrees: f64) -> Affine {
 
 /// Pillow's cubic kernel with a = -0.5.
 #[inline]
-fn cubic(x: f64) -> f64 {
+fn cubic(x: f32) -> f32 {
     let a = -0.5;
     let x = x.abs();
     if x < 1.0 {
@@ -38,45 +38,65 @@ pub fn warp(src: &RgbImage, m: &Affine, filter: Filter, fill: [u8; 3], out: &mut
     let (w, h) = (src.width, src.height);
     out.reshape(w, h);
     let s = src.pixels();
-    let px = |x: i64, y: i64, c: usize| -> f64 {
-        let x = x.clamp(0, w as i64 - 1) as usize;
-        let y = y.clamp(0, h as i64 - 1) as usize;
-        s[(y * w + x) * 3 + c] as f64
-    };
+    let (wi, hi) = (w as i64, h as i64);
+    // Index of the clamped pixel (x, y): taps beyond the border repeat the edge, as Pillow's XCLIP/YCLIP.
+    let at =
+        |x: i64, y: i64| -> usize { (y.clamp(0, hi - 1) as usize * w + x.clamp(0, wi - 1) as usize) * 3 };
     for yo in 0..h {
+        let yf = yo as f64 + 0.5;
+        // Row start in input space; stepping x by one adds (m[0], m[3]).
+        let (mut xin, mut yin) = (m[0] * 0.5 + m[1] * yf + m[2], m[3] * 0.5 + m[4] * yf + m[5]);
         for xo in 0..w {
-            let (xf, yf) = (xo as f64 + 0.5, yo as f64 + 0.5);
-            let xin = m[0] * xf + m[1] * yf + m[2];
-            let yin = m[3] * xf + m[4] * yf + m[5];
             let o = (yo * w + xo) * 3;
-            if xin < 0.0 || xin >= w as f64 || yin < 0.0 || yin >= h as f64 {
+            let (xi, yi) = (xin, yin);
+            xin += m[0];
+            yin += m[3];
+            if xi < 0.0 || xi >= w as f64 || yi < 0.0 || yi >= h as f64 {
                 out.data[o..o + 3].copy_from_slice(&fill);
                 continue;
             }
-            let (x, y) = (xin - 0.5, yin - 0.5);
-            let (x0, y0) = (x.floor(), y.floor());
-            let (dx, dy) = (x - x0, y - y0);
-            let (x0, y0) = (x0 as i64, y0 as i64);
-            for c in 0..3 {
-                let v = match filter {
-                    Filter::Bilinear => {
-                        let top = px(x0, y0, c) + dx * (px(x0 + 1, y0, c) - px(x0, y0, c));
-                        let bot = px(x0, y0 + 1, c) + dx * (px(x0 + 1, y0 + 1, c) - px(x0, y0 + 1, c));
-                        top + dy * (bot - top)
-                    }
-                    Filter::Bicubic => {
-                        let wx = [cubic(dx + 1.0), cubic(dx), cubic(1.0 - dx), cubic(2.0 - dx)];
-                        let wy = [cubic(dy + 1.0), cubic(dy), cubic(1.0 - dy), cubic(2.0 - dy)];
-                        let mut acc = 0.0;
-                        for (j, wyj) in wy.iter().enumerate() {
-                            let row: f64 =
-                                (0..4).map(|i| wx[i] * px(x0 - 1 + i as i64, y0 - 1 + j as i64, c)).sum();
-                            acc += wyj * row;
+            let (x, y) = (xi - 0.5, yi - 0.5);
+            // x, y >= -0.5 here, so floor is truncation except in [-0.5, 0) (no libm call).
+            let (x0, y0) = (if x < 0.0 { -1 } else { x as i64 }, if y < 0.0 { -1 } else { y as i64 });
+            let (dx, dy) = ((x - x0 as f64) as f32, (y - y0 as f64) as f32);
+            let mut acc = [0f32; 3];
+            match filter {
+                Filter::Bilinear => {
+                    let taps = [
+                        (at(x0, y0), (1.0 - dx) * (1.0 - dy)),
+                        (at(x0 + 1, y0), dx * (1.0 - dy)),
+                        (at(x0, y0 + 1), (1.0 - dx) * dy),
+                        (at(x0 + 1, y0 + 1), dx * dy),
+                    ];
+                    for (i, wt) in taps {
+                        for c in 0..3 {
+                            acc[c] += wt * s[i + c] as f32;
                         }
-                        acc
                     }
-                };
-                out.data[o + c] = (v + 0.5).floor().clamp(0.0, 255.0) as u8;
+                }
+                Filter::Bicubic => {
+                    let wx = [cubic(dx + 1.0), cubic(dx), cubic(1.0 - dx), cubic(2.0 - dx)];
+                    let wy = [cubic(dy + 1.0), cubic(dy), cubic(1.0 - dy), cubic(2.0 - dy)];
+                    for (j, &wyj) in wy.iter().enumerate() {
+                        let yy = y0 - 1 + j as i64;
+                        let mut row = [0f32; 3];
+                        let interior = x0 >= 1 && x0 + 2 < wi && yy >= 0 && yy < hi;
+                        let base = if interior { at(x0 - 1, yy) } else { 0 };
+                        for (i, &wxi) in wx.iter().enumerate() {
+                            let p = if interior { base + 3 * i } else { at(x0 - 1 + i as i64, yy) };
+                            for c in 0..3 {
+                                row[c] += wxi * s[p + c] as f32;
+                            }
+                        }
+                        for c in 0..3 {
+                            acc[c] += wyj * row[c];
+                        }
+                    }
+                }
+            }
+            for c in 0..3 {
+                // Float-to-int casts saturate, so this rounds and clamps to [0, 255] in one step.
+                out.data[o + c] = (acc[c] + 0.5) as u8;
             }
         }
     }
