@@ -94,9 +94,9 @@ pub fn warp(src: &RgbImage, m: &Affine, filter: Filter, fill: [u8; 3], out: &mut
                     }
                 }
             }
-            for c in 0..3 {
-                // Float-to-int casts saturate, so this rounds and clamps to [0, 255] in one step.
-                out.data[o + c] = (acc[c] + 0.5) as u8;
+            // Float-to-int casts saturate, so this rounds and clamps to [0, 255] in one step.
+            for (dst, v) in out.data[o..o + 3].iter_mut().zip(acc) {
+                *dst = (v + 0.5) as u8;
             }
         }
     }
