@@ -236,18 +236,26 @@ impl Loader {
 
     /// Iterate over epoch `epoch`'s batches.
     pub fn epoch(&self, epoch: u64) -> EpochIter {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of `epoch` from batch `start` on, numbered as in the full epoch: a resumed run
+    /// continues mid-epoch without decoding the batches it already trained on.
+    pub fn epoch_from(&self, epoch: u64, start: usize) -> EpochIter {
         let o = &self.shared.opts;
         let slots = epoch_slots(self.shared.dataset.len(), o.seed, epoch, o.sampling);
         let mut batches: Vec<Vec<Slot>> = slots.chunks(o.batch_size).map(<[Slot]>::to_vec).collect();
         if o.drop_last && batches.last().is_some_and(|b| b.len() < o.batch_size) {
             batches.pop();
         }
+        let start = start.min(batches.len());
+        batches.drain(..start);
         EpochIter {
             shared: Arc::clone(&self.shared),
             pool: Arc::clone(&self.pool),
             epoch,
             batches: batches.into(),
-            next_index: 0,
+            next_index: start as u64,
             pending: VecDeque::new(),
             cancel: Arc::new(AtomicBool::new(false)),
             report: BadFileReport::default(),

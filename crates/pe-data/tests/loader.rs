@@ -85,6 +85,20 @@ fn same_seed_same_batches_whatever_the_worker_count() {
 }
 
 #[test]
+fn a_resumed_epoch_continues_with_the_same_batches() {
+    let t = tempfile::tempdir().unwrap();
+    make_folder(t.path());
+    let l = loader(t.path(), 2, |_| {});
+    let full: Vec<_> = l.epoch(2).map(|b| b.unwrap()).collect();
+    let rest: Vec<_> = l.epoch_from(2, 3).map(|b| b.unwrap()).collect();
+    assert_eq!(rest.len(), 2);
+    for (a, b) in full[3..].iter().zip(&rest) {
+        assert_eq!((a.index, &a.images, &a.labels), (b.index, &b.images, &b.labels));
+    }
+    assert_eq!(l.epoch_from(2, 99).count(), 0);
+}
+
+#[test]
 fn bad_files_are_replaced_counted_and_reported() {
     let t = tempfile::tempdir().unwrap();
     make_folder(t.path());
