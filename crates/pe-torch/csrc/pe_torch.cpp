@@ -1,0 +1,311 @@
+// C shim over the libtorch features tch 0.24 does not expose (see src/ffi.rs for the Rust side).
+//
+// Conventions, shared by every function below:
+// - A tensor crosses the boundary as `at::Tensor*` (torch-sys's `C_tensor`); inputs are borrowed
+//   (`const at::Tensor*`, never freed here), outputs are written to `at::Tensor** out` as a fresh
+//   `new at::Tensor(...)` whose ownership passes to the caller (tch frees it with `delete`).
+// - A tensor list is `(const at::Tensor* const* ptrs, size_t n)`.
+// - Every function returns nullptr on success or a malloc'd, NUL-terminated error message that the
+//   caller must release with `pe_torch_free_error`. C++ exceptions never cross into Rust.
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <c10/core/CachingDeviceAllocator.h>
+#include <c10/core/GradMode.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace {
+
+char *dup_error(const char *msg) {
+  size_t n = std::strlen(msg);
+  char *out = static_cast<char *>(std::malloc(n + 1));
+  if (out != nullptr) {
+    std::memcpy(out, msg, n + 1);
+  }
+  return out;
+}
+
+// Runs `body`; turns any exception into an error string.
+template <typename F> char *guarded(F &&body) {
+  try {
+    body();
+    return nullptr;
+  } catch (const c10::Error &e) {
+    return dup_error(e.what_without_backtrace());
+  } catch (const std::exception &e) {
+    return dup_error(e.what());
+  } catch (...) {
+    return dup_error("unknown C++ exception");
+  }
+}
+
+std::vector<at::Tensor> to_vec(const at::Tensor *const *ptrs, size_t n) {
+  std::vector<at::Tensor> v;
+  v.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    TORCH_CHECK(ptrs[i] != nullptr, "null tensor pointer at index ", i);
+    v.push_back(*ptrs[i]);
+  }
+  return v;
+}
+
+std::optional<at::Tensor> opt_tensor(const at::Tensor *t) {
+  if (t == nullptr || !t->defined()) {
+    return std::nullopt;
+  }
+  return *t;
+}
+
+at::DeviceType device_type_of(int device_type) {
+  switch (device_type) {
+  case 0:
+    return at::kCPU;
+  case 1:
+    return at::kCUDA;
+  default:
+    TORCH_CHECK(false, "pe-torch: unsupported device type code ", device_type);
+  }
+}
+
+at::ScalarType scalar_type_of(int code) {
+  TORCH_CHECK(code >= 0 && code < static_cast<int>(at::ScalarType::NumOptions),
+              "pe-torch: invalid scalar type code ", code);
+  return static_cast<at::ScalarType>(code);
+}
+
+at::MemoryFormat memory_format_of(int code) {
+  switch (code) {
+  case 0:
+    return at::MemoryFormat::Contiguous;
+  case 1:
+    return at::MemoryFormat::ChannelsLast;
+  case 2:
+    return at::MemoryFormat::ChannelsLast3d;
+  default:
+    TORCH_CHECK(false, "pe-torch: invalid memory format code ", code);
+  }
+}
+
+void require_cuda() {
+  TORCH_CHECK(at::detail::getCUDAHooks().hasCUDA(),
+              "CUDA is not available (no CUDA device, driver or libtorch_cuda in this process)");
+}
+
+} // namespace
+
+extern "C" {
+
+void pe_torch_free_error(char *err) { std::free(err); }
+
+// ---------------------------------------------------------------------------------------------
+// Autocast
+
+char *pe_autocast_state(int device_type, bool *enabled, int *dtype) {
+  return guarded([&] {
+    auto dt = device_type_of(device_type);
+    *enabled = at::autocast::is_autocast_enabled(dt);
+    *dtype = static_cast<int>(at::autocast::get_autocast_dtype(dt));
+  });
+}
+
+// What `torch.autocast.__enter__` does: set enabled + dtype, increment the nesting count.
+char *pe_autocast_enter(int device_type, int dtype) {
+  return guarded([&] {
+    auto dt = device_type_of(device_type);
+    auto st = scalar_type_of(dtype);
+    TORCH_CHECK(st == at::kBFloat16 || st == at::kHalf,
+                "autocast dtype must be bfloat16 or float16, got ", st);
+    at::autocast::set_autocast_enabled(dt, true);
+    at::autocast::set_autocast_dtype(dt, st);
+    at::autocast::increment_nesting();
+  });
+}
+
+// What `torch.autocast.__exit__` does: decrement the nesting count (clearing the cast cache when
+// the outermost region ends) and restore the previous enabled flag and dtype.
+char *pe_autocast_exit(int device_type, bool prev_enabled, int prev_dtype) {
+  return guarded([&] {
+    auto dt = device_type_of(device_type);
+    if (at::autocast::decrement_nesting() == 0) {
+      at::autocast::clear_cache();
+    }
+    at::autocast::set_autocast_enabled(dt, prev_enabled);
+    at::autocast::set_autocast_dtype(dt, scalar_type_of(prev_dtype));
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// GradScaler kernels
+
+char *pe_amp_foreach_non_finite_check_and_unscale(const at::Tensor *const *grads, size_t n,
+                                                  const at::Tensor *found_inf,
+                                                  const at::Tensor *inv_scale) {
+  return guarded([&] {
+    auto list = to_vec(grads, n);
+    at::Tensor fi = *found_inf;
+    at::_amp_foreach_non_finite_check_and_unscale_(list, fi, *inv_scale);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory format
+
+char *pe_contiguous_format(const at::Tensor *t, int format, at::Tensor **out) {
+  return guarded([&] { *out = new at::Tensor(t->contiguous(memory_format_of(format))); });
+}
+
+char *pe_is_contiguous_format(const at::Tensor *t, int format, bool *out) {
+  return guarded([&] { *out = t->is_contiguous(memory_format_of(format)); });
+}
+
+char *pe_suggest_memory_format(const at::Tensor *t, int *out) {
+  return guarded([&] {
+    switch (t->suggest_memory_format()) {
+    case at::MemoryFormat::ChannelsLast:
+      *out = 1;
+      break;
+    case at::MemoryFormat::ChannelsLast3d:
+      *out = 2;
+      break;
+    default:
+      *out = 0;
+    }
+  });
+}
+
+// `param.data = new_data` in Python: the variable keeps its identity (and its VarStore entry)
+// while its storage and strides are replaced.
+char *pe_set_data(const at::Tensor *t, const at::Tensor *new_data) {
+  return guarded([&] {
+    at::Tensor var = *t;
+    var.set_data(*new_data);
+  });
+}
+
+// `param.grad = None`.
+char *pe_reset_grad(const at::Tensor *t) {
+  return guarded([&] {
+    at::Tensor var = *t;
+    var.mutable_grad().reset();
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused optimizers. Parameters are updated in place with grad mode off, exactly as
+// torch.optim's `fused=True` paths call these kernels under `torch.no_grad()`.
+
+char *pe_fused_adamw(const at::Tensor *const *params, const at::Tensor *const *grads,
+                     const at::Tensor *const *exp_avgs, const at::Tensor *const *exp_avg_sqs,
+                     const at::Tensor *const *steps, size_t n, double lr, double beta1, double beta2,
+                     double weight_decay, double eps, const at::Tensor *grad_scale,
+                     const at::Tensor *found_inf) {
+  return guarded([&] {
+    c10::AutoGradMode no_grad(false);
+    auto p = to_vec(params, n);
+    auto g = to_vec(grads, n);
+    auto m = to_vec(exp_avgs, n);
+    auto v = to_vec(exp_avg_sqs, n);
+    auto s = to_vec(steps, n);
+    auto fi = opt_tensor(found_inf);
+    at::_foreach_add_(s, 1);
+    at::_fused_adamw_(p, g, m, v, {}, s, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
+                      /*maximize=*/false, opt_tensor(grad_scale), fi);
+    if (fi.has_value()) {
+      // A skipped step must not advance the bias-correction counters (torch.optim does the same).
+      auto fi_scalar = fi->reshape({}).to(at::kFloat);
+      for (auto &step : s) {
+        step.sub_(fi_scalar);
+      }
+    }
+  });
+}
+
+char *pe_fused_sgd(const at::Tensor *const *params, const at::Tensor *const *grads,
+                   const at::Tensor *const *momentum_buffers, size_t n, double lr, double momentum,
+                   double weight_decay, bool nesterov, bool is_first_step,
+                   const at::Tensor *grad_scale, const at::Tensor *found_inf) {
+  return guarded([&] {
+    c10::AutoGradMode no_grad(false);
+    auto p = to_vec(params, n);
+    auto g = to_vec(grads, n);
+    std::vector<at::Tensor> bufs;
+    if (momentum != 0.0) {
+      bufs = to_vec(momentum_buffers, n);
+    }
+    at::_fused_sgd_(p, g, bufs, weight_decay, momentum, lr, /*dampening=*/0.0, nesterov,
+                    /*maximize=*/false, is_first_step, opt_tensor(grad_scale), opt_tensor(found_inf));
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// CUDA utilities, reached through libtorch's device-generic hooks and allocator interface so the
+// shim needs no CUDA headers and links on CPU-only builds.
+
+char *pe_cuda_device_count(int64_t *out) {
+  return guarded([&] {
+    *out = at::detail::getCUDAHooks().hasCUDA() ? at::detail::getCUDAHooks().deviceCount() : 0;
+  });
+}
+
+char *pe_cuda_set_device(int64_t index) {
+  return guarded([&] {
+    require_cuda();
+    auto count = at::detail::getCUDAHooks().deviceCount();
+    TORCH_CHECK(index >= 0 && index < count, "CUDA device index ", index, " out of range (",
+                count, " devices)");
+    c10::impl::getDeviceGuardImpl(at::kCUDA)->setDevice(
+        at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index)));
+  });
+}
+
+char *pe_cuda_current_device(int64_t *out) {
+  return guarded([&] {
+    require_cuda();
+    *out = c10::impl::getDeviceGuardImpl(at::kCUDA)->getDevice().index();
+  });
+}
+
+char *pe_cuda_memory_stats(int64_t index, int64_t *allocated, int64_t *max_allocated,
+                           int64_t *reserved, int64_t *max_reserved) {
+  return guarded([&] {
+    require_cuda();
+    auto stats = c10::getDeviceAllocator(at::kCUDA)->getDeviceStats(
+        static_cast<c10::DeviceIndex>(index));
+    constexpr auto agg = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    *allocated = stats.allocated_bytes[agg].current;
+    *max_allocated = stats.allocated_bytes[agg].peak;
+    *reserved = stats.reserved_bytes[agg].current;
+    *max_reserved = stats.reserved_bytes[agg].peak;
+  });
+}
+
+char *pe_cuda_reset_peak_memory_stats(int64_t index) {
+  return guarded([&] {
+    require_cuda();
+    c10::getDeviceAllocator(at::kCUDA)->resetPeakStats(static_cast<c10::DeviceIndex>(index));
+  });
+}
+
+char *pe_cuda_empty_cache() {
+  return guarded([&] {
+    require_cuda();
+    c10::getDeviceAllocator(at::kCUDA)->emptyCache();
+  });
+}
+
+char *pe_cuda_synchronize(int64_t index) {
+  return guarded([&] {
+    require_cuda();
+    c10::impl::getDeviceGuardImpl(at::kCUDA)->synchronizeDevice(
+        static_cast<c10::DeviceIndex>(index));
+  });
+}
+
+} // extern "C"

@@ -1,0 +1,322 @@
+//! The only module with `unsafe`: declarations of the C shim (csrc/pe_torch.cpp) and safe wrappers.
+//!
+//! Soundness rests on three facts that hold for every function here:
+//! - tensors are passed as `tch::Tensor::as_ptr()`, a valid `at::Tensor*` for as long as the borrowed
+//!   `&Tensor` lives, which outlives the call; the shim only borrows them (copies the handle);
+//! - a tensor the shim returns is a fresh `new at::Tensor` that nobody else owns, so handing it to
+//!   `Tensor::from_ptr` (which frees it with `delete` on drop) transfers ownership exactly once;
+//! - the shim catches every C++ exception and returns either null or a malloc'd C string that we copy
+//!   and free exactly once with `pe_torch_free_error`.
+#![allow(unsafe_code)]
+
+use std::ffi::{c_char, c_int, CStr};
+use std::ptr;
+
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+use crate::{Error, Result};
+
+type TensorPtr = *const C_tensor;
+
+extern "C" {
+    fn pe_torch_free_error(err: *mut c_char);
+
+    fn pe_autocast_state(device_type: c_int, enabled: *mut bool, dtype: *mut c_int) -> *mut c_char;
+    fn pe_autocast_enter(device_type: c_int, dtype: c_int) -> *mut c_char;
+    fn pe_autocast_exit(device_type: c_int, prev_enabled: bool, prev_dtype: c_int) -> *mut c_char;
+
+    fn pe_amp_foreach_non_finite_check_and_unscale(
+        grads: *const TensorPtr,
+        n: usize,
+        found_inf: TensorPtr,
+        inv_scale: TensorPtr,
+    ) -> *mut c_char;
+
+    fn pe_contiguous_format(t: TensorPtr, format: c_int, out: *mut *mut C_tensor) -> *mut c_char;
+    fn pe_is_contiguous_format(t: TensorPtr, format: c_int, out: *mut bool) -> *mut c_char;
+    fn pe_suggest_memory_format(t: TensorPtr, out: *mut c_int) -> *mut c_char;
+    fn pe_set_data(t: TensorPtr, new_data: TensorPtr) -> *mut c_char;
+    fn pe_reset_grad(t: TensorPtr) -> *mut c_char;
+
+    fn pe_fused_adamw(
+        params: *const TensorPtr,
+        grads: *const TensorPtr,
+        exp_avgs: *const TensorPtr,
+        exp_avg_sqs: *const TensorPtr,
+        steps: *const TensorPtr,
+        n: usize,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        grad_scale: TensorPtr,
+        found_inf: TensorPtr,
+    ) -> *mut c_char;
+    fn pe_fused_sgd(
+        params: *const TensorPtr,
+        grads: *const TensorPtr,
+        momentum_buffers: *const TensorPtr,
+        n: usize,
+        lr: f64,
+        momentum: f64,
+        weight_decay: f64,
+        nesterov: bool,
+        is_first_step: bool,
+        grad_scale: TensorPtr,
+        found_inf: TensorPtr,
+    ) -> *mut c_char;
+
+    fn pe_cuda_device_count(out: *mut i64) -> *mut c_char;
+    fn pe_cuda_set_device(index: i64) -> *mut c_char;
+    fn pe_cuda_current_device(out: *mut i64) -> *mut c_char;
+    fn pe_cuda_memory_stats(
+        index: i64,
+        allocated: *mut i64,
+        max_allocated: *mut i64,
+        reserved: *mut i64,
+        max_reserved: *mut i64,
+    ) -> *mut c_char;
+    fn pe_cuda_reset_peak_memory_stats(index: i64) -> *mut c_char;
+    fn pe_cuda_empty_cache() -> *mut c_char;
+    fn pe_cuda_synchronize(index: i64) -> *mut c_char;
+}
+
+/// Turns the shim's error convention (null = success) into a `Result`, freeing the message.
+fn check(err: *mut c_char) -> Result<()> {
+    if err.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null return is a NUL-terminated string the shim malloc'd for us; we copy it out
+    // before freeing it, and free it exactly once with the shim's matching `free`.
+    let msg = unsafe {
+        let msg = CStr::from_ptr(err).to_string_lossy().into_owned();
+        pe_torch_free_error(err);
+        msg
+    };
+    Err(Error::Torch(msg))
+}
+
+fn ptrs(tensors: &[&Tensor]) -> Vec<TensorPtr> {
+    tensors.iter().map(|t| t.as_ptr()).collect()
+}
+
+fn opt_ptr(t: Option<&Tensor>) -> TensorPtr {
+    t.map_or(ptr::null(), Tensor::as_ptr)
+}
+
+/// Takes ownership of a tensor the shim allocated.
+fn owned(out: *mut C_tensor) -> Result<Tensor> {
+    if out.is_null() {
+        return Err(Error::Torch("shim returned no tensor".into()));
+    }
+    // SAFETY: `out` is a fresh `new at::Tensor` from the shim that no one else references;
+    // `Tensor::from_ptr` becomes its only owner and deletes it on drop.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+pub(crate) fn autocast_state(device_type: i32) -> Result<(bool, i32)> {
+    let (mut enabled, mut dtype) = (false, 0);
+    // SAFETY: both out-pointers point at live locals; the shim only writes plain values there.
+    check(unsafe { pe_autocast_state(device_type, &mut enabled, &mut dtype) })?;
+    Ok((enabled, dtype))
+}
+
+pub(crate) fn autocast_enter(device_type: i32, dtype: i32) -> Result<()> {
+    // SAFETY: plain integer arguments; the shim validates them and only touches thread-local state.
+    check(unsafe { pe_autocast_enter(device_type, dtype) })
+}
+
+pub(crate) fn autocast_exit(device_type: i32, prev_enabled: bool, prev_dtype: i32) -> Result<()> {
+    // SAFETY: plain arguments; the shim validates them and only touches thread-local state.
+    check(unsafe { pe_autocast_exit(device_type, prev_enabled, prev_dtype) })
+}
+
+pub(crate) fn amp_non_finite_check_and_unscale(
+    grads: &[&Tensor],
+    found_inf: &Tensor,
+    inv_scale: &Tensor,
+) -> Result<()> {
+    let p = ptrs(grads);
+    // SAFETY: `p` holds `grads.len()` valid tensor pointers borrowed for the call (module docs).
+    check(unsafe {
+        pe_amp_foreach_non_finite_check_and_unscale(p.as_ptr(), p.len(), found_inf.as_ptr(), inv_scale.as_ptr())
+    })
+}
+
+pub(crate) fn contiguous_format(t: &Tensor, format: i32) -> Result<Tensor> {
+    let mut out = ptr::null_mut();
+    // SAFETY: `t` is borrowed for the call; `out` is a live local the shim writes an owned tensor to.
+    check(unsafe { pe_contiguous_format(t.as_ptr(), format, &mut out) })?;
+    owned(out)
+}
+
+pub(crate) fn is_contiguous_format(t: &Tensor, format: i32) -> Result<bool> {
+    let mut out = false;
+    // SAFETY: `t` is borrowed for the call; `out` is a live local.
+    check(unsafe { pe_is_contiguous_format(t.as_ptr(), format, &mut out) })?;
+    Ok(out)
+}
+
+pub(crate) fn suggest_memory_format(t: &Tensor) -> Result<i32> {
+    let mut out = 0;
+    // SAFETY: `t` is borrowed for the call; `out` is a live local.
+    check(unsafe { pe_suggest_memory_format(t.as_ptr(), &mut out) })?;
+    Ok(out)
+}
+
+pub(crate) fn set_data(t: &Tensor, new_data: &Tensor) -> Result<()> {
+    // SAFETY: both tensors are borrowed for the call; the shim swaps `t`'s data behind its handle,
+    // which every Rust `Tensor` sharing that TensorImpl observes, as Python's `p.data = x` does.
+    check(unsafe { pe_set_data(t.as_ptr(), new_data.as_ptr()) })
+}
+
+pub(crate) fn reset_grad(t: &Tensor) -> Result<()> {
+    // SAFETY: `t` is borrowed for the call; the shim drops its `.grad` reference.
+    check(unsafe { pe_reset_grad(t.as_ptr()) })
+}
+
+/// Arguments of one `_fused_adamw_` call: equal-length lists on one device and dtype.
+pub(crate) struct AdamWLists<'a> {
+    pub params: Vec<&'a Tensor>,
+    pub grads: Vec<&'a Tensor>,
+    pub exp_avgs: Vec<&'a Tensor>,
+    pub exp_avg_sqs: Vec<&'a Tensor>,
+    pub steps: Vec<&'a Tensor>,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fused_adamw(
+    lists: &AdamWLists<'_>,
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    weight_decay: f64,
+    eps: f64,
+    grad_scale: Option<&Tensor>,
+    found_inf: Option<&Tensor>,
+) -> Result<()> {
+    let n = lists.params.len();
+    let lens = [&lists.grads, &lists.exp_avgs, &lists.exp_avg_sqs, &lists.steps];
+    if lens.iter().any(|l| l.len() != n) {
+        return Err(Error::Invalid("fused_adamw: tensor lists differ in length".into()));
+    }
+    let (p, g, m, v, s) = (
+        ptrs(&lists.params),
+        ptrs(&lists.grads),
+        ptrs(&lists.exp_avgs),
+        ptrs(&lists.exp_avg_sqs),
+        ptrs(&lists.steps),
+    );
+    // SAFETY: five arrays of `n` valid tensor pointers (lengths checked above) and two optional
+    // pointers (null = None), all borrowed for the call (module docs).
+    check(unsafe {
+        pe_fused_adamw(
+            p.as_ptr(),
+            g.as_ptr(),
+            m.as_ptr(),
+            v.as_ptr(),
+            s.as_ptr(),
+            n,
+            lr,
+            beta1,
+            beta2,
+            weight_decay,
+            eps,
+            opt_ptr(grad_scale),
+            opt_ptr(found_inf),
+        )
+    })
+}
+
+/// Arguments of one `_fused_sgd_` call: equal-length lists on one device and dtype
+/// (`momentum_buffers` is empty when momentum is 0).
+pub(crate) struct SgdLists<'a> {
+    pub params: Vec<&'a Tensor>,
+    pub grads: Vec<&'a Tensor>,
+    pub momentum_buffers: Vec<&'a Tensor>,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fused_sgd(
+    lists: &SgdLists<'_>,
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+    nesterov: bool,
+    is_first_step: bool,
+    grad_scale: Option<&Tensor>,
+    found_inf: Option<&Tensor>,
+) -> Result<()> {
+    let n = lists.params.len();
+    let bufs_ok = if momentum == 0.0 {
+        lists.momentum_buffers.is_empty()
+    } else {
+        lists.momentum_buffers.len() == n
+    };
+    if lists.grads.len() != n || !bufs_ok {
+        return Err(Error::Invalid("fused_sgd: tensor lists differ in length".into()));
+    }
+    let (p, g, b) = (ptrs(&lists.params), ptrs(&lists.grads), ptrs(&lists.momentum_buffers));
+    // SAFETY: `p` and `g` hold `n` valid pointers and `b` holds `n` (momentum != 0) or none, in which
+    // case the shim does not read it; all are borrowed for the call (module docs).
+    check(unsafe {
+        pe_fused_sgd(
+            p.as_ptr(),
+            g.as_ptr(),
+            b.as_ptr(),
+            n,
+            lr,
+            momentum,
+            weight_decay,
+            nesterov,
+            is_first_step,
+            opt_ptr(grad_scale),
+            opt_ptr(found_inf),
+        )
+    })
+}
+
+pub(crate) fn cuda_device_count() -> Result<i64> {
+    let mut out = 0;
+    // SAFETY: `out` is a live local the shim writes an integer to.
+    check(unsafe { pe_cuda_device_count(&mut out) })?;
+    Ok(out)
+}
+
+pub(crate) fn cuda_set_device(index: i64) -> Result<()> {
+    // SAFETY: plain integer argument, validated by the shim.
+    check(unsafe { pe_cuda_set_device(index) })
+}
+
+pub(crate) fn cuda_current_device() -> Result<i64> {
+    let mut out = 0;
+    // SAFETY: `out` is a live local the shim writes an integer to.
+    check(unsafe { pe_cuda_current_device(&mut out) })?;
+    Ok(out)
+}
+
+/// (allocated, max allocated, reserved, max reserved) bytes of one CUDA device.
+pub(crate) fn cuda_memory_stats(index: i64) -> Result<[i64; 4]> {
+    let mut s = [0i64; 4];
+    let [a, b, c, d] = &mut s;
+    // SAFETY: four distinct live locals the shim writes integers to.
+    check(unsafe { pe_cuda_memory_stats(index, a, b, c, d) })?;
+    Ok(s)
+}
+
+pub(crate) fn cuda_reset_peak_memory_stats(index: i64) -> Result<()> {
+    // SAFETY: plain integer argument.
+    check(unsafe { pe_cuda_reset_peak_memory_stats(index) })
+}
+
+pub(crate) fn cuda_empty_cache() -> Result<()> {
+    // SAFETY: no arguments.
+    check(unsafe { pe_cuda_empty_cache() })
+}
+
+pub(crate) fn cuda_synchronize(index: i64) -> Result<()> {
+    // SAFETY: plain integer argument.
+    check(unsafe { pe_cuda_synchronize(index) })
+}
