@@ -6,13 +6,16 @@ VENV        := $(CURDIR)/.venv
 PYTHON      := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.setup-done
 PE          := target/release/pe
+# The experiment `make exp` runs: a recipe name under experiments/.
+EXP         ?= fmnist_resnet_mini_pe
+FMNIST_IDX  := /usr/share/datasets/fashion-mnist
 
 # Build tch against the venv's torch wheel: torch-sys asks `python` on PATH when VIRTUAL_ENV is set.
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: help setup build exp summary test fmt fmt-check clippy cargo-test pytest clean
+.PHONY: help setup build exp data tensorboard summary test fmt fmt-check clippy cargo-test pytest clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -20,6 +23,10 @@ help: ## List the targets
 setup: $(SETUP_STAMP) ## Create .venv with torch 2.11 (libtorch for tch) and the Python references; idempotent
 
 $(SETUP_STAMP): python/requirements.txt
+	@# cmake + nasm build the libjpeg-turbo that pe-data's decoder links statically.
+	@command -v cmake >/dev/null && command -v nasm >/dev/null || { \
+		echo "installing cmake and nasm (Debian packages)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake nasm; }
 	@test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --disable-pip-version-check -q -r python/requirements.txt
 	@# A stable path to libtorch for test binaries (.cargo/config.toml), whatever the Python version.
@@ -29,9 +36,19 @@ $(SETUP_STAMP): python/requirements.txt
 build: setup ## Build the release `pe` binary
 	cargo build --release -p pe-runner
 
-exp: build ## Run the default experiment (until the runner lands: environment check and model summary)
-	$(PE) info
-	$(PE) summary
+exp: build ## Train experiments/$(EXP).toml (default: a Fashion-MNIST recipe; prepares its data first)
+	@test -f experiments/$(EXP).toml || { echo "no experiments/$(EXP).toml; recipes: $$(ls experiments/*.toml | xargs -n1 basename | sed 's/.toml//' | tr '\n' ' ')"; exit 2; }
+	@if grep -q 'fashion-mnist' experiments/$(EXP).toml; then $(MAKE) --no-print-directory data; fi
+	$(PE) train experiments/$(EXP).toml
+
+data: build ## Fashion-MNIST as an ImageFolder of JPEGs in data/fashion-mnist (installs Debian's package)
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { \
+		echo "installing Debian's dataset-fashion-mnist"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; }
+	$(PE) prepare fashion-mnist --from $(FMNIST_IDX) --to data/fashion-mnist
+
+tensorboard: setup ## Serve TensorBoard on the runs/ folder (http://localhost:6006)
+	$(VENV)/bin/tensorboard --logdir runs --port 6006
 
 summary: build ## Parameters and MACs of every registry model beside the paper's numbers
 	$(PE) summary

@@ -1,17 +1,13 @@
 //! `pe`: the command-line entry point of the workspace.
 
-mod forward;
-mod info;
-mod summary;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use pe_runner::{config, eval_cmd, forward, info, prepare, summary, train};
+
 #[derive(Parser)]
-#[command(
-    name = "pe",
-    version,
-    about = "Parameter-efficient (W/Wᵀ) models on libtorch: train, evaluate, inspect"
-)]
+#[command(name = "pe", version, about = "Parameter-efficient (W/Wᵀ) models on libtorch: train, evaluate, inspect")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,18 +15,42 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show the libtorch in use, where it was loaded from, and the devices it sees.
-    Info,
+    /// Train an experiment (resumes automatically when its run folder has a checkpoint).
+    Train(train::TrainArgs),
+    /// Evaluate a checkpoint on an experiment's validation split.
+    Eval(eval_cmd::EvalArgs),
     /// Parameters (with/without head) and MACs of registry models, beside the paper's numbers.
     Summary(summary::SummaryArgs),
+    /// Prepare a dataset (Fashion-MNIST from Debian's package).
+    Prepare(prepare::PrepareArgs),
     /// Run a model on tensors from a safetensors file (interop and parity checks with PyTorch).
     Forward(forward::ForwardArgs),
+    /// Show the libtorch in use, where it was loaded from, and the devices it sees.
+    Info,
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Info => info::run(),
-        Command::Summary(args) => summary::run(args),
-        Command::Forward(args) => forward::run(args),
+/// Exit codes: 0 success, 1 failure, 2 invalid configuration (nothing started), 130 interrupted.
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Train(args) => train::run(args).map(|outcome| match outcome {
+            train::Outcome::Finished => ExitCode::SUCCESS,
+            train::Outcome::Interrupted => ExitCode::from(130),
+        }),
+        Command::Eval(args) => eval_cmd::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Summary(args) => summary::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Prepare(args) => prepare::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Forward(args) => forward::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Info => info::run().map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) if error.is::<config::ConfigError>() => {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -1,0 +1,56 @@
+//! Turning a host `pe_data::Batch` (uint8 NCHW) into normalised, optionally mixed, device tensors.
+
+use pe_data::{Batch, MixPlan, Mixup};
+use pe_data::mixup::MixKind;
+use tch::{Device, Kind, Tensor};
+
+/// Per-channel normalisation applied on the device, so the host→device copy stays uint8.
+pub struct Normalizer {
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl Normalizer {
+    pub fn new(mean: [f64; 3], std: [f64; 3], device: Device) -> Self {
+        let channel = |v: [f64; 3]| Tensor::from_slice(&v.map(|x| (x * 255.0) as f32)).view([1, 3, 1, 1]).to(device);
+        Self { mean: channel(mean), std: channel(std) }
+    }
+
+    /// uint8 [B, 3, H, W] -> float32 [B, 3, H, W], `(x - 255·mean) / (255·std)`.
+    pub fn apply(&self, images: &Tensor) -> Tensor {
+        (images.to_kind(Kind::Float) - &self.mean) / &self.std
+    }
+}
+
+/// The batch's uint8 images and i64 labels on `device` (non-blocking from pinned memory on CUDA).
+pub fn to_device(batch: &Batch, device: Device) -> (Tensor, Tensor) {
+    let shape = [batch.n as i64, 3, batch.h as i64, batch.w as i64];
+    let mut images = Tensor::from_slice(&batch.images).view(shape);
+    let mut labels = Tensor::from_slice(&batch.labels);
+    if device.is_cuda() {
+        images = images.pin_memory(device).to_device_(device, Kind::Uint8, true, false);
+        labels = labels.pin_memory(device).to_device_(device, Kind::Int64, true, false);
+    }
+    (images, labels)
+}
+
+/// Applies a Mixup/CutMix plan to normalised float images: the partner of sample i is N-1-i.
+pub fn mix(images: &Tensor, plan: &MixPlan) -> Tensor {
+    match plan.kind {
+        MixKind::None => images.shallow_clone(),
+        MixKind::Mixup => images * plan.lambda + images.flip([0]) * (1.0 - plan.lambda),
+        MixKind::CutMix { top, left, height, width } => {
+            let mixed = images.copy();
+            let partner = images.flip([0]);
+            let window = |t: &Tensor| t.narrow(2, top as i64, height as i64).narrow(3, left as i64, width as i64);
+            window(&mixed).copy_(&window(&partner));
+            mixed
+        }
+    }
+}
+
+/// Soft targets [B, K] for a (possibly mixed) batch, on `device`.
+pub fn soft_targets(mixup: &Mixup, labels: &[i64], plan: &MixPlan, device: Device) -> Tensor {
+    let targets = mixup.soft_targets(labels, plan);
+    Tensor::from_slice(&targets).view([labels.len() as i64, mixup.num_classes as i64]).to(device)
+}

@@ -1,0 +1,224 @@
+//! Reading experiment files: `base = "other.toml"` inheritance with deep merge, `--set key=value`
+//! overrides, model presets, and errors that name the file, line and key.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use toml::{Table, Value};
+
+use super::ExperimentConfig;
+
+/// A recipe resolved into its typed config, with where it came from.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    pub config: ExperimentConfig,
+    /// The recipe file the user named.
+    pub source: PathBuf,
+    /// The registry preset the model section started from, if any.
+    pub model_preset: Option<String>,
+}
+
+/// Why a recipe was rejected: where (file:line or the `--set` argument), which key, and what was expected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub location: String,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "{}: `{key}`: {}", self.location, self.message),
+            None => write!(f, "{}: {}", self.location, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// One file of the inheritance chain.
+struct Source {
+    path: PathBuf,
+    text: String,
+    table: Table,
+}
+
+fn read_source(path: &Path) -> Result<Source, ConfigError> {
+    let location = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError { location: location.clone(), key: None, message: format!("cannot read: {e}") })?;
+    let table: Table = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map(|span| line_of(&text, span.start));
+        let location = line.map_or(location.clone(), |l| format!("{location}:{l}"));
+        ConfigError { location, key: None, message: format!("invalid TOML: {}", e.message()) }
+    })?;
+    Ok(Source { path: path.to_owned(), text, table })
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The file and its `base` ancestors, most derived first.
+fn read_chain(path: &Path) -> Result<Vec<Source>, ConfigError> {
+    let mut chain: Vec<Source> = Vec::new();
+    let mut next = Some(path.to_owned());
+    while let Some(path) = next.take() {
+        if chain.iter().any(|s| s.path == path) {
+            return Err(ConfigError {
+                location: chain[0].path.display().to_string(),
+                key: Some("base".into()),
+                message: format!("inheritance cycle through {}", path.display()),
+            });
+        }
+        let mut source = read_source(&path)?;
+        if let Some(base) = source.table.remove("base") {
+            let Value::String(base) = base else {
+                return Err(located(&[source], "base", "expected a file name string".into()));
+            };
+            next = Some(path.parent().unwrap_or(Path::new(".")).join(base));
+        }
+        chain.push(source);
+    }
+    Ok(chain)
+}
+
+/// Deep merge: tables merge key by key; anything else in `top` replaces `base`.
+pub fn merge(base: &mut Table, top: Table) {
+    for (key, value) in top {
+        match (base.get_mut(&key), value) {
+            (Some(Value::Table(base_table)), Value::Table(top_table)) => merge(base_table, top_table),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Applies `key.path=value`; the value is TOML (`1e-3`, `[3, 4]`, `"x"`), else a bare string.
+fn apply_override(table: &mut Table, assignment: &str) -> Result<String, ConfigError> {
+    let error = |message: String| ConfigError { location: format!("--set {assignment}"), key: None, message };
+    let (key, raw) = assignment.split_once('=').ok_or_else(|| error("expected KEY=VALUE".into()))?;
+    let key = key.trim();
+    let value = toml::from_str::<Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(raw.to_owned()));
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(error(format!("invalid key {key:?}")));
+    }
+    let mut cursor = table;
+    for part in &parts[..parts.len() - 1] {
+        let entry = cursor.entry(part.to_string()).or_insert_with(|| Value::Table(Table::new()));
+        cursor = entry.as_table_mut().ok_or_else(|| error(format!("{part:?} is not a table")))?;
+    }
+    cursor.insert(parts[parts.len() - 1].to_owned(), value);
+    Ok(key.to_owned())
+}
+
+/// Replaces `[model] name = "preset"` by the preset's full definition with the other model keys on top.
+fn resolve_model(table: &mut Table) -> Result<Option<String>, String> {
+    let Some(Value::Table(model)) = table.get_mut("model") else {
+        return Err("missing: set `name` (a registry model) or `arch` and its fields".into());
+    };
+    let Some(name) = model.remove("name") else { return Ok(None) };
+    let Value::String(name) = name else { return Err("`name` must be a string".into()) };
+    let preset = pe_models::preset(&name)?;
+    let Value::Table(mut full) = Value::try_from(&preset).map_err(|e| e.to_string())? else {
+        unreachable!("a model config serialises to a table")
+    };
+    merge(&mut full, std::mem::take(model));
+    *model = full;
+    Ok(Some(name))
+}
+
+/// Loads `path` with its bases and `overrides`, resolves the model preset, and validates.
+pub fn load_experiment(path: &Path, overrides: &[String]) -> Result<Experiment, ConfigError> {
+    let chain = read_chain(path)?;
+    let mut merged = Table::new();
+    for source in chain.iter().rev() {
+        merge(&mut merged, source.table.clone());
+    }
+    let mut overridden = Vec::new();
+    for assignment in overrides {
+        overridden.push((apply_override(&mut merged, assignment)?, assignment.clone()));
+    }
+    let locate = |key: &str, message: String| {
+        if let Some((_, assignment)) = overridden.iter().rev().find(|(k, _)| key == k || key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{key}."))) {
+            return ConfigError { location: format!("--set {assignment}"), key: Some(key.into()), message };
+        }
+        located(&chain, key, message)
+    };
+    let model_preset = resolve_model(&mut merged).map_err(|m| locate("model.name", m))?;
+    let mut config: ExperimentConfig = typed(Value::Table(merged)).map_err(|(key, m)| locate(&key, m))?;
+    if config.name.is_empty() {
+        config.name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    }
+    config.validate().map_err(|invalid| locate(invalid.key, invalid.message))?;
+    Ok(Experiment { config, source: path.to_owned(), model_preset })
+}
+
+/// Deserialises with the failing key path; unknown fields report the field itself.
+fn typed<T: DeserializeOwned>(value: Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut key = e.path().to_string();
+        let message = e.inner().to_string();
+        if let Some(field) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+            if key == "." {
+                key = field.to_owned();
+            } else if !key.ends_with(&format!(".{field}")) && key != field {
+                key = format!("{key}.{field}");
+            }
+        }
+        (key, message)
+    })
+}
+
+/// The most derived file that sets `key` (or its nearest table), with the line.
+fn located(chain: &[Source], key: &str, message: String) -> ConfigError {
+    let mut probe = key.to_owned();
+    loop {
+        for source in chain {
+            if let Some(line) = find_key_line(&source.text, &probe) {
+                let location = format!("{}:{line}", source.path.display());
+                return ConfigError { location, key: Some(key.into()), message };
+            }
+        }
+        match probe.rsplit_once('.') {
+            Some((parent, _)) => probe = parent.to_owned(),
+            None => break,
+        }
+    }
+    let location = chain.first().map(|s| s.path.display().to_string()).unwrap_or_default();
+    ConfigError { location, key: Some(key.into()), message }
+}
+
+/// The 1-based line where dotted `key` is assigned or its table header stands.
+fn find_key_line(text: &str, key: &str) -> Option<usize> {
+    let mut table = String::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            table = header.trim_matches(|c| c == '[' || c == ' ').to_owned();
+            if table == key {
+                return Some(index + 1);
+            }
+            continue;
+        }
+        let Some((name, _)) = line.split_once('=') else { continue };
+        let name = name.trim().trim_matches('"');
+        let full = if table.is_empty() { name.to_owned() } else { format!("{table}.{name}") };
+        if full == key {
+            return Some(index + 1);
+        }
+    }
+    None
+}
+
+/// Serialises a resolved config as TOML (what `runs/<name>/config.toml` holds).
+pub fn to_toml(config: &ExperimentConfig) -> String {
+    toml::to_string(config).expect("an experiment config always serialises to TOML")
+}

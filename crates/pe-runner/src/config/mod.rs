@@ -1,0 +1,283 @@
+//! Experiment configuration: the typed sections of a TOML recipe and their validation.
+//!
+//! Loading (inheritance, overrides, error locations) lives in [`load`]; this module only says
+//! what a valid experiment is.
+
+pub mod load;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use pe_data::DataConfig;
+use pe_models::ModelConfig;
+
+pub use load::{load_experiment, ConfigError, Experiment};
+
+/// A fully resolved experiment, as written to `runs/<name>/config.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Run name: the folder under `logging.runs_dir`. Defaults to the recipe's file stem.
+    #[serde(default)]
+    pub name: String,
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub data: DataConfig,
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    Adamw,
+    Sgd,
+}
+
+/// Optimizer and its parameter groups (timm's names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerConfig {
+    pub name: OptimizerKind,
+    /// Learning rate at `base_batch` samples per step; scaled linearly to the global batch.
+    pub lr: f64,
+    /// Batch size `lr` refers to (DeiT/the paper: 512; Goyal et al. for ResNet: 256); 0 = no scaling.
+    pub base_batch: usize,
+    pub weight_decay: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    pub nesterov: bool,
+    /// AdamW betas and epsilon.
+    pub betas: [f64; 2],
+    pub eps: f64,
+    /// No weight decay for 1-D parameters: norm scales/shifts and biases.
+    pub no_decay_1d: bool,
+    /// No weight decay for parameters with these names (or name suffixes).
+    pub no_decay_names: Vec<String>,
+    /// Clip the global gradient norm to this value; 0 = off.
+    pub clip_grad: f64,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            name: OptimizerKind::Adamw,
+            lr: 5e-4,
+            base_batch: 512,
+            weight_decay: 0.05,
+            momentum: 0.9,
+            nesterov: false,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            no_decay_1d: true,
+            no_decay_names: vec!["pos_embed".into(), "cls_token".into()],
+            clip_grad: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// Cosine from the peak lr to `min_lr` over the epochs after warmup.
+    Cosine,
+    /// Multiply by `decay_rate` every `decay_epochs` (the classic ResNet recipe).
+    Step,
+    Constant,
+}
+
+/// Learning-rate schedule, evaluated per optimizer step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    pub name: ScheduleKind,
+    /// Linear warmup from `warmup_lr` to the peak lr over this many epochs (fractions allowed).
+    pub warmup_epochs: f64,
+    pub warmup_lr: f64,
+    pub min_lr: f64,
+    pub decay_epochs: f64,
+    pub decay_rate: f64,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            name: ScheduleKind::Cosine,
+            warmup_epochs: 5.0,
+            warmup_lr: 1e-6,
+            min_lr: 1e-5,
+            decay_epochs: 30.0,
+            decay_rate: 0.1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Amp {
+    Off,
+    Bf16,
+    /// fp16 with dynamic loss scaling.
+    Fp16,
+}
+
+/// The training loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    /// Samples per optimizer step on one device (before accumulation).
+    pub batch_size: usize,
+    /// Micro-batches accumulated per optimizer step.
+    pub accum_steps: usize,
+    /// Model EMA decay per optimizer step; 0 = off.
+    pub ema_decay: f64,
+    pub amp: Amp,
+    /// Run convolutional models in channels_last memory format.
+    pub channels_last: bool,
+    /// "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
+    pub device: String,
+    pub seed: u64,
+    /// Also write `last` every this many optimizer steps; 0 = only at epoch ends.
+    pub checkpoint_every_steps: usize,
+    /// Stop after this many optimizer steps in total (smoke tests); 0 = no limit.
+    pub max_steps: usize,
+    /// libtorch intra-op threads; 0 = libtorch's default.
+    pub threads: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 300,
+            batch_size: 128,
+            accum_steps: 1,
+            ema_decay: 0.0,
+            amp: Amp::Off,
+            channels_last: false,
+            device: "auto".into(),
+            seed: 0,
+            checkpoint_every_steps: 0,
+            max_steps: 0,
+            threads: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Evaluate every this many epochs (and always after the last).
+    pub every_epochs: usize,
+    /// 0 = the training batch size.
+    pub batch_size: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self { every_epochs: 1, batch_size: 0 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// Parent of the run folder.
+    pub runs_dir: PathBuf,
+    /// Log train scalars every this many optimizer steps.
+    pub every_steps: usize,
+    /// Number of augmented training inputs written to TensorBoard once; 0 = none.
+    pub sample_images: usize,
+    /// Show a progress bar (off when stderr is not a terminal).
+    pub progress: bool,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self { runs_dir: PathBuf::from("runs"), every_steps: 50, sample_images: 8, progress: true }
+    }
+}
+
+/// A validation failure: the dotted key and what was expected.
+pub struct Invalid {
+    pub key: &'static str,
+    pub message: String,
+}
+
+fn ensure(ok: bool, key: &'static str, message: impl FnOnce() -> String) -> Result<(), Invalid> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid { key, message: message() })
+    }
+}
+
+impl ExperimentConfig {
+    /// Checks every impossible value; the first failure names its key.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.model.validate().map_err(|message| Invalid { key: "model", message })?;
+        self.data.validate().map_err(|e| Invalid { key: "data", message: e.to_string() })?;
+        let t = &self.train;
+        ensure(t.epochs >= 1, "train.epochs", || "must be at least 1".into())?;
+        ensure(t.batch_size >= 1, "train.batch_size", || "must be at least 1".into())?;
+        ensure(t.accum_steps >= 1, "train.accum_steps", || "must be at least 1".into())?;
+        ensure((0.0..1.0).contains(&t.ema_decay), "train.ema_decay", || {
+            format!("must be in [0, 1) (0 = off), got {}", t.ema_decay)
+        })?;
+        ensure(crate::device::parse(&t.device).is_ok(), "train.device", || {
+            format!("expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got {:?}", t.device)
+        })?;
+        let o = &self.optimizer;
+        ensure(o.lr > 0.0, "optimizer.lr", || format!("must be positive, got {}", o.lr))?;
+        ensure(o.weight_decay >= 0.0, "optimizer.weight_decay", || "must be >= 0".into())?;
+        ensure((0.0..1.0).contains(&o.momentum), "optimizer.momentum", || "must be in [0, 1)".into())?;
+        ensure(o.betas.iter().all(|b| (0.0..1.0).contains(b)), "optimizer.betas", || "must be in [0, 1)".into())?;
+        ensure(o.eps > 0.0, "optimizer.eps", || "must be positive".into())?;
+        ensure(o.clip_grad >= 0.0, "optimizer.clip_grad", || "must be >= 0 (0 = off)".into())?;
+        ensure(!(o.nesterov && o.momentum == 0.0), "optimizer.nesterov", || "needs momentum > 0".into())?;
+        let s = &self.schedule;
+        ensure(s.warmup_epochs >= 0.0 && s.warmup_epochs < t.epochs as f64, "schedule.warmup_epochs", || {
+            format!("must be in [0, train.epochs = {}), got {}", t.epochs, s.warmup_epochs)
+        })?;
+        ensure(s.min_lr >= 0.0 && s.warmup_lr >= 0.0, "schedule.min_lr", || "lrs must be >= 0".into())?;
+        ensure(s.name != ScheduleKind::Step || s.decay_epochs > 0.0, "schedule.decay_epochs", || {
+            "must be positive for the step schedule".into()
+        })?;
+        ensure(self.eval.every_epochs >= 1, "eval.every_epochs", || "must be at least 1".into())?;
+        ensure(self.logging.every_steps >= 1, "logging.every_steps", || "must be at least 1".into())?;
+        ensure(self.data.img_size as i64 == self.model_img_size(), "data.img_size", || {
+            format!("the model needs {0}×{0} inputs, data.img_size is {1}", self.model_img_size(), self.data.img_size)
+        })?;
+        Ok(())
+    }
+
+    /// Fixed-size models (ViTs) need exactly their size; ResNets accept what the data gives.
+    fn model_img_size(&self) -> i64 {
+        match &self.model {
+            ModelConfig::Vit(vit) => vit.img_size,
+            ModelConfig::Resnet(_) => self.data.img_size as i64,
+        }
+    }
+
+    /// Samples per optimizer step (one device).
+    pub fn global_batch(&self) -> usize {
+        self.train.batch_size * self.train.accum_steps
+    }
+
+    /// Peak learning rate after linear scaling by the batch size.
+    pub fn peak_lr(&self) -> f64 {
+        match self.optimizer.base_batch {
+            0 => self.optimizer.lr,
+            base => self.optimizer.lr * self.global_batch() as f64 / base as f64,
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! Model EMA: a second copy of the weights tracking `ema = decay·ema + (1 − decay)·model`.
+
+use tch::nn;
+
+use pe_models::{Model, ModelConfig};
+
+/// The averaged model, evaluated separately from the trained one (timm's `ModelEmaV2`).
+pub struct Ema {
+    pub vs: nn::VarStore,
+    pub model: Model,
+    pub decay: f64,
+}
+
+impl Ema {
+    /// Builds a copy of `source`'s model on the same device and copies its current weights.
+    pub fn new(config: &ModelConfig, source: &nn::VarStore, decay: f64) -> anyhow::Result<Self> {
+        let mut vs = nn::VarStore::new(source.device());
+        let model = config.init(vs.root());
+        vs.copy(source)?;
+        vs.freeze();
+        Ok(Self { vs, model, decay })
+    }
+
+    /// One EMA step over every variable: parameters are averaged, BN statistics too (as timm).
+    pub fn update(&mut self, source: &nn::VarStore) {
+        let sources = source.variables();
+        tch::no_grad(|| {
+            for (name, mut ema) in self.vs.variables() {
+                let current = &sources[&name];
+                if ema.is_floating_point() {
+                    ema *= self.decay;
+                    ema += current * (1.0 - self.decay);
+                } else {
+                    ema.copy_(current);
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,59 @@
+//! `pe eval`: evaluates a checkpoint (or a weights file) on an experiment's validation split.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tch::nn;
+
+use pe_data::Loader;
+use pe_models::weights;
+
+use crate::amp::Precision;
+use crate::batch::Normalizer;
+use crate::checkpoint;
+use crate::config::load_experiment;
+use crate::evaluate::evaluate;
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The experiment recipe (TOML) whose model and data to use.
+    pub experiment: PathBuf,
+    /// A checkpoint folder (`runs/NAME/checkpoints/best`) or a `.safetensors` weights file.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Evaluate the checkpoint's EMA weights instead of the trained ones.
+    #[arg(long)]
+    pub ema: bool,
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let config = load_experiment(&args.experiment, &args.overrides)?.config;
+    let device = crate::device::resolve(&config.train.device)?;
+    let weights_file = if args.checkpoint.is_dir() {
+        args.checkpoint.join(if args.ema { checkpoint::EMA } else { checkpoint::MODEL })
+    } else {
+        args.checkpoint.clone()
+    };
+    let vs = nn::VarStore::new(device);
+    let model = config.model.init(vs.root());
+    weights::load(&vs, &weights_file)?;
+    let batch = if config.eval.batch_size == 0 { config.train.batch_size } else { config.eval.batch_size };
+    let loader = Loader::eval(&config.data, batch, 0, 1)
+        .with_context(|| format!("opening the validation split of {:?} (see data/README.md)", config.data.root))?;
+    let normalizer = Normalizer::new(config.data.mean, config.data.std, device);
+    let precision = Precision { amp: config.train.amp, channels_last: false };
+    let result = evaluate(&model, &loader, &normalizer, device, &precision)?;
+    println!(
+        "{}: top-1 {:.2}% top-5 {:.2}% loss {:.4} on {} images",
+        weights_file.display(),
+        result.acc1,
+        result.acc5,
+        result.loss,
+        result.samples
+    );
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! The `pe` runner as a library: experiment configs, the training loop and the subcommands,
+//! so integration tests can drive the same code the binary runs.
+
+pub mod amp;
+pub mod batch;
+pub mod checkpoint;
+pub mod config;
+pub mod device;
+pub mod ema;
+pub mod eval_cmd;
+pub mod evaluate;
+pub mod forward;
+pub mod info;
+pub mod loss;
+pub mod metrics;
+pub mod optimizer;
+pub mod param_groups;
+pub mod prepare;
+pub mod schedule;
+pub mod summary;
+pub mod tensorboard;
+pub mod train;

@@ -1,0 +1,91 @@
+//! End-to-end training on a tiny generated ImageFolder: the run folder, evaluation, and exact
+//! resume after the process is killed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn a_short_run_trains_evaluates_and_writes_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_image_folder(&data, 3, 12, 4, 20);
+    let runs = dir.path().join("runs");
+    let recipe = tiny_recipe(dir.path(), "tiny", &data, &runs, "ema_decay = 0.9", "");
+    let out = pe().arg("train").arg(&recipe).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("final top-1") && stdout.contains("EMA"), "{stdout}");
+    let run = runs.join("tiny");
+    let resolved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(resolved.contains("pe_stages = [2]"), "{resolved}");
+    // 36 images / batch 6 = 6 steps per epoch, 3 epochs.
+    let losses = step_losses(&run);
+    assert_eq!(losses.iter().map(|(s, _)| *s).collect::<Vec<_>>(), (1..=18).collect::<Vec<_>>());
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"type\":\"eval\"")).count(), 3);
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"type\":\"eval_ema\"")).count(), 3);
+    for link in ["last", "best"] {
+        let target = std::fs::canonicalize(run.join("checkpoints").join(link)).unwrap();
+        for file in ["model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json"] {
+            assert!(target.join(file).exists(), "{link}/{file}");
+        }
+    }
+    let last = std::fs::canonicalize(run.join("checkpoints/last")).unwrap();
+    assert!(last.ends_with("step-000000018"), "{}", last.display());
+    // `pe eval` on the best checkpoint reproduces an accuracy.
+    let out = pe().arg("eval").arg(&recipe).arg("--checkpoint").arg(run.join("checkpoints/best")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("top-1"));
+}
+
+#[test]
+fn a_killed_run_resumes_with_exactly_the_same_step_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_image_folder(&data, 3, 20, 2, 24);
+    let runs = dir.path().join("runs");
+    // Mixup/CutMix, random crops and accumulation, so every RNG stream matters.
+    let (train, mixing) = ("accum_steps = 2", "mixup_alpha = 0.8\ncutmix_alpha = 1.0");
+    let reference = tiny_recipe(dir.path(), "reference", &data, &runs, train, mixing);
+    let interrupted = tiny_recipe(dir.path(), "interrupted", &data, &runs, train, mixing);
+    let out = pe().arg("train").arg(&reference).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let expected = step_losses(&runs.join("reference"));
+    assert_eq!(expected.len(), 15, "60 images / (6 × 2) = 5 steps per epoch, 3 epochs");
+
+    // Start, wait until a few steps are logged, SIGKILL, then run the same command again.
+    let mut child = pe().arg("train").arg(&interrupted).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let run = runs.join("interrupted");
+    let started = Instant::now();
+    while step_losses(&run).len() < 4 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed_at = step_losses(&run).len();
+    assert!(killed_at < 15, "killed mid-run");
+    let out = pe().arg("train").arg(&interrupted).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("resumed from"), "{stdout}");
+    let resumed = step_losses(&run);
+    assert_eq!(resumed.len(), expected.len());
+    for ((step, a), (_, b)) in resumed.iter().zip(&expected) {
+        assert!((a - b).abs() <= 1e-6, "step {step}: resumed {a} vs uninterrupted {b}");
+    }
+}
+
+#[test]
+fn a_missing_dataset_stops_at_once_naming_the_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "nodata", &dir.path().join("imagenet"), &dir.path().join("runs"), "", "");
+    let out = pe().arg("train").arg(&recipe).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("imagenet") && stderr.contains("data/README.md"), "{stderr}");
+}

@@ -1,0 +1,78 @@
+"""A short training run writes event files that the real TensorBoard reads back."""
+
+import pathlib
+
+import numpy as np
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import run_pe
+
+
+def make_image_folder(root: pathlib.Path, classes=2, per_class=8, side=16):
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("val", 4)):
+        for c in range(classes):
+            folder = root / split / f"c{c}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(rng.normal(60 + 120 * c, 20, (side, side, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+
+
+RECIPE = """
+[model]
+arch = "vit"
+img_size = 16
+patch_size = 4
+in_channels = 3
+num_classes = 2
+embed_dim = 24
+depth = 1
+heads = 2
+mlp_ratio = 2.0
+pe_attention = true
+pe_mlp = true
+
+[data]
+root = "{data}"
+img_size = 16
+workers = 1
+
+[schedule]
+warmup_epochs = 0
+
+[train]
+epochs = 2
+batch_size = 4
+device = "cpu"
+
+[optimizer]
+base_batch = 0
+
+[logging]
+runs_dir = "{runs}"
+every_steps = 1
+sample_images = 2
+progress = false
+"""
+
+
+def test_event_files_read_back_with_tensorboard(tmp_path):
+    make_image_folder(tmp_path / "data")
+    recipe = tmp_path / "tb.toml"
+    recipe.write_text(RECIPE.format(data=tmp_path / "data", runs=tmp_path / "runs"))
+    run_pe("train", recipe)
+    events = EventAccumulator(str(tmp_path / "runs" / "tb"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in ["train/loss", "train/lr", "train/grad_norm", "perf/img_per_s", "perf/data_wait_fraction",
+                "eval/acc1", "eval/acc5", "eval/loss"]:
+        assert tag in tags["scalars"], tag
+    # 16 images / batch 4 = 4 steps per epoch, 2 epochs; one eval per epoch.
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 9))
+    assert [e.step for e in events.Scalars("eval/acc1")] == [4, 8]
+    assert all(0.0 <= e.value <= 100.0 for e in events.Scalars("eval/acc1"))
+    assert sorted(tags["images"]) == ["inputs/0", "inputs/1"]
+    image = events.Images("inputs/0")[0]
+    assert (image.width, image.height) == (16, 16)
