@@ -66,5 +66,6 @@ pub fn is_enabled(device: Device) -> Result<bool> {
 /// The dtype autocast uses (or would use) for `device`'s type on this thread.
 pub fn dtype(device: Device) -> Result<Kind> {
     let code = ffi::autocast_state(device_type_code(device)?)?.1;
-    kind_of_scalar_type_code(code).ok_or_else(|| Error::Torch(format!("unexpected autocast dtype code {code}")))
+    kind_of_scalar_type_code(code)
+        .ok_or_else(|| Error::Torch(format!("unexpected autocast dtype code {code}")))
 }

@@ -141,7 +141,12 @@ pub(crate) fn amp_non_finite_check_and_unscale(
     let p = ptrs(grads);
     // SAFETY: `p` holds `grads.len()` valid tensor pointers borrowed for the call (module docs).
     check(unsafe {
-        pe_amp_foreach_non_finite_check_and_unscale(p.as_ptr(), p.len(), found_inf.as_ptr(), inv_scale.as_ptr())
+        pe_amp_foreach_non_finite_check_and_unscale(
+            p.as_ptr(),
+            p.len(),
+            found_inf.as_ptr(),
+            inv_scale.as_ptr(),
+        )
     })
 }
 
@@ -250,11 +255,8 @@ pub(crate) fn fused_sgd(
     found_inf: Option<&Tensor>,
 ) -> Result<()> {
     let n = lists.params.len();
-    let bufs_ok = if momentum == 0.0 {
-        lists.momentum_buffers.is_empty()
-    } else {
-        lists.momentum_buffers.len() == n
-    };
+    let bufs_ok =
+        if momentum == 0.0 { lists.momentum_buffers.is_empty() } else { lists.momentum_buffers.len() == n };
     if lists.grads.len() != n || !bufs_ok {
         return Err(Error::Invalid("fused_sgd: tensor lists differ in length".into()));
     }

@@ -2,8 +2,8 @@
 use tch::{Kind, Tensor};
 
 use super::{
-    amp_host_values, missing_state, bucket_by_device_and_kind, flat_params, on_device, parse_state_name, reference,
-    state_like, step_like, with_grads, Backend, Optimizer, ParamGroup,
+    amp_host_values, bucket_by_device_and_kind, flat_params, missing_state, on_device, parse_state_name,
+    reference, state_like, step_like, with_grads, Backend, Optimizer, ParamGroup,
 };
 use crate::{ffi, Error, Result};
 
@@ -99,7 +99,8 @@ impl Optimizer for AdamW {
                 }
                 continue;
             }
-            for ((device, _), bucket) in bucket_by_device_and_kind(items, |(_, p, _)| (p.device(), p.kind())) {
+            for ((device, _), bucket) in bucket_by_device_and_kind(items, |(_, p, _)| (p.device(), p.kind()))
+            {
                 let mut lists = ffi::AdamWLists {
                     params: Vec::with_capacity(bucket.len()),
                     grads: Vec::with_capacity(bucket.len()),
@@ -167,7 +168,9 @@ impl Optimizer for AdamW {
         let mut state = Vec::with_capacity(params.len());
         for (i, [m, v, s]) in parts.into_iter().enumerate() {
             state.push(match (m, v, s) {
-                (Some(exp_avg), Some(exp_avg_sq), Some(step)) => Some(AdamState { exp_avg, exp_avg_sq, step }),
+                (Some(exp_avg), Some(exp_avg_sq), Some(step)) => {
+                    Some(AdamState { exp_avg, exp_avg_sq, step })
+                }
                 (None, None, None) => None,
                 _ => return Err(Error::Invalid(format!("incomplete AdamW state for parameter {i}"))),
             });

@@ -99,8 +99,9 @@ pub(crate) fn flat_params(groups: &[ParamGroup]) -> Vec<&Tensor> {
 pub(crate) fn parse_state_name(name: &str, n_params: usize) -> Result<(usize, &str)> {
     let (idx, field) =
         name.split_once('.').ok_or_else(|| Error::Invalid(format!("bad optimizer state name {name:?}")))?;
-    let idx: usize =
-        idx.parse().map_err(|_| Error::Invalid(format!("bad parameter index in optimizer state {name:?}")))?;
+    let idx: usize = idx
+        .parse()
+        .map_err(|_| Error::Invalid(format!("bad parameter index in optimizer state {name:?}")))?;
     if idx >= n_params {
         return Err(Error::Invalid(format!("optimizer state {name:?}: only {n_params} parameters")));
     }
@@ -167,7 +168,10 @@ pub(crate) fn on_device(t: Option<&Tensor>, device: Device) -> Result<Option<Ten
 }
 
 /// For the per-tensor path: whether to skip this step, and the scale to divide gradients by.
-pub(crate) fn amp_host_values(grad_scale: Option<&Tensor>, found_inf: Option<&Tensor>) -> Result<(bool, f64)> {
+pub(crate) fn amp_host_values(
+    grad_scale: Option<&Tensor>,
+    found_inf: Option<&Tensor>,
+) -> Result<(bool, f64)> {
     let skip = match found_inf {
         Some(f) => f.f_double_value(&[])? != 0.0,
         None => false,

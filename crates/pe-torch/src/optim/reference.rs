@@ -58,7 +58,11 @@ pub(crate) fn sgd_step(
 ) -> Result<()> {
     tch::no_grad(|| {
         let mut p = param.shallow_clone();
-        let mut g = if weight_decay != 0.0 { grad.f_add(&param.f_mul_scalar(weight_decay)?)? } else { grad.shallow_clone() };
+        let mut g = if weight_decay != 0.0 {
+            grad.f_add(&param.f_mul_scalar(weight_decay)?)?
+        } else {
+            grad.shallow_clone()
+        };
         if momentum != 0.0 {
             let buf = match momentum_buffer {
                 Some(buf) => {

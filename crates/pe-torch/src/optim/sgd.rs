@@ -31,7 +31,9 @@ impl Sgd {
 
     pub fn with_backend(groups: Vec<ParamGroup>, config: SgdConfig, backend: Backend) -> Result<Self> {
         if config.momentum < 0.0 || (config.nesterov && config.momentum <= 0.0) {
-            return Err(Error::Invalid(format!("invalid SGD config {config:?} (Nesterov needs momentum > 0)")));
+            return Err(Error::Invalid(format!(
+                "invalid SGD config {config:?} (Nesterov needs momentum > 0)"
+            )));
         }
         if let Some(g) = groups.iter().find(|g| g.lr < 0.0 || g.weight_decay < 0.0) {
             return Err(Error::Invalid(format!("invalid lr {} / weight decay {}", g.lr, g.weight_decay)));
@@ -82,26 +84,33 @@ impl Optimizer for Sgd {
                 }
             }
             let keyed: Vec<_> = items.into_iter().zip(first_step).collect();
-            let buckets =
-                bucket_by_device_and_kind(keyed, |((_, p, _), _)| (p.device(), p.kind()));
+            let buckets = bucket_by_device_and_kind(keyed, |((_, p, _), _)| (p.device(), p.kind()));
             for ((device, _), bucket) in buckets {
                 let gs = on_device(grad_scale, device)?;
                 let fi = on_device(found_inf, device)?;
                 for is_first in [true, false] {
-                    let mut lists = ffi::SgdLists {
-                        params: Vec::new(),
-                        grads: Vec::new(),
-                        momentum_buffers: Vec::new(),
-                    };
+                    let mut lists =
+                        ffi::SgdLists { params: Vec::new(), grads: Vec::new(), momentum_buffers: Vec::new() };
                     for ((i, p, g), _) in bucket.iter().filter(|(_, f)| *f == is_first) {
                         lists.params.push(p);
                         lists.grads.push(g);
                         if momentum != 0.0 {
-                            lists.momentum_buffers.push(momentum_buffers[*i].as_ref().ok_or_else(missing_state)?);
+                            lists
+                                .momentum_buffers
+                                .push(momentum_buffers[*i].as_ref().ok_or_else(missing_state)?);
                         }
                     }
                     if !lists.params.is_empty() {
-                        ffi::fused_sgd(&lists, lr, momentum, wd, nesterov, is_first, gs.as_ref(), fi.as_ref())?;
+                        ffi::fused_sgd(
+                            &lists,
+                            lr,
+                            momentum,
+                            wd,
+                            nesterov,
+                            is_first,
+                            gs.as_ref(),
+                            fi.as_ref(),
+                        )?;
                     }
                 }
             }
@@ -123,7 +132,9 @@ impl Optimizer for Sgd {
 
     fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let buffers = self.momentum_buffers.iter().enumerate();
-        buffers.filter_map(|(i, b)| b.as_ref().map(|b| (format!("{i}.momentum_buffer"), b.shallow_clone()))).collect()
+        buffers
+            .filter_map(|(i, b)| b.as_ref().map(|b| (format!("{i}.momentum_buffer"), b.shallow_clone())))
+            .collect()
     }
 
     fn load_state_tensors(&mut self, named: &[(String, Tensor)]) -> Result<()> {
