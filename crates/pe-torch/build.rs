@@ -52,6 +52,16 @@ fn main() {
     println!("cargo:rustc-link-search=native={}", lib_dir.display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
+
+    // This crate's tests and examples (the benchmark) use CUDA when the machine has it: keep
+    // libtorch_cuda.so, which --as-needed would drop (tch-rs #907), and find libtorch without
+    // LD_LIBRARY_PATH whatever the target dir (RUNPATH, so LD_LIBRARY_PATH still overrides it).
+    for kind in ["tests", "examples"] {
+        if lib_dir.join("libtorch_cuda.so").exists() {
+            println!("cargo:rustc-link-arg-{kind}=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+        }
+        println!("cargo:rustc-link-arg-{kind}=-Wl,--enable-new-dtags,-rpath,{}", lib_dir.display());
+    }
 }
 
 /// The C++ ABI flag and include directories from the python torch-sys uses (`python` inside a

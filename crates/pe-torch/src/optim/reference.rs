@@ -34,7 +34,8 @@ pub(crate) fn adamw_step(
         let bias_correction1 = 1.0 - beta1.powf(step);
         let bias_correction2 = 1.0 - beta2.powf(step);
         let step_size = lr / bias_correction1;
-        let denom = state.exp_avg_sq.f_sqrt()?.f_div_scalar(bias_correction2.sqrt())?.f_add_scalar(eps)?;
+        let mut denom = state.exp_avg_sq.f_sqrt()?;
+        let _ = denom.f_div_scalar_(bias_correction2.sqrt())?.f_add_scalar_(eps)?;
         let _ = p.f_addcdiv_(&state.exp_avg.f_mul_scalar(-step_size)?, &denom)?;
         Ok(())
     })
