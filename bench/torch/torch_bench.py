@@ -74,11 +74,15 @@ def optimizer_bench(device, iters, out):
             p = (torch.randn(shape, device=device) * 0.02).requires_grad_(True)
             p.grad = torch.randn_like(p)
             (decay if len(shape) >= 2 and shape[0] != 1 else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}]
+
+        def groups():
+            # Fresh dicts per optimizer: torch.optim writes its defaults (fused/foreach too) into them.
+            return [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}]
+
         print(f"  {model}: {len(shapes)} tensors, {numel(shapes)} parameters")
         for name, make in [
-            ("adamw", lambda kw: torch.optim.AdamW(groups, lr=1e-4, **kw)),
-            ("sgd", lambda kw: torch.optim.SGD(groups, lr=1e-4, momentum=0.9, **kw)),
+            ("adamw", lambda kw: torch.optim.AdamW(groups(), lr=1e-4, **kw)),
+            ("sgd", lambda kw: torch.optim.SGD(groups(), lr=1e-4, momentum=0.9, **kw)),
         ]:
             row = {}
             for variant, kw in [("fused", {"fused": True}), ("foreach", {"foreach": True}), ("per_tensor", {"foreach": False})]:

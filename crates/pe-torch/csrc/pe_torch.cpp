@@ -93,9 +93,13 @@ at::MemoryFormat memory_format_of(int code) {
   }
 }
 
+// Fails clearly without CUDA; otherwise initialises CUDA and its caching allocator the way the
+// first CUDA tensor (or Python's torch.cuda._lazy_init) would, so statistics calls are valid even
+// before any CUDA allocation.
 void require_cuda() {
   TORCH_CHECK(at::detail::getCUDAHooks().hasCUDA(),
               "CUDA is not available (no CUDA device, driver or libtorch_cuda in this process)");
+  at::globalContext().lazyInitDevice(at::kCUDA);
 }
 
 } // namespace
