@@ -45,11 +45,11 @@ impl ModelConfig {
         }
     }
 
-    /// The input side the model expects: fixed for ViTs (position embeddings), 224 by
-    /// convention for ResNets, which accept any size.
+    /// The input side the model expects: fixed for ViTs (position embeddings); for ResNets, which
+    /// accept any size, 224 with the ImageNet stem and 28 (Fashion-MNIST) with the small one.
     pub fn default_img_size(&self) -> i64 {
         match self {
-            ModelConfig::Resnet(config) if config.stem == crate::resnet::Stem::Small => 32,
+            ModelConfig::Resnet(config) if config.stem == crate::resnet::Stem::Small => 28,
             ModelConfig::Resnet(_) => 224,
             ModelConfig::Vit(config) => config.img_size,
         }

@@ -44,9 +44,9 @@ pub fn presets() -> Vec<Preset> {
             Some(11.1),
             "DeiT-S geometry, tied attention + MLP; paper's 11.1M = ours without head (11.05M)",
         ),
-        preset("resnet_mini", Resnet(ResNetConfig::resnet_mini(&[])), None, "CPU scale: 32×32 input, widths 16-128"),
-        preset("resnet_mini_pe", Resnet(ResNetConfig::resnet_mini(&[1, 2, 3, 4])), None, "resnet_mini with all stages PE"),
-        preset("vit_mini", Vit(VitConfig::vit_mini()), None, "CPU scale: 32×32 input, patch 4, dim 192, depth 6"),
+        preset("resnet_mini", Resnet(ResNetConfig::resnet_mini(&[])), None, "CPU scale: 28×28 input, 3 bottleneck stages of widths 8-32"),
+        preset("resnet_mini_pe", Resnet(ResNetConfig::resnet_mini(&[1, 2, 3])), None, "resnet_mini with one shared W in each of its 3 stages"),
+        preset("vit_mini", Vit(VitConfig::vit_mini()), None, "CPU scale: 28×28 input, patch 4, dim 96, depth 4, 3 heads"),
         preset("vit_pe_mini", Vit(VitConfig::vit_mini().pe()), None, "vit_mini with tied attention + MLP"),
     ]
 }

@@ -81,14 +81,14 @@ impl VitConfig {
         Self { pe_attention: true, pe_mlp: true, ..self }
     }
 
-    /// A 32×32, patch-4 ViT for CPU-scale experiments (64 tokens + cls).
+    /// A 28×28, patch-4 ViT for CPU-scale experiments on Fashion-MNIST (49 tokens + cls).
     pub fn vit_mini() -> Self {
         Self {
-            img_size: 32,
+            img_size: 28,
             patch_size: 4,
             num_classes: 10,
-            embed_dim: 192,
-            depth: 6,
+            embed_dim: 96,
+            depth: 4,
             heads: 3,
             ..Self::deit_tiny()
         }

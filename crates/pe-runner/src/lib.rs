@@ -3,6 +3,7 @@
 
 pub mod amp;
 pub mod batch;
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod device;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use pe_runner::{config, eval_cmd, forward, info, prepare, summary, train};
+use pe_runner::{bench, config, eval_cmd, forward, info, prepare, summary, train};
 
 #[derive(Parser)]
 #[command(name = "pe", version, about = "Parameter-efficient (W/Wᵀ) models on libtorch: train, evaluate, inspect")]
@@ -25,6 +25,8 @@ enum Command {
     Prepare(prepare::PrepareArgs),
     /// Run a model on tensors from a safetensors file (interop and parity checks with PyTorch).
     Forward(forward::ForwardArgs),
+    /// Time one training step (forward, backward, AdamW) of a registry model on random data.
+    Bench(bench::BenchArgs),
     /// Show the libtorch in use, where it was loaded from, and the devices it sees.
     Info,
 }
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Summary(args) => summary::run(args).map(|()| ExitCode::SUCCESS),
         Command::Prepare(args) => prepare::run(args).map(|()| ExitCode::SUCCESS),
         Command::Forward(args) => forward::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
         Command::Info => info::run().map(|()| ExitCode::SUCCESS),
     };
     match result {

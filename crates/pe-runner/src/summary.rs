@@ -38,6 +38,8 @@ struct Row {
     macs: i64,
     paper_params_m: Option<f64>,
     note: String,
+    /// The full model definition, as a TOML `[model]` section or `pe forward --config` takes it.
+    config: pe_models::ModelConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
     layers: Option<CostSheet>,
 }
@@ -53,6 +55,7 @@ fn row(preset: &Preset, img_size: Option<i64>, with_layers: bool) -> Row {
         macs: sheet.macs(),
         paper_params_m: preset.paper_params_m,
         note: preset.note.to_owned(),
+        config: preset.config.clone(),
         layers: with_layers.then_some(sheet),
     }
 }
