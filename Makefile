@@ -15,7 +15,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: help setup build exp data tensorboard summary test fmt fmt-check clippy cargo-test pytest clean
+.PHONY: help setup build exp data tensorboard summary bench bench-data bench-torch bench-train fmnist-table test fmt fmt-check clippy cargo-test pytest clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -69,7 +69,27 @@ cargo-test: setup
 
 # Parity tests drive the debug `pe` that cargo-test built (libtorch does the arithmetic either way).
 pytest: cargo-test
-	PE_BIN=$(CURDIR)/target/debug/pe $(PYTHON) -m pytest -q tests/python
+	PE_BIN=$(CURDIR)/target/debug/pe $(PYTHON) -m pytest -q tests/python crates/pe-torch/tests/python
+
+bench: bench-data bench-torch bench-train ## All benchmarks against PyTorch on this machine; results in bench/results/
+
+bench-data: build ## pe-data vs torchvision DataLoader+PIL (train/eval pipelines, img/s per worker) and JPEG decoders
+	$(PYTHON) bench/data/make_photos.py --out data/bench-photos
+	cargo build --release -p pe-data --example pipeline_bench --example decode_bench
+	target/release/examples/decode_bench data/bench-photos 3
+	$(PYTHON) bench/data/compare.py --bin target/release/examples/pipeline_bench --root data/bench-photos --workers 1 $$(nproc)
+
+bench-torch: setup ## pe-torch: fused vs per-tensor optimizer steps, bf16 autocast / channels_last train steps, beside PyTorch
+	cargo build --release -p pe-torch --example torch_bench
+	@mkdir -p target/bench
+	target/release/examples/torch_bench --json target/bench/torch_rust.json
+	$(PYTHON) bench/torch/torch_bench.py --rust-json target/bench/torch_rust.json --json target/bench/torch_pytorch.json
+
+bench-train: build ## Train-step time of resnet50(-PE) and deit_small/ViT-PE: Rust vs PyTorch eager, same threads
+	$(PYTHON) bench/train_step.py --pe $(PE) --out bench/results/train_step_cpu.md
+
+fmnist-table: build data ## The Fashion-MNIST PE/baseline table (3 seeds each) for README
+	$(PYTHON) bench/fmnist_table.py --pe $(PE) --out bench/results/fmnist.md
 
 clean: ## Remove build outputs (keeps .venv and data)
 	cargo clean

@@ -22,7 +22,10 @@ impl Precision {
 
     /// An autocast region for a forward pass; `None` when AMP is off. Dropping it ends the region.
     pub fn autocast(&self, device: Device) -> anyhow::Result<Option<pe_torch::autocast::AutocastGuard>> {
-        self.kind().map(|kind| pe_torch::autocast::autocast(device, kind)).transpose().map_err(anyhow::Error::from)
+        self.kind()
+            .map(|kind| pe_torch::autocast::autocast(device, kind))
+            .transpose()
+            .map_err(anyhow::Error::from)
     }
 
     /// The model input in the run's memory format.

@@ -1,7 +1,7 @@
 //! Turning a host `pe_data::Batch` (uint8 NCHW) into normalised, optionally mixed, device tensors.
 
-use pe_data::{Batch, MixPlan, Mixup};
 use pe_data::mixup::MixKind;
+use pe_data::{Batch, MixPlan, Mixup};
 use tch::{Device, Kind, Tensor};
 
 /// Per-channel normalisation applied on the device, so the host→device copy stays uint8.
@@ -12,7 +12,8 @@ pub struct Normalizer {
 
 impl Normalizer {
     pub fn new(mean: [f64; 3], std: [f64; 3], device: Device) -> Self {
-        let channel = |v: [f64; 3]| Tensor::from_slice(&v.map(|x| (x * 255.0) as f32)).view([1, 3, 1, 1]).to(device);
+        let channel =
+            |v: [f64; 3]| Tensor::from_slice(&v.map(|x| (x * 255.0) as f32)).view([1, 3, 1, 1]).to(device);
         Self { mean: channel(mean), std: channel(std) }
     }
 
@@ -42,7 +43,8 @@ pub fn mix(images: &Tensor, plan: &MixPlan) -> Tensor {
         MixKind::CutMix { top, left, height, width } => {
             let mixed = images.copy();
             let partner = images.flip([0]);
-            let window = |t: &Tensor| t.narrow(2, top as i64, height as i64).narrow(3, left as i64, width as i64);
+            let window =
+                |t: &Tensor| t.narrow(2, top as i64, height as i64).narrow(3, left as i64, width as i64);
             window(&mixed).copy_(&window(&partner));
             mixed
         }

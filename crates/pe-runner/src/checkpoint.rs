@@ -95,7 +95,10 @@ impl Checkpoints {
             let path = entry?.path();
             let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
             let is_step = name.starts_with("step-") || (name.starts_with(".step-") && name.ends_with(".tmp"));
-            if is_step && path.is_dir() && !keep.iter().any(|k| *k == fs::canonicalize(&path).unwrap_or_default()) {
+            if is_step
+                && path.is_dir()
+                && !keep.iter().any(|k| *k == fs::canonicalize(&path).unwrap_or_default())
+            {
                 fs::remove_dir_all(&path)?;
             }
         }

@@ -45,5 +45,10 @@ pub fn evaluate(
     })?;
     anyhow::ensure!(samples > 0, "the evaluation split is empty");
     let n = samples as f64;
-    Ok(EvalResult { loss: loss_sum / n, acc1: 100.0 * top1 as f64 / n, acc5: 100.0 * top5 as f64 / n, samples })
+    Ok(EvalResult {
+        loss: loss_sum / n,
+        acc1: 100.0 * top1 as f64 / n,
+        acc5: 100.0 * top5 as f64 / n,
+        samples,
+    })
 }

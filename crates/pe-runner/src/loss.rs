@@ -12,7 +12,13 @@ pub fn soft_target_cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
 /// Cross-entropy with label smoothing `eps` (PyTorch's `label_smoothing`): the target puts
 /// `1 - eps + eps/K` on the label and `eps/K` elsewhere.
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor, smoothing: f64) -> Tensor {
-    logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::Mean, -100, smoothing)
+    logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
+        labels,
+        None,
+        tch::Reduction::Mean,
+        -100,
+        smoothing,
+    )
 }
 
 /// Number of rows whose label is among the `k` largest logits.

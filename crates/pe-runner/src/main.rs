@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use pe_runner::{bench, config, eval_cmd, forward, info, prepare, summary, train};
 
 #[derive(Parser)]
-#[command(name = "pe", version, about = "Parameter-efficient (W/Wᵀ) models on libtorch: train, evaluate, inspect")]
+#[command(
+    name = "pe",
+    version,
+    about = "Parameter-efficient (W/Wᵀ) models on libtorch: train, evaluate, inspect"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

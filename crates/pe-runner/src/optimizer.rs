@@ -27,9 +27,10 @@ impl Optimizer {
                 let adamw = AdamWConfig { beta1: config.betas[0], beta2: config.betas[1], eps: config.eps };
                 Box::new(AdamW::new(groups, adamw)?)
             }
-            OptimizerKind::Sgd => {
-                Box::new(Sgd::new(groups, SgdConfig { momentum: config.momentum, nesterov: config.nesterov })?)
-            }
+            OptimizerKind::Sgd => Box::new(Sgd::new(
+                groups,
+                SgdConfig { momentum: config.momentum, nesterov: config.nesterov },
+            )?),
         };
         Ok(Self { inner })
     }

@@ -13,7 +13,8 @@ pub struct ParamGroups {
 /// Norm scales/shifts and biases (1-D) and the named parameters (position embedding, cls token)
 /// get no weight decay, as in timm's `param_groups_weight_decay`.
 pub fn split(vs: &nn::VarStore, config: &OptimizerConfig) -> ParamGroups {
-    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    let mut named: Vec<(String, Tensor)> =
+        vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let exempt = |name: &str, t: &Tensor| {
         (config.no_decay_1d && t.dim() <= 1)

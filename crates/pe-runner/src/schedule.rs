@@ -49,7 +49,14 @@ mod tests {
     use super::*;
 
     fn config(name: ScheduleKind) -> ScheduleConfig {
-        ScheduleConfig { name, warmup_epochs: 2.0, warmup_lr: 0.0, min_lr: 0.0, decay_epochs: 3.0, decay_rate: 0.1 }
+        ScheduleConfig {
+            name,
+            warmup_epochs: 2.0,
+            warmup_lr: 0.0,
+            min_lr: 0.0,
+            decay_epochs: 3.0,
+            decay_rate: 0.1,
+        }
     }
 
     #[test]
@@ -73,7 +80,8 @@ mod tests {
 
     #[test]
     fn step_decay_every_decay_epochs() {
-        let s = Schedule::new(&ScheduleConfig { warmup_epochs: 0.0, ..config(ScheduleKind::Step) }, 0.1, 10, 9);
+        let s =
+            Schedule::new(&ScheduleConfig { warmup_epochs: 0.0, ..config(ScheduleKind::Step) }, 0.1, 10, 9);
         assert!((s.lr(29) - 0.1).abs() < 1e-15);
         assert!((s.lr(30) - 0.01).abs() < 1e-15);
         assert!((s.lr(60) - 0.001).abs() < 1e-15);

@@ -19,7 +19,7 @@ use pe_models::{weights, Model};
 use crate::amp::Precision;
 use crate::batch::{self, Normalizer};
 use crate::checkpoint::{self, Checkpoints, TrainState};
-use crate::config::{load_experiment, load::to_toml, Amp, Experiment, ExperimentConfig};
+use crate::config::{load::to_toml, load_experiment, Amp, Experiment, ExperimentConfig};
 use crate::ema::Ema;
 use crate::evaluate::{evaluate, EvalResult};
 use crate::loss::{cross_entropy, soft_target_cross_entropy};
@@ -141,7 +141,8 @@ impl Trainer {
         }
         let optimizer = Optimizer::new(&vs, &config.optimizer)?;
         let scaler = (train.amp == Amp::Fp16).then(|| pe_torch::scaler::GradScaler::new(true));
-        let ema = if train.ema_decay > 0.0 { Some(Ema::new(&config.model, &vs, train.ema_decay)?) } else { None };
+        let ema =
+            if train.ema_decay > 0.0 { Some(Ema::new(&config.model, &vs, train.ema_decay)?) } else { None };
         let schedule = Schedule::new(&config.schedule, config.peak_lr(), steps_per_epoch, train.epochs);
         let normalizer = Normalizer::new(config.data.mean, config.data.std, device);
         let mixup = Mixup::from_config(&config.data, classes as usize);
@@ -180,7 +181,12 @@ impl Trainer {
         };
         if let Some(dir) = trainer.checkpoints.last() {
             trainer.restore(&dir)?;
-            println!("resumed from {} (step {}, epoch {})", dir.display(), trainer.state.step, trainer.state.epoch);
+            println!(
+                "resumed from {} (step {}, epoch {})",
+                dir.display(),
+                trainer.state.step,
+                trainer.state.epoch
+            );
         }
         Ok(trainer)
     }
@@ -232,7 +238,7 @@ impl Trainer {
                 EpochEnd::Completed => {
                     self.state.epoch += 1;
                     self.state.batch_in_epoch = 0;
-                    let due = (epoch + 1) % self.config.eval.every_epochs as u64 == 0 || epoch + 1 == epochs;
+                    let due = (epoch + 1).is_multiple_of(self.config.eval.every_epochs as u64) || epoch + 1 == epochs;
                     if due {
                         last_eval = Some(self.evaluate_and_save(epoch)?);
                     } else {
@@ -249,7 +255,10 @@ impl Trainer {
     fn report(&self, last: Option<(EvalResult, Option<EvalResult>)>) {
         if let Some((result, ema)) = last {
             let ema = ema.map(|e| format!(" (EMA {:.2}%)", e.acc1)).unwrap_or_default();
-            println!("final top-1 {:.2}% top-5 {:.2}%{ema} on {} images", result.acc1, result.acc5, result.samples);
+            println!(
+                "final top-1 {:.2}% top-5 {:.2}%{ema} on {} images",
+                result.acc1, result.acc5, result.samples
+            );
         }
         if let Some(epoch) = self.state.best_epoch {
             println!("best top-1 {:.2}% after epoch {}", self.state.best_acc1, epoch + 1);
@@ -262,9 +271,12 @@ impl Trainer {
     }
 
     fn evaluate_and_save(&mut self, epoch: u64) -> Result<(EvalResult, Option<EvalResult>)> {
-        let result = evaluate(&self.model, &self.eval_loader, &self.normalizer, self.device, &self.precision)?;
+        let result =
+            evaluate(&self.model, &self.eval_loader, &self.normalizer, self.device, &self.precision)?;
         let ema = match &self.ema {
-            Some(ema) => Some(evaluate(&ema.model, &self.eval_loader, &self.normalizer, self.device, &self.precision)?),
+            Some(ema) => {
+                Some(evaluate(&ema.model, &self.eval_loader, &self.normalizer, self.device, &self.precision)?)
+            }
             None => None,
         };
         let step = self.state.step;
@@ -277,7 +289,13 @@ impl Trainer {
                 "acc1": r.acc1, "acc5": r.acc5, "loss": r.loss, "samples": r.samples}))?;
         }
         self.events.flush()?;
-        println!("epoch {} eval: top-1 {:.2}% top-5 {:.2}% loss {:.4}", epoch + 1, result.acc1, result.acc5, result.loss);
+        println!(
+            "epoch {} eval: top-1 {:.2}% top-5 {:.2}% loss {:.4}",
+            epoch + 1,
+            result.acc1,
+            result.acc5,
+            result.loss
+        );
         let best = result.acc1 > self.state.best_acc1 || self.state.best_epoch.is_none();
         if best {
             self.state.best_acc1 = result.acc1;
@@ -303,7 +321,7 @@ impl Trainer {
         let mut step_loss = 0.0;
         let mut iter = self.train_loader.epoch_from(epoch, start as usize);
         let mut waiting_since = Instant::now();
-        while let Some(batch) = iter.next() {
+        for batch in iter.by_ref() {
             let batch = batch?;
             if batch.index >= batches {
                 break;
@@ -317,7 +335,7 @@ impl Trainer {
             step_loss += self.forward_backward(&batch)? / accum as f64;
             window.images += batch.n;
             self.train_loader.recycle(batch.images);
-            if (batch.index + 1) % accum != 0 {
+            if !(batch.index + 1).is_multiple_of(accum) {
                 waiting_since = Instant::now();
                 continue;
             }
@@ -330,7 +348,7 @@ impl Trainer {
             progress.set_message(format!("loss {step_loss:.4} lr {lr:.2e}"));
             step_loss = 0.0;
             let every = self.config.train.checkpoint_every_steps as u64;
-            if every > 0 && self.state.step % every == 0 {
+            if every > 0 && self.state.step.is_multiple_of(every) {
                 self.save(false)?;
             }
             if self.interrupted.load(Ordering::SeqCst) {
@@ -359,7 +377,8 @@ impl Trainer {
         let mut images = self.normalizer.apply(&images);
         let targets = match &self.mixup {
             Some(mixup) => {
-                let plan = mixup.plan_for(self.config.train.seed, batch.epoch, batch.index, 0, batch.h, batch.w);
+                let plan =
+                    mixup.plan_for(self.config.train.seed, batch.epoch, batch.index, 0, batch.h, batch.w);
                 images = batch::mix(&images, &plan);
                 Some(batch::soft_targets(mixup, &batch.labels, &plan, self.device))
             }
@@ -376,7 +395,12 @@ impl Trainer {
         };
         let value = loss.double_value(&[]);
         if !value.is_finite() {
-            bail!("the loss is {value} at step {} (epoch {}, batch {})", self.state.step, batch.epoch + 1, batch.index);
+            bail!(
+                "the loss is {value} at step {} (epoch {}, batch {})",
+                self.state.step,
+                batch.epoch + 1,
+                batch.index
+            );
         }
         let scaled = loss / self.config.train.accum_steps as f64;
         match &self.scaler {
@@ -410,9 +434,17 @@ impl Trainer {
         Ok((grad_norm, found_inf))
     }
 
-    fn log_step(&mut self, epoch: u64, loss: f64, lr: f64, grad_norm: f64, skipped: bool, window: &mut Window) -> Result<()> {
+    fn log_step(
+        &mut self,
+        epoch: u64,
+        loss: f64,
+        lr: f64,
+        grad_norm: f64,
+        skipped: bool,
+        window: &mut Window,
+    ) -> Result<()> {
         let step = self.state.step;
-        if step % self.config.logging.every_steps as u64 != 0 {
+        if !step.is_multiple_of(self.config.logging.every_steps as u64) {
             return Ok(());
         }
         let seconds = window.started.elapsed().as_secs_f64().max(1e-9);

@@ -31,7 +31,8 @@ fn every_shipped_recipe_loads_and_validates() {
     for entry in std::fs::read_dir(experiments_dir()).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let experiment = load_experiment(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let experiment =
+                load_experiment(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             assert_eq!(experiment.config.name, path.file_stem().unwrap().to_string_lossy());
             count += 1;
         }
@@ -56,8 +57,13 @@ fn vit_pe_600e_is_its_300_epoch_sibling_plus_one_line() {
 #[test]
 fn bases_merge_deeply_and_children_win() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "base.toml", "[optimizer]\nname = \"sgd\"\nlr = 0.1\nmomentum = 0.8\n\n[train]\nepochs = 9\n");
-    let child = write(dir.path(), "child.toml", &format!("base = \"base.toml\"\n{MINIMAL}\n[optimizer]\nlr = 0.2\n"));
+    write(
+        dir.path(),
+        "base.toml",
+        "[optimizer]\nname = \"sgd\"\nlr = 0.1\nmomentum = 0.8\n\n[train]\nepochs = 9\n",
+    );
+    let child =
+        write(dir.path(), "child.toml", &format!("base = \"base.toml\"\n{MINIMAL}\n[optimizer]\nlr = 0.2\n"));
     let config = load_experiment(&child, &[]).unwrap().config;
     assert_eq!(config.optimizer.name, OptimizerKind::Sgd, "kept from the base");
     assert_eq!(config.optimizer.momentum, 0.8, "kept from the base");
@@ -69,7 +75,8 @@ fn bases_merge_deeply_and_children_win() {
 fn overrides_parse_toml_values_and_bare_strings() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "exp.toml", MINIMAL);
-    let sets = ["train.epochs=7", "data.root=/data/somewhere", "model.pe_stages=[2, 3]", "train.amp=\"bf16\""];
+    let sets =
+        ["train.epochs=7", "data.root=/data/somewhere", "model.pe_stages=[2, 3]", "train.amp=\"bf16\""];
     let config = load_experiment(&path, &sets.map(String::from)).unwrap().config;
     assert_eq!(config.train.epochs, 7);
     assert_eq!(config.data.root, Path::new("/data/somewhere"));
@@ -81,7 +88,11 @@ fn overrides_parse_toml_values_and_bare_strings() {
 #[test]
 fn model_presets_take_overrides_on_top() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "exp.toml", &MINIMAL.replace("\"resnet_mini\"", "\"resnet_mini\"\nnum_classes = 3"));
+    let path = write(
+        dir.path(),
+        "exp.toml",
+        &MINIMAL.replace("\"resnet_mini\"", "\"resnet_mini\"\nnum_classes = 3"),
+    );
     let experiment = load_experiment(&path, &[]).unwrap();
     assert_eq!(experiment.model_preset.as_deref(), Some("resnet_mini"));
     assert_eq!(experiment.config.model.num_classes(), 3);
@@ -93,7 +104,10 @@ fn unknown_keys_name_the_file_line_and_key() {
     let error = error_of(dir.path(), &format!("{MINIMAL}\n[optimizer]\nlr = 1e-3\nlrr = 1e-3\n"), &[]);
     assert!(error.location.ends_with("exp.toml:12"), "{error}");
     assert_eq!(error.key.as_deref(), Some("optimizer.lrr"));
-    assert!(error.message.contains("unknown field `lrr`") && error.message.contains("weight_decay"), "{error}");
+    assert!(
+        error.message.contains("unknown field `lrr`") && error.message.contains("weight_decay"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -143,7 +157,11 @@ fn the_resolved_config_reloads_to_the_same_experiment() {
 fn the_binary_exits_2_and_starts_nothing_on_a_bad_recipe() {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
-    let path = write(dir.path(), "bad.toml", &format!("{MINIMAL}\n[logging]\nruns_dir = {:?}\nevery_step = 1\n", runs));
+    let path = write(
+        dir.path(),
+        "bad.toml",
+        &format!("{MINIMAL}\n[logging]\nruns_dir = {:?}\nevery_step = 1\n", runs),
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_pe")).arg("train").arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);

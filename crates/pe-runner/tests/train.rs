@@ -36,7 +36,8 @@ fn a_short_run_trains_evaluates_and_writes_its_folder() {
     let last = std::fs::canonicalize(run.join("checkpoints/last")).unwrap();
     assert!(last.ends_with("step-000000018"), "{}", last.display());
     // `pe eval` on the best checkpoint reproduces an accuracy.
-    let out = pe().arg("eval").arg(&recipe).arg("--checkpoint").arg(run.join("checkpoints/best")).output().unwrap();
+    let out =
+        pe().arg("eval").arg(&recipe).arg("--checkpoint").arg(run.join("checkpoints/best")).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("top-1"));
 }
@@ -83,9 +84,40 @@ fn a_killed_run_resumes_with_exactly_the_same_step_losses() {
 #[test]
 fn a_missing_dataset_stops_at_once_naming_the_layout() {
     let dir = tempfile::tempdir().unwrap();
-    let recipe = tiny_recipe(dir.path(), "nodata", &dir.path().join("imagenet"), &dir.path().join("runs"), "", "");
+    let recipe =
+        tiny_recipe(dir.path(), "nodata", &dir.path().join("imagenet"), &dir.path().join("runs"), "", "");
     let out = pe().arg("train").arg(&recipe).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("imagenet") && stderr.contains("data/README.md"), "{stderr}");
+}
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_image_folder(&data, 3, 20, 2, 24);
+    let runs = dir.path().join("runs");
+    // No periodic checkpoints: the one after Ctrl-C is the first.
+    let recipe = tiny_recipe(dir.path(), "sigint", &data, &runs, "", "");
+    let text = std::fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("checkpoint_every_steps = 1", "checkpoint_every_steps = 0");
+    std::fs::write(&recipe, text).unwrap();
+    let mut child = pe().arg("train").arg(&recipe).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let run = runs.join("sigint");
+    let started = Instant::now();
+    while step_losses(&run).len() < 2 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before the interrupt");
+        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::process::Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let saved = std::fs::canonicalize(run.join("checkpoints/last")).expect("a checkpoint was saved");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(saved.join("state.json")).unwrap()).unwrap();
+    let step = state["step"].as_u64().unwrap();
+    assert!(step >= 2 && step == step_losses(&run).len() as u64, "saved at the last finished step");
 }

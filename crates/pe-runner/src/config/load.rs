@@ -47,8 +47,11 @@ struct Source {
 
 fn read_source(path: &Path) -> Result<Source, ConfigError> {
     let location = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError { location: location.clone(), key: None, message: format!("cannot read: {e}") })?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        location: location.clone(),
+        key: None,
+        message: format!("cannot read: {e}"),
+    })?;
     let table: Table = toml::from_str(&text).map_err(|e| {
         let line = e.span().map(|span| line_of(&text, span.start));
         let location = line.map_or(location.clone(), |l| format!("{location}:{l}"));
@@ -147,7 +150,11 @@ pub fn load_experiment(path: &Path, overrides: &[String]) -> Result<Experiment, 
         overridden.push((apply_override(&mut merged, assignment)?, assignment.clone()));
     }
     let locate = |key: &str, message: String| {
-        if let Some((_, assignment)) = overridden.iter().rev().find(|(k, _)| key == k || key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{key}."))) {
+        if let Some((_, assignment)) = overridden
+            .iter()
+            .rev()
+            .find(|(k, _)| key == k || key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{key}.")))
+        {
             return ConfigError { location: format!("--set {assignment}"), key: Some(key.into()), message };
         }
         located(&chain, key, message)

@@ -240,14 +240,18 @@ impl ExperimentConfig {
         ensure(o.lr > 0.0, "optimizer.lr", || format!("must be positive, got {}", o.lr))?;
         ensure(o.weight_decay >= 0.0, "optimizer.weight_decay", || "must be >= 0".into())?;
         ensure((0.0..1.0).contains(&o.momentum), "optimizer.momentum", || "must be in [0, 1)".into())?;
-        ensure(o.betas.iter().all(|b| (0.0..1.0).contains(b)), "optimizer.betas", || "must be in [0, 1)".into())?;
+        ensure(o.betas.iter().all(|b| (0.0..1.0).contains(b)), "optimizer.betas", || {
+            "must be in [0, 1)".into()
+        })?;
         ensure(o.eps > 0.0, "optimizer.eps", || "must be positive".into())?;
         ensure(o.clip_grad >= 0.0, "optimizer.clip_grad", || "must be >= 0 (0 = off)".into())?;
         ensure(!(o.nesterov && o.momentum == 0.0), "optimizer.nesterov", || "needs momentum > 0".into())?;
         let s = &self.schedule;
-        ensure(s.warmup_epochs >= 0.0 && s.warmup_epochs < t.epochs as f64, "schedule.warmup_epochs", || {
-            format!("must be in [0, train.epochs = {}), got {}", t.epochs, s.warmup_epochs)
-        })?;
+        ensure(
+            s.warmup_epochs >= 0.0 && s.warmup_epochs < t.epochs as f64,
+            "schedule.warmup_epochs",
+            || format!("must be in [0, train.epochs = {}), got {}", t.epochs, s.warmup_epochs),
+        )?;
         ensure(s.min_lr >= 0.0 && s.warmup_lr >= 0.0, "schedule.min_lr", || "lrs must be >= 0".into())?;
         ensure(s.name != ScheduleKind::Step || s.decay_epochs > 0.0, "schedule.decay_epochs", || {
             "must be positive for the step schedule".into()
@@ -255,7 +259,11 @@ impl ExperimentConfig {
         ensure(self.eval.every_epochs >= 1, "eval.every_epochs", || "must be at least 1".into())?;
         ensure(self.logging.every_steps >= 1, "logging.every_steps", || "must be at least 1".into())?;
         ensure(self.data.img_size as i64 == self.model_img_size(), "data.img_size", || {
-            format!("the model needs {0}×{0} inputs, data.img_size is {1}", self.model_img_size(), self.data.img_size)
+            format!(
+                "the model needs {0}×{0} inputs, data.img_size is {1}",
+                self.model_img_size(),
+                self.data.img_size
+            )
         })?;
         Ok(())
     }

@@ -5,7 +5,13 @@ use std::path::{Path, PathBuf};
 
 /// Writes `root/{train,val}/class_k/*.jpg`: each class a distinct colour with noise, so a small
 /// model can learn it within a few steps.
-pub fn tiny_image_folder(root: &Path, classes: usize, train_per_class: usize, val_per_class: usize, side: u32) {
+pub fn tiny_image_folder(
+    root: &Path,
+    classes: usize,
+    train_per_class: usize,
+    val_per_class: usize,
+    side: u32,
+) {
     let mut state = 12345u64;
     let mut noise = move || {
         state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -16,7 +22,8 @@ pub fn tiny_image_folder(root: &Path, classes: usize, train_per_class: usize, va
             let dir = root.join(split).join(format!("class_{class}"));
             std::fs::create_dir_all(&dir).unwrap();
             for i in 0..count {
-                let base = [(class * 90 % 256) as u8, (255 - class * 70 % 256) as u8, (class * 40 % 256) as u8];
+                let base =
+                    [(class * 90 % 256) as u8, (255 - class * 70 % 256) as u8, (class * 40 % 256) as u8];
                 let image = image::RgbImage::from_fn(side, side, |x, y| {
                     let stripe = if (x + y * class as u32) % 7 < 3 { 40 } else { 0 };
                     image::Rgb(base.map(|c| c.saturating_add(noise()).saturating_sub(stripe)))
@@ -29,7 +36,14 @@ pub fn tiny_image_folder(root: &Path, classes: usize, train_per_class: usize, va
 
 /// A recipe for a 2-stage PE ResNet on `data_root`, writing runs under `runs_dir`.
 /// `train_extra` / `data_extra` are lines added to those sections.
-pub fn tiny_recipe(dir: &Path, name: &str, data_root: &Path, runs_dir: &Path, train_extra: &str, data_extra: &str) -> PathBuf {
+pub fn tiny_recipe(
+    dir: &Path,
+    name: &str,
+    data_root: &Path,
+    runs_dir: &Path,
+    train_extra: &str,
+    data_extra: &str,
+) -> PathBuf {
     let text = format!(
         r#"name = "{name}"
 
