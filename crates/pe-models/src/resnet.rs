@@ -232,12 +232,10 @@ impl ResNetConfig {
                     }
                     FirstBlock::Projection => {}
                     FirstBlock::Standard => {
-                        self.bottleneck_costs(
+                        bottleneck_costs(
                             &mut sheet,
                             &format!("{name}.0"),
-                            c_in,
-                            width,
-                            c_out,
+                            (c_in, width, c_out),
                             (h, w),
                             stride,
                         );
@@ -266,12 +264,10 @@ impl ResNetConfig {
                     let (block_in, block_stride, hw) =
                         if block == 0 { (c_in, stride, (h, w)) } else { (c_out, 1, (h_out, w_out)) };
                     match self.block {
-                        BlockKind::Bottleneck => self.bottleneck_costs(
+                        BlockKind::Bottleneck => bottleneck_costs(
                             &mut sheet,
                             &block_name,
-                            block_in,
-                            width,
-                            c_out,
+                            (block_in, width, c_out),
                             hw,
                             block_stride,
                         ),
@@ -287,30 +283,24 @@ impl ResNetConfig {
         sheet.mark_head("fc");
         sheet
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn bottleneck_costs(
-        &self,
-        sheet: &mut CostSheet,
-        name: &str,
-        c_in: i64,
-        width: i64,
-        c_out: i64,
-        (h, w): (i64, i64),
-        stride: i64,
-    ) {
-        let (h_out, w_out) = (out_size(h, 3, stride), out_size(w, 3, stride));
-        sheet.conv(&format!("{name}.conv1"), c_in, width, 1, h, w);
-        sheet.norm(&format!("{name}.bn1"), width);
-        sheet.conv(&format!("{name}.conv2"), width, width, 3, h_out, w_out);
-        sheet.norm(&format!("{name}.bn2"), width);
-        sheet.conv(&format!("{name}.conv3"), width, c_out, 1, h_out, w_out);
-        sheet.norm(&format!("{name}.bn3"), c_out);
-        if stride != 1 || c_in != c_out {
-            sheet.conv(&format!("{name}.downsample.0"), c_in, c_out, 1, h_out, w_out);
-            sheet.norm(&format!("{name}.downsample.1"), c_out);
-        }
-    }
+/// torchvision's bottleneck: 1×1 reduce at the input resolution, strided 3×3, 1×1 expand.
+fn bottleneck_costs(
+    sheet: &mut CostSheet,
+    name: &str,
+    (c_in, width, c_out): (i64, i64, i64),
+    (h, w): (i64, i64),
+    stride: i64,
+) {
+    let (h_out, w_out) = (out_size(h, 3, stride), out_size(w, 3, stride));
+    sheet.conv(&format!("{name}.conv1"), c_in, width, 1, h, w);
+    sheet.norm(&format!("{name}.bn1"), width);
+    sheet.conv(&format!("{name}.conv2"), width, width, 3, h_out, w_out);
+    sheet.norm(&format!("{name}.bn2"), width);
+    sheet.conv(&format!("{name}.conv3"), width, c_out, 1, h_out, w_out);
+    sheet.norm(&format!("{name}.bn3"), c_out);
+    shortcut_costs(sheet, name, c_in, c_out, (h_out, w_out), stride);
 }
 
 fn basic_costs(sheet: &mut CostSheet, name: &str, c_in: i64, c_out: i64, (h, w): (i64, i64), stride: i64) {
@@ -319,6 +309,18 @@ fn basic_costs(sheet: &mut CostSheet, name: &str, c_in: i64, c_out: i64, (h, w):
     sheet.norm(&format!("{name}.bn1"), c_out);
     sheet.conv(&format!("{name}.conv2"), c_out, c_out, 3, h_out, w_out);
     sheet.norm(&format!("{name}.bn2"), c_out);
+    shortcut_costs(sheet, name, c_in, c_out, (h_out, w_out), stride);
+}
+
+/// The projection shortcut (`downsample`) a block has when it changes channels or resolution.
+fn shortcut_costs(
+    sheet: &mut CostSheet,
+    name: &str,
+    c_in: i64,
+    c_out: i64,
+    (h_out, w_out): (i64, i64),
+    stride: i64,
+) {
     if stride != 1 || c_in != c_out {
         sheet.conv(&format!("{name}.downsample.0"), c_in, c_out, 1, h_out, w_out);
         sheet.norm(&format!("{name}.downsample.1"), c_out);

@@ -238,7 +238,8 @@ impl Trainer {
                 EpochEnd::Completed => {
                     self.state.epoch += 1;
                     self.state.batch_in_epoch = 0;
-                    let due = (epoch + 1).is_multiple_of(self.config.eval.every_epochs as u64) || epoch + 1 == epochs;
+                    let due = (epoch + 1).is_multiple_of(self.config.eval.every_epochs as u64)
+                        || epoch + 1 == epochs;
                     if due {
                         last_eval = Some(self.evaluate_and_save(epoch)?);
                     } else {

@@ -121,3 +121,26 @@ fn ctrl_c_saves_a_checkpoint_and_exits_130() {
     let step = state["step"].as_u64().unwrap();
     assert!(step >= 2 && step == step_losses(&run).len() as u64, "saved at the last finished step");
 }
+
+#[test]
+fn bf16_and_fp16_autocast_train_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_image_folder(&data, 3, 12, 4, 20);
+    let runs = dir.path().join("runs");
+    for amp in ["bf16", "fp16"] {
+        let recipe = tiny_recipe(dir.path(), amp, &data, &runs, &format!("amp = \"{amp}\""), "");
+        let out = pe().arg("train").arg(&recipe).output().unwrap();
+        assert!(out.status.success(), "{amp}: {}", String::from_utf8_lossy(&out.stderr));
+        let losses = step_losses(&runs.join(amp));
+        assert_eq!(losses.len(), 18, "{amp}");
+        assert!(losses.iter().all(|(_, l)| l.is_finite()), "{amp}: {losses:?}");
+        let metrics = std::fs::read_to_string(runs.join(amp).join("metrics.jsonl")).unwrap();
+        let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+        // Only fp16 runs a loss scaler; it starts at PyTorch's 2^16.
+        match amp {
+            "fp16" => assert_eq!(first["loss_scale"].as_f64(), Some(65536.0), "{first}"),
+            _ => assert!(first["loss_scale"].is_null(), "{first}"),
+        }
+    }
+}
