@@ -38,7 +38,8 @@ build: setup ## Build the release `pe` binary
 
 exp: build ## Train experiments/$(EXP).toml (default: a Fashion-MNIST recipe; prepares its data first)
 	@test -f experiments/$(EXP).toml || { echo "no experiments/$(EXP).toml; recipes: $$(ls experiments/*.toml | xargs -n1 basename | sed 's/.toml//' | tr '\n' ' ')"; exit 2; }
-	@if grep -q 'fashion-mnist' experiments/$(EXP).toml; then $(MAKE) --no-print-directory data; fi
+	@# Recipes named fmnist_* train on Fashion-MNIST, which the project prepares itself.
+	@if [[ "$(EXP)" == fmnist_* ]]; then $(MAKE) --no-print-directory data; fi
 	$(PE) train experiments/$(EXP).toml
 
 data: build ## Fashion-MNIST as an ImageFolder of JPEGs in data/fashion-mnist (installs Debian's package)
