@@ -1,6 +1,6 @@
 //! Model EMA: a second copy of the weights tracking `ema = decay·ema + (1 − decay)·model`.
 
-use tch::nn;
+use tch::{nn, Tensor};
 
 use pe_models::{Model, ModelConfig};
 
@@ -9,6 +9,8 @@ pub struct Ema {
     pub vs: nn::VarStore,
     pub model: Model,
     pub decay: f64,
+    /// (EMA variable, trained variable) by name, paired once so each step only does arithmetic.
+    pairs: Vec<(Tensor, Tensor)>,
 }
 
 impl Ema {
@@ -18,15 +20,17 @@ impl Ema {
         let model = config.init(vs.root());
         vs.copy(source)?;
         vs.freeze();
-        Ok(Self { vs, model, decay })
+        let sources = source.variables();
+        let pairs =
+            vs.variables().into_iter().map(|(name, ema)| (ema, sources[&name].shallow_clone())).collect();
+        Ok(Self { vs, model, decay, pairs })
     }
 
     /// One EMA step over every variable: parameters are averaged, BN statistics too (as timm).
-    pub fn update(&mut self, source: &nn::VarStore) {
-        let sources = source.variables();
+    pub fn update(&mut self) {
         tch::no_grad(|| {
-            for (name, mut ema) in self.vs.variables() {
-                let current = &sources[&name];
+            for (ema, current) in &self.pairs {
+                let mut ema = ema.shallow_clone();
                 if ema.is_floating_point() {
                     ema *= self.decay;
                     ema += current * (1.0 - self.decay);

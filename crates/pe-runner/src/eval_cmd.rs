@@ -40,8 +40,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let vs = nn::VarStore::new(device);
     let model = config.model.init(vs.root());
     weights::load(&vs, &weights_file)?;
-    let batch = if config.eval.batch_size == 0 { config.train.batch_size } else { config.eval.batch_size };
-    let loader = Loader::eval(&config.data, batch, 0, 1).with_context(|| {
+    let loader = Loader::eval(&config.data, config.eval_batch_size(), 0, 1).with_context(|| {
         format!("opening the validation split of {:?} (see data/README.md)", config.data.root)
     })?;
     let normalizer = Normalizer::new(config.data.mean, config.data.std, device);

@@ -112,7 +112,7 @@ impl Trainer {
         }
         let train_loader = Loader::train(&config.data, train.batch_size, train.seed, 0, 1)
             .map_err(|e| data_error(&config, e))?;
-        let eval_batch = if config.eval.batch_size == 0 { train.batch_size } else { config.eval.batch_size };
+        let eval_batch = config.eval_batch_size();
         let eval_loader = Loader::eval(&config.data, eval_batch, 0, 1).map_err(|e| data_error(&config, e))?;
         let classes = train_loader.dataset().num_classes() as i64;
         if classes != config.model.num_classes() {
@@ -418,14 +418,17 @@ impl Trainer {
             Some(scaler) => scaler.unscale_(&grads)?,
             None => false,
         };
-        let grad_norm = clip_grad_norm(&grads, self.config.optimizer.clip_grad);
+        // The global norm costs a reduction and a host sync: only when clipping or logging this step.
+        let logged = (self.state.step + 1).is_multiple_of(self.config.logging.every_steps as u64);
+        let clip = self.config.optimizer.clip_grad;
+        let grad_norm = if clip > 0.0 || logged { clip_grad_norm(&grads, clip) } else { f64::NAN };
         if found_inf {
             self.state.skipped_steps += 1;
         } else {
             let lr = self.schedule.lr(self.state.step as usize);
             self.optimizer.step(lr)?;
             if let Some(ema) = &mut self.ema {
-                ema.update(&self.vs);
+                ema.update();
             }
         }
         if let Some(scaler) = &mut self.scaler {

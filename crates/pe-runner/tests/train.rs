@@ -3,9 +3,22 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
+
+/// Starts `pe train recipe` and returns once `run` has logged `steps` steps (the run still going).
+fn start_and_wait_for_steps(recipe: &Path, run: &Path, steps: usize) -> std::process::Child {
+    let mut child = pe().arg("train").arg(recipe).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    while step_losses(run).len() < steps {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be stopped");
+        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child
+}
 
 #[test]
 fn a_short_run_trains_evaluates_and_writes_its_folder() {
@@ -58,14 +71,8 @@ fn a_killed_run_resumes_with_exactly_the_same_step_losses() {
     assert_eq!(expected.len(), 15, "60 images / (6 × 2) = 5 steps per epoch, 3 epochs");
 
     // Start, wait until a few steps are logged, SIGKILL, then run the same command again.
-    let mut child = pe().arg("train").arg(&interrupted).stdout(std::process::Stdio::null()).spawn().unwrap();
     let run = runs.join("interrupted");
-    let started = Instant::now();
-    while step_losses(&run).len() < 4 {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
-        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let mut child = start_and_wait_for_steps(&interrupted, &run, 4);
     child.kill().unwrap();
     child.wait().unwrap();
     let killed_at = step_losses(&run).len();
@@ -104,14 +111,8 @@ fn ctrl_c_saves_a_checkpoint_and_exits_130() {
         .unwrap()
         .replace("checkpoint_every_steps = 1", "checkpoint_every_steps = 0");
     std::fs::write(&recipe, text).unwrap();
-    let mut child = pe().arg("train").arg(&recipe).stdout(std::process::Stdio::null()).spawn().unwrap();
     let run = runs.join("sigint");
-    let started = Instant::now();
-    while step_losses(&run).len() < 2 {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before the interrupt");
-        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let mut child = start_and_wait_for_steps(&recipe, &run, 2);
     std::process::Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));

@@ -281,6 +281,14 @@ impl ExperimentConfig {
         self.train.batch_size * self.train.accum_steps
     }
 
+    /// Evaluation batch size (`eval.batch_size`, or the training one when 0).
+    pub fn eval_batch_size(&self) -> usize {
+        match self.eval.batch_size {
+            0 => self.train.batch_size,
+            size => size,
+        }
+    }
+
     /// Peak learning rate after linear scaling by the batch size.
     pub fn peak_lr(&self) -> f64 {
         match self.optimizer.base_batch {
