@@ -27,6 +27,10 @@ $(SETUP_STAMP): python/requirements.txt
 	@command -v cmake >/dev/null && command -v nasm >/dev/null || { \
 		echo "installing cmake and nasm (Debian packages)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake nasm; }
+	@# Gloo's headers, which pe-dist's c10d shim needs (the torch wheel ships c10d's but not Gloo's).
+	@test -f /usr/include/gloo/algorithm.h || { \
+		echo "installing libgloo-dev (Debian package)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgloo-dev; }
 	@test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --disable-pip-version-check -q -r python/requirements.txt
 	@# A stable path to libtorch for test binaries (.cargo/config.toml), whatever the Python version.
