@@ -23,10 +23,12 @@ fn test_args(test: &str) -> [&str; 4] {
     [test, "--exact", "--nocapture", "--test-threads=1"]
 }
 
-/// Runs `test` as `nproc` ranks through the crate's own launcher.
-pub fn launch_ranks(test: &str, nproc: usize) -> pe_dist::Result<()> {
+/// Runs `test` as `nproc` ranks through the crate's own launcher; panics if a rank fails.
+pub fn launch_ranks(test: &str, nproc: usize) {
     let exe = std::env::current_exe().expect("test binary path");
-    Launch::new(nproc, exe).args(&test_args(test)).env(WORKER_VAR, "1").run()
+    if let Err(e) = Launch::new(nproc, exe).args(&test_args(test)).env(WORKER_VAR, "1").run() {
+        panic!("{e} (its panic message is printed above)");
+    }
 }
 
 /// A loopback port nobody listens on right now.
