@@ -1,19 +1,18 @@
-//! `pe bench train-step`: time forward + backward + optimizer step of a registry model on random
-//! data, for side-by-side comparison with PyTorch eager (bench/train_step.py).
+//! `pe bench`: times the training step engine (forward + backward + optimizer step, with the
+//! chosen autocast and memory format) on a registry model and random data, for side-by-side
+//! comparison with PyTorch eager (bench/train_step.py).
 
 use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
 use serde_json::json;
-use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 use pe_models::ModelConfig;
 
-use crate::config::{OptimizerConfig, OptimizerKind};
-use crate::loss::cross_entropy;
-use crate::optimizer::Optimizer;
+use crate::config::{Amp, OptimizerConfig, OptimizerKind};
+use crate::step_engine::{EngineConfig, StepEngine, Targets};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -33,6 +32,12 @@ pub struct BenchArgs {
     threads: i32,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Autocast dtype, as `train.amp`: off, bf16 or fp16.
+    #[arg(long, default_value = "off")]
+    amp: String,
+    /// Conv weights and inputs in channels_last, as `train.channels_last`.
+    #[arg(long)]
+    channels_last: bool,
 }
 
 /// Peak resident set size of this process in bytes (VmHWM).
@@ -48,26 +53,33 @@ pub fn run(args: BenchArgs) -> Result<()> {
         tch::set_num_threads(args.threads);
     }
     let device = crate::device::resolve(&args.device)?;
-    let mut config = pe_models::preset(&args.model).map_err(anyhow::Error::msg)?;
-    let size = args.img_size.unwrap_or_else(|| config.default_img_size());
-    if let ModelConfig::Vit(vit) = &mut config {
+    let mut model = pe_models::preset(&args.model).map_err(anyhow::Error::msg)?;
+    let size = args.img_size.unwrap_or_else(|| model.default_img_size());
+    if let ModelConfig::Vit(vit) = &mut model {
         // A ViT's position embedding fixes its input size: rebuild it for the requested one.
         vit.img_size = size;
     }
+    let amp: Amp = serde_json::from_value(json!(args.amp))
+        .map_err(|_| anyhow::anyhow!("--amp {:?}: expected off, bf16 or fp16", args.amp))?;
     tch::manual_seed(0);
-    let vs = nn::VarStore::new(device);
-    let model = config.init(vs.root());
-    let optimizer_config = OptimizerConfig { name: OptimizerKind::Adamw, ..Default::default() };
-    let mut optimizer = Optimizer::new(&vs, &optimizer_config)?;
-    let images = Tensor::randn([args.batch, config.in_channels(), size, size], (Kind::Float, device));
-    let labels = Tensor::randint(config.num_classes(), [args.batch], (Kind::Int64, device));
+    let config = EngineConfig {
+        optimizer: OptimizerConfig { name: OptimizerKind::Adamw, ..Default::default() },
+        amp,
+        channels_last: args.channels_last,
+        ema_decay: 0.0,
+        accum_steps: 1,
+        label_smoothing: 0.0,
+        model,
+    };
+    let mut engine = StepEngine::new(&config, device)?;
+    let images = Tensor::randn([args.batch, config.model.in_channels(), size, size], (Kind::Float, device));
+    let labels =
+        Targets::Labels(Tensor::randint(config.model.num_classes(), [args.batch], (Kind::Int64, device)));
     let mut step = || -> Result<()> {
-        let loss = cross_entropy(&model.forward_t(&images, true), &labels, 0.0);
-        loss.backward();
-        optimizer.step(1e-4)?;
-        optimizer.zero_grad()?;
-        if let Device::Cuda(_) = device {
-            tch::Cuda::synchronize(0);
+        engine.forward_backward(&images, &labels, true)?;
+        engine.optimizer_step(1e-4, false)?;
+        if let Device::Cuda(index) = device {
+            tch::Cuda::synchronize(index as i64);
         }
         Ok(())
     };
@@ -80,6 +92,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let ms = start.elapsed().as_secs_f64() * 1e3 / args.steps as f64;
     let record = json!({"side": "rust", "model": args.model, "batch": args.batch, "img_size": size,
+        "amp": args.amp, "channels_last": args.channels_last,
         "threads": tch::get_num_threads(), "ms_per_step": ms, "img_per_s": args.batch as f64 * 1e3 / ms,
         "peak_rss_mb": peak_rss_bytes().map(|b| b as f64 / 1048576.0)});
     println!("{record}");

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// Where training stands, plus everything not held in tensors.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
     /// Optimizer steps completed.
     pub step: u64,
@@ -23,8 +23,31 @@ pub struct TrainState {
     pub best_epoch: Option<u64>,
     /// Optimizer steps skipped because fp16 gradients overflowed.
     pub skipped_steps: u64,
-    /// GradScaler state as JSON (absent when AMP is off).
-    pub scaler: Option<serde_json::Value>,
+    /// GradScaler state (absent unless fp16).
+    pub scaler: Option<pe_torch::scaler::GradScalerState>,
+    /// Processes that trained it: resuming inside an epoch needs the same number, since each
+    /// rank's shard of the epoch depends on it.
+    #[serde(default = "one_process")]
+    pub world: u64,
+}
+
+fn one_process() -> u64 {
+    1
+}
+
+impl Default for TrainState {
+    fn default() -> Self {
+        Self {
+            step: 0,
+            epoch: 0,
+            batch_in_epoch: 0,
+            best_acc1: 0.0,
+            best_epoch: None,
+            skipped_steps: 0,
+            scaler: None,
+            world: one_process(),
+        }
+    }
 }
 
 pub const MODEL: &str = "model.safetensors";

@@ -14,10 +14,20 @@ pub struct Ema {
 }
 
 impl Ema {
-    /// Builds a copy of `source`'s model on the same device and copies its current weights.
-    pub fn new(config: &ModelConfig, source: &nn::VarStore, decay: f64) -> anyhow::Result<Self> {
+    /// Builds a copy of `source`'s model on the same device and copies its current weights; with
+    /// `channels_last` its conv weights take that layout too, so evaluating it is as fast as the
+    /// trained model.
+    pub fn new(
+        config: &ModelConfig,
+        source: &nn::VarStore,
+        decay: f64,
+        channels_last: bool,
+    ) -> anyhow::Result<Self> {
         let mut vs = nn::VarStore::new(source.device());
         let model = config.init(vs.root());
+        if channels_last {
+            pe_torch::memory_format::convert_conv_weights_(&vs)?;
+        }
         vs.copy(source)?;
         vs.freeze();
         let sources = source.variables();

@@ -45,7 +45,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     })?;
     let normalizer = Normalizer::new(config.data.mean, config.data.std, device);
     let precision = Precision { amp: config.train.amp, channels_last: false };
-    let result = evaluate(&model, &loader, &normalizer, device, &precision)?;
+    let result = evaluate(&model, &loader, &normalizer, device, &precision)?.result()?;
     println!(
         "{}: top-1 {:.2}% top-5 {:.2}% loss {:.4} on {} images",
         weights_file.display(),

@@ -1,4 +1,8 @@
 //! Evaluation: top-1, top-5 and loss over a whole split, in eval mode without gradients.
+//!
+//! Each process evaluates its shard and returns sums; the caller adds the ranks' sums (every image
+//! is in exactly one shard) before turning them into percentages, so N processes report what one
+//! would.
 
 use serde::Serialize;
 use tch::nn::ModuleT;
@@ -18,13 +22,46 @@ pub struct EvalResult {
     pub samples: usize,
 }
 
+/// Sums over the images one process evaluated.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EvalSums {
+    pub loss: f64,
+    pub top1: f64,
+    pub top5: f64,
+    pub samples: f64,
+}
+
+impl EvalSums {
+    /// As a flat array, for an all-reduce.
+    pub fn to_array(self) -> [f64; 4] {
+        [self.loss, self.top1, self.top5, self.samples]
+    }
+
+    pub fn from_array([loss, top1, top5, samples]: [f64; 4]) -> Self {
+        Self { loss, top1, top5, samples }
+    }
+
+    /// Means and percentages; an empty split is an error.
+    pub fn result(self) -> anyhow::Result<EvalResult> {
+        anyhow::ensure!(self.samples > 0.0, "the evaluation split is empty");
+        let n = self.samples;
+        Ok(EvalResult {
+            loss: self.loss / n,
+            acc1: 100.0 * self.top1 / n,
+            acc5: 100.0 * self.top5 / n,
+            samples: n as usize,
+        })
+    }
+}
+
+/// Evaluates `model` on every batch of `loader` (this process's shard).
 pub fn evaluate(
     model: &impl ModuleT,
     loader: &Loader,
     normalizer: &Normalizer,
     device: Device,
     precision: &Precision,
-) -> anyhow::Result<EvalResult> {
+) -> anyhow::Result<EvalSums> {
     let (mut loss_sum, mut top1, mut top5, mut samples) = (0.0, 0i64, 0i64, 0usize);
     tch::no_grad(|| -> anyhow::Result<()> {
         for batch in loader.epoch(0) {
@@ -43,12 +80,5 @@ pub fn evaluate(
         }
         Ok(())
     })?;
-    anyhow::ensure!(samples > 0, "the evaluation split is empty");
-    let n = samples as f64;
-    Ok(EvalResult {
-        loss: loss_sum / n,
-        acc1: 100.0 * top1 as f64 / n,
-        acc5: 100.0 * top5 as f64 / n,
-        samples,
-    })
+    Ok(EvalSums { loss: loss_sum, top1: top1 as f64, top5: top5 as f64, samples: samples as f64 })
 }

@@ -1,6 +1,8 @@
 //! `pe`: the command-line entry point of the workspace.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
@@ -35,13 +37,30 @@ enum Command {
     Info,
 }
 
+/// Installs the Ctrl-C handler once per process. First Ctrl-C: the run finishes its step, saves and
+/// exits 130. Second: exit at once.
+fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let seen = flag.clone();
+    ctrlc::set_handler(move || {
+        if seen.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)");
+    })
+    .map_err(|e| anyhow::anyhow!("installing the Ctrl-C handler: {e}"))?;
+    Ok(flag)
+}
+
 /// Exit codes: 0 success, 1 failure, 2 invalid configuration (nothing started), 130 interrupted.
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Command::Train(args) => train::run(args).map(|outcome| match outcome {
-            train::Outcome::Finished => ExitCode::SUCCESS,
-            train::Outcome::Interrupted => ExitCode::from(130),
-        }),
+        Command::Train(args) => {
+            interrupt_flag().and_then(|flag| train::run(args, flag)).map(|outcome| match outcome {
+                train::Outcome::Finished => ExitCode::SUCCESS,
+                train::Outcome::Interrupted => ExitCode::from(130),
+            })
+        }
         Command::Eval(args) => eval_cmd::run(args).map(|()| ExitCode::SUCCESS),
         Command::Summary(args) => summary::run(args).map(|()| ExitCode::SUCCESS),
         Command::Prepare(args) => prepare::run(args).map(|()| ExitCode::SUCCESS),

@@ -18,4 +18,9 @@ impl MetricsLog {
         writeln!(self.file, "{record}")?;
         self.file.flush()
     }
+
+    /// Makes every written record durable (fsync).
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
 }

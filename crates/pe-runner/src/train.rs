@@ -1,7 +1,7 @@
-//! `pe train`: the training loop — data, AMP, accumulation, clipping, EMA, schedule, evaluation,
-//! checkpoints with exact resume, TensorBoard and metrics.jsonl.
+//! `pe train`: the epoch loop. It walks epochs and batches, asks the step engine for steps, the
+//! schedule for learning rates and the loaders for data, evaluates, and hands metrics to the
+//! observers and state to the checkpointer (both on rank 0 only).
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,24 +9,17 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use serde_json::json;
-use tch::nn::{self, ModuleT};
-use tch::{Device, Kind, Tensor};
 
 use pe_data::{Loader, Mixup};
-use pe_models::{weights, Model};
 
-use crate::amp::Precision;
 use crate::batch::{self, Normalizer};
 use crate::checkpoint::{self, Checkpoints, TrainState};
-use crate::config::{load::to_toml, load_experiment, Amp, Experiment, ExperimentConfig};
-use crate::ema::Ema;
-use crate::evaluate::{evaluate, EvalResult};
-use crate::loss::{cross_entropy, soft_target_cross_entropy};
-use crate::metrics::MetricsLog;
-use crate::optimizer::Optimizer;
+use crate::config::{load::to_toml, load_experiment, Experiment, ExperimentConfig};
+use crate::dist::Dist;
+use crate::evaluate::{evaluate, EvalResult, EvalSums};
+use crate::observers::{Observers, Record, Section};
 use crate::schedule::Schedule;
-use crate::tensorboard::EventWriter;
+use crate::step_engine::{EngineConfig, StepEngine, Targets};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -46,48 +39,30 @@ pub enum Outcome {
     Interrupted,
 }
 
-pub fn run(args: TrainArgs) -> Result<Outcome> {
+/// Trains the experiment of `args`. `interrupted` is set by the Ctrl-C handler `main` installs:
+/// the run then saves after the current step and returns [`Outcome::Interrupted`].
+pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Outcome> {
     let experiment = load_experiment(&args.experiment, &args.overrides)?;
     let config = &experiment.config;
+    let dist = Dist::single();
     let resolved = to_toml(config);
-    println!("# resolved experiment {} (from {})\n{resolved}", config.name, args.experiment.display());
     let run_dir = config.logging.runs_dir.join(&config.name);
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let checkpoints = Checkpoints::new(&run_dir);
     if args.resume && checkpoints.last().is_none() {
         bail!("--resume: {} has no checkpoint", run_dir.display());
     }
-    write_atomically(&run_dir.join("config.toml"), &resolved)?;
-    Trainer::new(&experiment, run_dir, checkpoints)?.fit()
+    if dist.is_main() {
+        println!("# resolved experiment {} (from {})\n{resolved}", config.name, args.experiment.display());
+        std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        write_atomically(&run_dir.join("config.toml"), &resolved)?;
+    }
+    TrainLoop::new(&experiment, dist, run_dir, checkpoints, interrupted)?.fit()
 }
 
 fn write_atomically(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}
-
-struct Trainer {
-    config: ExperimentConfig,
-    device: Device,
-    run_dir: PathBuf,
-    vs: nn::VarStore,
-    model: Model,
-    ema: Option<Ema>,
-    optimizer: Optimizer,
-    scaler: Option<pe_torch::scaler::GradScaler>,
-    precision: Precision,
-    schedule: Schedule,
-    train_loader: Loader,
-    eval_loader: Loader,
-    normalizer: Normalizer,
-    mixup: Option<Mixup>,
-    steps_per_epoch: usize,
-    state: TrainState,
-    checkpoints: Checkpoints,
-    events: EventWriter,
-    metrics: MetricsLog,
-    interrupted: Arc<AtomicBool>,
 }
 
 fn data_error(config: &ExperimentConfig, error: pe_data::Error) -> anyhow::Error {
@@ -99,8 +74,31 @@ fn data_error(config: &ExperimentConfig, error: pe_data::Error) -> anyhow::Error
     )
 }
 
-impl Trainer {
-    fn new(experiment: &Experiment, run_dir: PathBuf, checkpoints: Checkpoints) -> Result<Self> {
+struct TrainLoop {
+    config: ExperimentConfig,
+    dist: Dist,
+    run_dir: PathBuf,
+    engine: StepEngine,
+    schedule: Schedule,
+    train_loader: Loader,
+    eval_loader: Loader,
+    normalizer: Normalizer,
+    mixup: Option<Mixup>,
+    steps_per_epoch: usize,
+    state: TrainState,
+    checkpoints: Checkpoints,
+    observers: Observers,
+    interrupted: Arc<AtomicBool>,
+}
+
+impl TrainLoop {
+    fn new(
+        experiment: &Experiment,
+        dist: Dist,
+        run_dir: PathBuf,
+        checkpoints: Checkpoints,
+        interrupted: Arc<AtomicBool>,
+    ) -> Result<Self> {
         let config = experiment.config.clone();
         let train = &config.train;
         if train.threads > 0 {
@@ -110,10 +108,11 @@ impl Trainer {
         if device.is_cuda() {
             tch::Cuda::cudnn_set_benchmark(true);
         }
-        let train_loader = Loader::train(&config.data, train.batch_size, train.seed, 0, 1)
+        let (rank, world) = (dist.rank, dist.world);
+        let train_loader = Loader::train(&config.data, train.batch_size, train.seed, rank, world)
             .map_err(|e| data_error(&config, e))?;
-        let eval_batch = config.eval_batch_size();
-        let eval_loader = Loader::eval(&config.data, eval_batch, 0, 1).map_err(|e| data_error(&config, e))?;
+        let eval_loader = Loader::eval(&config.data, config.eval_batch_size(), rank, world)
+            .map_err(|e| data_error(&config, e))?;
         let classes = train_loader.dataset().num_classes() as i64;
         if classes != config.model.num_classes() {
             bail!(
@@ -133,91 +132,76 @@ impl Trainer {
         }
 
         tch::manual_seed(train.seed as i64);
-        let vs = nn::VarStore::new(device);
-        let model = config.model.init(vs.root());
-        let precision = Precision { amp: train.amp, channels_last: train.channels_last };
-        if train.channels_last {
-            pe_torch::memory_format::convert_conv_weights_(&vs)?;
-        }
-        let optimizer = Optimizer::new(&vs, &config.optimizer)?;
-        let scaler = (train.amp == Amp::Fp16).then(|| pe_torch::scaler::GradScaler::new(true));
-        let ema =
-            if train.ema_decay > 0.0 { Some(Ema::new(&config.model, &vs, train.ema_decay)?) } else { None };
-        let schedule = Schedule::new(&config.schedule, config.peak_lr(), steps_per_epoch, train.epochs);
+        let engine = StepEngine::new(&EngineConfig::from_experiment(&config), device)?;
+        let schedule = Schedule::new(&config.schedule, config.peak_lr(world), steps_per_epoch, train.epochs);
         let normalizer = Normalizer::new(config.data.mean, config.data.std, device);
         let mixup = Mixup::from_config(&config.data, classes as usize);
-        let events = EventWriter::create(&run_dir).context("creating the TensorBoard event file")?;
-        let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl")).context("opening metrics.jsonl")?;
-        let interrupted = Arc::new(AtomicBool::new(false));
-        let flag = interrupted.clone();
-        // First Ctrl-C: finish the step, save, exit. Second: exit at once.
-        let _ = ctrlc::set_handler(move || {
-            if flag.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)");
-        });
+        let observers = if dist.is_main() {
+            Observers::for_run(&run_dir, config.logging.progress, train.epochs as u64)?
+        } else {
+            Observers::none()
+        };
         let mut trainer = Self {
             config,
-            device,
+            dist,
             run_dir,
-            vs,
-            model,
-            ema,
-            optimizer,
-            scaler,
-            precision,
+            engine,
             schedule,
             train_loader,
             eval_loader,
             normalizer,
             mixup,
             steps_per_epoch,
-            state: TrainState::default(),
+            state: TrainState { world: world as u64, ..TrainState::default() },
             checkpoints,
-            events,
-            metrics,
+            observers,
             interrupted,
         };
         if let Some(dir) = trainer.checkpoints.last() {
             trainer.restore(&dir)?;
-            println!(
-                "resumed from {} (step {}, epoch {})",
-                dir.display(),
-                trainer.state.step,
-                trainer.state.epoch
-            );
+            if trainer.dist.is_main() {
+                println!(
+                    "resumed from {} (step {}, epoch {})",
+                    dir.display(),
+                    trainer.state.step,
+                    trainer.state.epoch
+                );
+            }
         }
         Ok(trainer)
     }
 
     fn restore(&mut self, dir: &Path) -> Result<()> {
-        weights::load(&self.vs, &dir.join(checkpoint::MODEL))?;
-        if let Some(ema) = &self.ema {
-            weights::load(&ema.vs, &dir.join(checkpoint::EMA))?;
+        let state = checkpoint::read_state(dir)?;
+        let world = self.dist.world as u64;
+        if state.world != world && state.batch_in_epoch > 0 {
+            bail!(
+                "{} was saved by {} process(es) in the middle of epoch {}; this run has {world}. Resume \
+                 it with {} process(es), or from a checkpoint at an epoch boundary",
+                dir.display(),
+                state.world,
+                state.epoch + 1,
+                state.world
+            );
         }
-        let optimizer_file = dir.join(checkpoint::OPTIMIZER);
-        let tensors = Tensor::read_safetensors(&optimizer_file)
-            .with_context(|| format!("reading {}", optimizer_file.display()))?;
-        self.optimizer.load_state_tensors(tensors)?;
-        self.state = checkpoint::read_state(dir)?;
-        if let (Some(scaler), Some(state)) = (&mut self.scaler, &self.state.scaler) {
-            scaler.load_state(&serde_json::from_value(state.clone())?)?;
-        }
+        self.engine.restore_checkpoint(dir, state.scaler.as_ref())?;
+        self.state = TrainState { world, ..state };
         Ok(())
     }
 
-    fn save(&mut self, best: bool) -> Result<PathBuf> {
-        self.state.scaler = self.scaler.as_ref().map(|s| serde_json::to_value(s.state())).transpose()?;
-        let (vs, ema, optimizer, state) = (&self.vs, &self.ema, &self.optimizer, &self.state);
-        self.checkpoints.save(state.step, best, |dir| {
-            weights::save(vs, &dir.join(checkpoint::MODEL))?;
-            if let Some(ema) = ema {
-                weights::save(&ema.vs, &dir.join(checkpoint::EMA))?;
-            }
-            Tensor::write_safetensors(&optimizer.state_tensors(), dir.join(checkpoint::OPTIMIZER))?;
+    /// Publishes a checkpoint (rank 0) and makes every logged point durable with it.
+    fn save(&mut self, best: bool) -> Result<Option<PathBuf>> {
+        if !self.dist.is_main() {
+            return Ok(None);
+        }
+        self.state.scaler = self.engine.scaler_state();
+        let (engine, state) = (&self.engine, &self.state);
+        let dir = self.checkpoints.save(state.step, best, |dir| {
+            engine.write_checkpoint(dir)?;
             checkpoint::write_state(dir, state)
-        })
+        })?;
+        self.observers.flush()?;
+        Ok(Some(dir))
     }
 
     fn fit(mut self) -> Result<Outcome> {
@@ -227,8 +211,9 @@ impl Trainer {
             let epoch = self.state.epoch;
             match self.train_epoch(epoch)? {
                 EpochEnd::Interrupted => {
-                    let dir = self.save(false)?;
-                    println!("saved {} — rerun the same command to resume", dir.display());
+                    if let Some(dir) = self.save(false)? {
+                        println!("saved {} — rerun the same command to resume", dir.display());
+                    }
                     return Ok(Outcome::Interrupted);
                 }
                 EpochEnd::MaxSteps => {
@@ -248,8 +233,10 @@ impl Trainer {
                 }
             }
         }
-        self.events.flush()?;
-        self.report(last_eval);
+        self.observers.flush()?;
+        if self.dist.is_main() {
+            self.report(last_eval);
+        }
         Ok(Outcome::Finished)
     }
 
@@ -271,32 +258,28 @@ impl Trainer {
         );
     }
 
+    /// Evaluates a model on every rank's shard and adds the shards up.
+    fn evaluate_sharded(&self, model: &pe_models::Model) -> Result<EvalResult> {
+        let engine = &self.engine;
+        let sums = evaluate(model, &self.eval_loader, &self.normalizer, engine.device, &engine.precision)?;
+        let mut totals = sums.to_array();
+        self.dist.sum(&mut totals)?;
+        EvalSums::from_array(totals).result()
+    }
+
     fn evaluate_and_save(&mut self, epoch: u64) -> Result<(EvalResult, Option<EvalResult>)> {
-        let result =
-            evaluate(&self.model, &self.eval_loader, &self.normalizer, self.device, &self.precision)?;
-        let ema = match &self.ema {
-            Some(ema) => {
-                Some(evaluate(&ema.model, &self.eval_loader, &self.normalizer, self.device, &self.precision)?)
-            }
+        let result = self.evaluate_sharded(&self.engine.model)?;
+        let ema = match &self.engine.ema {
+            Some(ema) => Some(self.evaluate_sharded(&ema.model)?),
             None => None,
         };
         let step = self.state.step;
-        for (prefix, r) in [("eval", Some(result)), ("eval_ema", ema)] {
+        for (section, r) in [(Section::Eval, Some(result)), (Section::EvalEma, ema)] {
             let Some(r) = r else { continue };
-            self.events.scalar(&format!("{prefix}/acc1"), r.acc1, step)?;
-            self.events.scalar(&format!("{prefix}/acc5"), r.acc5, step)?;
-            self.events.scalar(&format!("{prefix}/loss"), r.loss, step)?;
-            self.metrics.write(&json!({"type": prefix, "epoch": epoch + 1, "step": step,
-                "acc1": r.acc1, "acc5": r.acc5, "loss": r.loss, "samples": r.samples}))?;
+            let values =
+                [("acc1", r.acc1), ("acc5", r.acc5), ("loss", r.loss), ("samples", r.samples as f64)];
+            self.observers.record(&Record { section, step, epoch: epoch + 1, values: &values })?;
         }
-        self.events.flush()?;
-        println!(
-            "epoch {} eval: top-1 {:.2}% top-5 {:.2}% loss {:.4}",
-            epoch + 1,
-            result.acc1,
-            result.acc5,
-            result.loss
-        );
         let best = result.acc1 > self.state.best_acc1 || self.state.best_epoch.is_none();
         if best {
             self.state.best_acc1 = result.acc1;
@@ -306,10 +289,11 @@ impl Trainer {
         Ok((result, ema))
     }
 
-    /// Seeds libtorch's generator per micro-batch, so dropout/drop-path draws depend only on
-    /// (seed, position in training) and a resumed run repeats them exactly.
+    /// Seeds libtorch's generator per micro-batch and rank, so dropout/drop-path draws depend only
+    /// on (seed, rank, position in training) and a resumed run repeats them exactly.
     fn seed_micro_batch(&self, micro_step: u64) {
-        let seed = self.config.train.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ micro_step;
+        let rank = (self.dist.rank as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        let seed = self.config.train.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ micro_step ^ rank;
         tch::manual_seed((seed >> 1) as i64);
     }
 
@@ -317,7 +301,13 @@ impl Trainer {
         let accum = self.config.train.accum_steps as u64;
         let batches = self.steps_per_epoch as u64 * accum;
         let start = self.state.batch_in_epoch;
-        let progress = self.progress_bar(epoch, start / accum);
+        self.observers.epoch_started(epoch, start / accum, self.steps_per_epoch as u64);
+        let end = self.run_batches(epoch, start, batches, accum);
+        self.observers.epoch_ended();
+        end
+    }
+
+    fn run_batches(&mut self, epoch: u64, start: u64, batches: u64, accum: u64) -> Result<EpochEnd> {
         let mut window = Window::start();
         let mut step_loss = 0.0;
         let mut iter = self.train_loader.epoch_from(epoch, start as usize);
@@ -333,109 +323,74 @@ impl Trainer {
             if self.state.step == 0 && batch.index == 0 {
                 self.log_sample_images(&batch)?;
             }
-            step_loss += self.forward_backward(&batch)? / accum as f64;
+            let last_micro_batch = (batch.index + 1).is_multiple_of(accum);
+            let loss = self.forward_backward(&batch, last_micro_batch).with_context(|| {
+                format!("at step {} (epoch {}, batch {})", self.state.step, batch.epoch + 1, batch.index)
+            })?;
+            step_loss += loss / accum as f64;
             window.images += batch.n;
             self.train_loader.recycle(batch.images);
-            if !(batch.index + 1).is_multiple_of(accum) {
+            if !last_micro_batch {
                 waiting_since = Instant::now();
                 continue;
             }
-            let (grad_norm, skipped) = self.optimizer_step()?;
+            let logged = (self.state.step + 1).is_multiple_of(self.config.logging.every_steps as u64);
+            let lr = self.schedule.lr(self.state.step as usize);
+            let report = self.engine.optimizer_step(lr, logged)?;
+            if report.skipped {
+                self.state.skipped_steps += 1;
+            }
             self.state.step += 1;
             self.state.batch_in_epoch = batch.index + 1;
-            let lr = self.schedule.lr(self.state.step as usize - 1);
-            self.log_step(epoch, step_loss, lr, grad_norm, skipped, &mut window)?;
-            progress.set_position(self.state.batch_in_epoch / accum);
-            progress.set_message(format!("loss {step_loss:.4} lr {lr:.2e}"));
+            self.observers.stepped(self.state.batch_in_epoch / accum);
+            if logged {
+                self.log_step(epoch, step_loss, lr, report.grad_norm, &mut window)?;
+            }
             step_loss = 0.0;
             let every = self.config.train.checkpoint_every_steps as u64;
             if every > 0 && self.state.step.is_multiple_of(every) {
                 self.save(false)?;
             }
-            if self.interrupted.load(Ordering::SeqCst) {
-                progress.abandon();
+            if self.dist.any(self.interrupted.load(Ordering::SeqCst))? {
                 return Ok(EpochEnd::Interrupted);
             }
             let max = self.config.train.max_steps as u64;
             if max > 0 && self.state.step >= max {
-                progress.finish_and_clear();
                 return Ok(EpochEnd::MaxSteps);
             }
             waiting_since = Instant::now();
         }
-        progress.finish_and_clear();
         let bad = iter.bad_files();
         if bad.count > 0 {
             // The loader already printed the paths; keep the count for scripts.
-            self.metrics.write(&json!({"type": "bad_files", "epoch": epoch + 1, "count": bad.count}))?;
+            let values = [("count", bad.count as f64)];
+            let record = Record {
+                section: Section::Event("bad_files"),
+                step: self.state.step,
+                epoch: epoch + 1,
+                values: &values,
+            };
+            self.observers.record(&record)?;
         }
         Ok(EpochEnd::Completed)
     }
 
-    /// One micro-batch: forward under autocast, loss, (scaled) backward. Returns the loss value.
-    fn forward_backward(&mut self, batch: &pe_data::Batch) -> Result<f64> {
-        let (images, labels) = batch::to_device(batch, self.device);
-        let mut images = self.normalizer.apply(&images);
-        let targets = match &self.mixup {
+    /// One micro-batch to the device, mixed when the recipe mixes, through the engine.
+    fn forward_backward(&mut self, batch: &pe_data::Batch, reduce: bool) -> Result<f64> {
+        let device = self.engine.device;
+        let (images, labels) = batch::to_device(batch, device);
+        let images = self.normalizer.apply(&images);
+        let (images, targets) = match &self.mixup {
             Some(mixup) => {
+                let rank = self.dist.rank as u64;
                 let plan =
-                    mixup.plan_for(self.config.train.seed, batch.epoch, batch.index, 0, batch.h, batch.w);
-                images = batch::mix(&images, &plan);
-                Some(batch::soft_targets(mixup, &batch.labels, &plan, self.device))
+                    mixup.plan_for(self.config.train.seed, batch.epoch, batch.index, rank, batch.h, batch.w);
+                let targets = batch::soft_targets(mixup, &batch.labels, &plan, device);
+                (batch::mix(&images, &plan), Targets::Soft(targets))
             }
-            None => None,
+            None => (images, Targets::Labels(labels)),
         };
-        let images = self.precision.input(images)?;
-        let logits = {
-            let _autocast = self.precision.autocast(self.device)?;
-            self.model.forward_t(&images, true)
-        };
-        let loss = match &targets {
-            Some(targets) => soft_target_cross_entropy(&logits, targets),
-            None => cross_entropy(&logits, &labels, self.config.data.label_smoothing),
-        };
-        let value = loss.double_value(&[]);
-        if !value.is_finite() {
-            bail!(
-                "the loss is {value} at step {} (epoch {}, batch {})",
-                self.state.step,
-                batch.epoch + 1,
-                batch.index
-            );
-        }
-        let scaled = loss / self.config.train.accum_steps as f64;
-        match &self.scaler {
-            Some(scaler) => scaler.scale_loss(&scaled).backward(),
-            None => scaled.backward(),
-        }
-        Ok(value)
-    }
-
-    /// Unscale, clip, step (unless fp16 overflowed), update the scaler and EMA, zero grads.
-    fn optimizer_step(&mut self) -> Result<(f64, bool)> {
-        let grads = self.optimizer.grads();
-        let found_inf = match &mut self.scaler {
-            Some(scaler) => scaler.unscale_(&grads)?,
-            None => false,
-        };
-        // The global norm costs a reduction and a host sync: only when clipping or logging this step.
-        let logged = (self.state.step + 1).is_multiple_of(self.config.logging.every_steps as u64);
-        let clip = self.config.optimizer.clip_grad;
-        let grad_norm = if clip > 0.0 || logged { clip_grad_norm(&grads, clip) } else { f64::NAN };
-        if found_inf {
-            self.state.skipped_steps += 1;
-        } else {
-            let lr = self.schedule.lr(self.state.step as usize);
-            self.optimizer.step(lr)?;
-            if let Some(ema) = &mut self.ema {
-                ema.update();
-            }
-        }
-        if let Some(scaler) = &mut self.scaler {
-            scaler.update()?;
-        }
-        self.optimizer.zero_grad()?;
-        Ok((grad_norm, found_inf))
+        self.engine.forward_backward(&images, &targets, reduce)
     }
 
     fn log_step(
@@ -444,28 +399,22 @@ impl Trainer {
         loss: f64,
         lr: f64,
         grad_norm: f64,
-        skipped: bool,
         window: &mut Window,
     ) -> Result<()> {
-        let step = self.state.step;
-        if !step.is_multiple_of(self.config.logging.every_steps as u64) {
-            return Ok(());
-        }
         let seconds = window.started.elapsed().as_secs_f64().max(1e-9);
-        let img_per_s = window.images as f64 / seconds;
+        // Images per second of the whole run: every rank trains the same number per step.
+        let img_per_s = (window.images * self.dist.world) as f64 / seconds;
         let data_wait = (window.data_wait / seconds).min(1.0);
-        let scale = self.scaler.as_ref().map(|s| s.scale_value());
-        self.events.scalar("train/loss", loss, step)?;
-        self.events.scalar("train/lr", lr, step)?;
-        self.events.scalar("train/grad_norm", grad_norm, step)?;
-        self.events.scalar("perf/img_per_s", img_per_s, step)?;
-        self.events.scalar("perf/data_wait_fraction", data_wait, step)?;
-        if let Some(scale) = scale {
-            self.events.scalar("train/loss_scale", scale, step)?;
-            self.events.scalar("train/skipped_steps", self.state.skipped_steps as f64, step)?;
+        let mut train = vec![("loss", loss), ("lr", lr), ("grad_norm", grad_norm)];
+        if let Some(scale) = self.engine.loss_scale() {
+            train.push(("loss_scale", scale));
+            train.push(("skipped_steps", self.state.skipped_steps as f64));
         }
-        self.metrics.write(&json!({"type": "train", "step": step, "epoch": epoch + 1, "loss": loss, "lr": lr,
-            "grad_norm": grad_norm, "img_per_s": img_per_s, "data_wait": data_wait, "loss_scale": scale, "skipped": skipped}))?;
+        let perf = [("img_per_s", img_per_s), ("data_wait_fraction", data_wait)];
+        let (step, epoch) = (self.state.step, epoch + 1);
+        for (section, values) in [(Section::Train, train.as_slice()), (Section::Perf, &perf)] {
+            self.observers.record(&Record { section, step, epoch, values })?;
+        }
         *window = Window::start();
         Ok(())
     }
@@ -475,23 +424,9 @@ impl Trainer {
         let plane = 3 * batch.h * batch.w;
         for i in 0..count {
             let chw = &batch.images[i * plane..(i + 1) * plane];
-            self.events.image_chw(&format!("inputs/{i}"), chw, batch.h, batch.w, 0)?;
+            self.observers.image(&format!("inputs/{i}"), chw, batch.h, batch.w)?;
         }
         Ok(())
-    }
-
-    fn progress_bar(&self, epoch: u64, position: u64) -> indicatif::ProgressBar {
-        if !self.config.logging.progress || !std::io::stderr().is_terminal() {
-            return indicatif::ProgressBar::hidden();
-        }
-        let bar = indicatif::ProgressBar::new(self.steps_per_epoch as u64).with_position(position);
-        let style = indicatif::ProgressStyle::with_template(
-            "epoch {prefix} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}] {msg}",
-        )
-        .expect("a valid progress template");
-        bar.set_style(style);
-        bar.set_prefix(format!("{}/{}", epoch + 1, self.config.train.epochs));
-        bar
     }
 }
 
@@ -512,23 +447,4 @@ impl Window {
     fn start() -> Self {
         Self { started: Instant::now(), images: 0, data_wait: 0.0 }
     }
-}
-
-/// The global L2 norm of `grads`; when `max_norm > 0`, scales them in place to at most `max_norm`.
-pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> f64 {
-    if grads.is_empty() {
-        return 0.0;
-    }
-    let norms: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).norm()).collect();
-    let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
-    if max_norm > 0.0 && total > max_norm {
-        let coef = max_norm / (total + 1e-6);
-        tch::no_grad(|| {
-            for g in grads {
-                let mut g = g.shallow_clone();
-                g *= coef;
-            }
-        });
-    }
-    total
 }

@@ -55,14 +55,13 @@ fn a_short_run_trains_evaluates_and_writes_its_folder() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("top-1"));
 }
 
-#[test]
-fn a_killed_run_resumes_with_exactly_the_same_step_losses() {
+/// Trains a reference run, then the same recipe SIGKILLed after a few steps and started again;
+/// the resumed run's per-step losses must equal the uninterrupted ones.
+fn killed_run_resumes_exactly(train: &str, mixing: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     tiny_image_folder(&data, 3, 20, 2, 24);
     let runs = dir.path().join("runs");
-    // Mixup/CutMix, random crops and accumulation, so every RNG stream matters.
-    let (train, mixing) = ("accum_steps = 2", "mixup_alpha = 0.8\ncutmix_alpha = 1.0");
     let reference = tiny_recipe(dir.path(), "reference", &data, &runs, train, mixing);
     let interrupted = tiny_recipe(dir.path(), "interrupted", &data, &runs, train, mixing);
     let out = pe().arg("train").arg(&reference).output().unwrap();
@@ -86,6 +85,18 @@ fn a_killed_run_resumes_with_exactly_the_same_step_losses() {
     for ((step, a), (_, b)) in resumed.iter().zip(&expected) {
         assert!((a - b).abs() <= 1e-6, "step {step}: resumed {a} vs uninterrupted {b}");
     }
+}
+
+#[test]
+fn a_killed_run_resumes_with_exactly_the_same_step_losses() {
+    // Mixup/CutMix, random crops and accumulation, so every RNG stream matters.
+    killed_run_resumes_exactly("accum_steps = 2", "mixup_alpha = 0.8\ncutmix_alpha = 1.0");
+}
+
+#[test]
+fn a_killed_channels_last_run_resumes_with_exactly_the_same_step_losses() {
+    // channels_last weights and optimizer state must survive the checkpoint in their layout.
+    killed_run_resumes_exactly("accum_steps = 2\nchannels_last = true", "");
 }
 
 #[test]

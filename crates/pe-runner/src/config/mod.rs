@@ -276,9 +276,9 @@ impl ExperimentConfig {
         }
     }
 
-    /// Samples per optimizer step (one device).
-    pub fn global_batch(&self) -> usize {
-        self.train.batch_size * self.train.accum_steps
+    /// Samples per optimizer step over `world` processes (`batch_size` is per process).
+    pub fn global_batch(&self, world: usize) -> usize {
+        self.train.batch_size * self.train.accum_steps * world
     }
 
     /// Evaluation batch size (`eval.batch_size`, or the training one when 0).
@@ -289,11 +289,11 @@ impl ExperimentConfig {
         }
     }
 
-    /// Peak learning rate after linear scaling by the batch size.
-    pub fn peak_lr(&self) -> f64 {
+    /// Peak learning rate after linear scaling by the global batch of `world` processes.
+    pub fn peak_lr(&self, world: usize) -> f64 {
         match self.optimizer.base_batch {
             0 => self.optimizer.lr,
-            base => self.optimizer.lr * self.global_batch() as f64 / base as f64,
+            base => self.optimizer.lr * self.global_batch(world) as f64 / base as f64,
         }
     }
 }

@@ -1,0 +1,231 @@
+//! Observers: every metric of a run is recorded once and fanned out to the sinks that show or keep
+//! it (TensorBoard, metrics.jsonl, the console, the progress bar). Only rank 0 has sinks; on other
+//! ranks recording is a no-op, so the loop never asks who it is before logging.
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Map, Value};
+
+use crate::metrics::MetricsLog;
+use crate::tensorboard::EventWriter;
+
+/// Which stream a record belongs to: TensorBoard tags are `{section}/{name}`, metrics.jsonl records
+/// carry `"type": section`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    Train,
+    /// Throughput: images per second, the share of time spent waiting for data.
+    Perf,
+    Eval,
+    EvalEma,
+    /// Bookkeeping that is not a curve (e.g. unreadable files per epoch): metrics.jsonl only.
+    Event(&'static str),
+}
+
+impl Section {
+    fn name(self) -> &'static str {
+        match self {
+            Section::Train => "train",
+            Section::Perf => "perf",
+            Section::Eval => "eval",
+            Section::EvalEma => "eval_ema",
+            Section::Event(name) => name,
+        }
+    }
+}
+
+/// One record: named values at an optimizer step of an epoch (1-based, as printed).
+pub struct Record<'a> {
+    pub section: Section,
+    pub step: u64,
+    pub epoch: u64,
+    pub values: &'a [(&'static str, f64)],
+}
+
+impl Record<'_> {
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.values.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+}
+
+/// A sink for records. Epoch boundaries and checkpoints are announced so that sinks can draw
+/// bars and make what they hold durable.
+pub trait Observer {
+    fn record(&mut self, record: &Record) -> Result<()>;
+    /// An epoch of `steps` optimizer steps starts (at `done` when resuming inside it).
+    fn epoch_started(&mut self, _epoch: u64, _done: u64, _steps: u64) {}
+    /// An optimizer step finished; `done` steps of the epoch are behind.
+    fn stepped(&mut self, _done: u64) {}
+    /// The epoch's steps are over (or the run stops inside it).
+    fn epoch_ended(&mut self) {}
+    /// An input image seen by the model, written once at the start.
+    fn image(&mut self, _tag: &str, _chw: &[u8], _h: usize, _w: usize) -> Result<()> {
+        Ok(())
+    }
+    /// Make everything recorded so far durable (called whenever a checkpoint is published, so a
+    /// killed run loses no logged point up to its last checkpoint).
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The run's sinks (empty on ranks other than 0).
+#[derive(Default)]
+pub struct Observers {
+    sinks: Vec<Box<dyn Observer>>,
+}
+
+impl Observers {
+    /// TensorBoard events, metrics.jsonl, the console and (on a terminal) a progress bar.
+    pub fn for_run(run_dir: &Path, progress: bool, epochs: u64) -> Result<Self> {
+        let events = EventWriter::create(run_dir).context("creating the TensorBoard event file")?;
+        let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl")).context("opening metrics.jsonl")?;
+        let mut sinks: Vec<Box<dyn Observer>> =
+            vec![Box::new(TensorBoard(events)), Box::new(Jsonl(metrics)), Box::new(Console)];
+        if progress && std::io::stderr().is_terminal() {
+            sinks.push(Box::new(Progress { bar: None, epochs }));
+        }
+        Ok(Self { sinks })
+    }
+
+    /// No sinks: what ranks other than 0 use.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    pub fn record(&mut self, record: &Record) -> Result<()> {
+        self.sinks.iter_mut().try_for_each(|s| s.record(record))
+    }
+
+    pub fn epoch_started(&mut self, epoch: u64, done: u64, steps: u64) {
+        self.sinks.iter_mut().for_each(|s| s.epoch_started(epoch, done, steps));
+    }
+
+    pub fn stepped(&mut self, done: u64) {
+        self.sinks.iter_mut().for_each(|s| s.stepped(done));
+    }
+
+    pub fn epoch_ended(&mut self) {
+        self.sinks.iter_mut().for_each(|s| s.epoch_ended());
+    }
+
+    pub fn image(&mut self, tag: &str, chw: &[u8], h: usize, w: usize) -> Result<()> {
+        self.sinks.iter_mut().try_for_each(|s| s.image(tag, chw, h, w))
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.sinks.iter_mut().try_for_each(|s| s.flush())
+    }
+}
+
+/// TensorBoard scalars `{section}/{name}` (non-finite values are skipped: a NaN "not measured"
+/// grad norm is no point on a curve).
+struct TensorBoard(EventWriter);
+
+impl Observer for TensorBoard {
+    fn record(&mut self, record: &Record) -> Result<()> {
+        if let Section::Event(_) = record.section {
+            return Ok(());
+        }
+        for (name, value) in record.values {
+            if value.is_finite() {
+                self.0.scalar(&format!("{}/{name}", record.section.name()), *value, record.step)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn image(&mut self, tag: &str, chw: &[u8], h: usize, w: usize) -> Result<()> {
+        Ok(self.0.image_chw(tag, chw, h, w, 0)?)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        Ok(self.0.flush()?)
+    }
+}
+
+/// metrics.jsonl: `{"type": section, "step", "epoch", name: value...}`; NaN becomes null.
+struct Jsonl(MetricsLog);
+
+impl Observer for Jsonl {
+    fn record(&mut self, record: &Record) -> Result<()> {
+        let mut object = Map::new();
+        object.insert("type".into(), json!(record.section.name()));
+        object.insert("step".into(), json!(record.step));
+        object.insert("epoch".into(), json!(record.epoch));
+        for (name, value) in record.values {
+            let value = if value.is_finite() { json!(value) } else { Value::Null };
+            object.insert((*name).into(), value);
+        }
+        Ok(self.0.write(&Value::Object(object))?)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        Ok(self.0.sync()?)
+    }
+}
+
+/// The evaluation line a user reads in the terminal.
+struct Console;
+
+impl Observer for Console {
+    fn record(&mut self, record: &Record) -> Result<()> {
+        let (Some(acc1), Some(acc5), Some(loss)) =
+            (record.get("acc1"), record.get("acc5"), record.get("loss"))
+        else {
+            return Ok(());
+        };
+        match record.section {
+            Section::Eval => {
+                println!("epoch {} eval: top-1 {acc1:.2}% top-5 {acc5:.2}% loss {loss:.4}", record.epoch)
+            }
+            Section::EvalEma => {
+                println!("epoch {} eval (EMA): top-1 {acc1:.2}% top-5 {acc5:.2}%", record.epoch)
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A progress bar per epoch, with the last loss and learning rate.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    epochs: u64,
+}
+
+impl Observer for Progress {
+    fn record(&mut self, record: &Record) -> Result<()> {
+        if let (Some(bar), Section::Train) = (&self.bar, record.section) {
+            if let (Some(loss), Some(lr)) = (record.get("loss"), record.get("lr")) {
+                bar.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn stepped(&mut self, done: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        }
+    }
+
+    fn epoch_started(&mut self, epoch: u64, done: u64, steps: u64) {
+        let bar = indicatif::ProgressBar::new(steps).with_position(done);
+        let style = indicatif::ProgressStyle::with_template(
+            "epoch {prefix} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}] {msg}",
+        )
+        .expect("a valid progress template");
+        bar.set_style(style);
+        bar.set_prefix(format!("{}/{}", epoch + 1, self.epochs));
+        self.bar = Some(bar);
+    }
+
+    fn epoch_ended(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
