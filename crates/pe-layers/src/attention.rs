@@ -90,12 +90,19 @@ pub struct Attention {
     pub config: AttentionConfig,
 }
 
-impl nn::ModuleT for Attention {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+impl Attention {
+    /// The output and the attended tokens `x̂` that `proj` reads (for weight-space analysis).
+    pub fn forward_with_hidden(&self, xs: &Tensor, train: bool) -> (Tensor, Tensor) {
         // [B, N, C] -> [B, N, 3C] -> 3 x [B, N, C]
         let qkv = xs.apply(&self.qkv).chunk(3, -1);
-        let out = self.config.attend(&qkv[0], &qkv[1], &qkv[2], train);
-        out.apply(&self.proj).dropout(self.config.proj_drop, train)
+        let mixed = self.config.attend(&qkv[0], &qkv[1], &qkv[2], train);
+        (mixed.apply(&self.proj).dropout(self.config.proj_drop, train), mixed)
+    }
+}
+
+impl nn::ModuleT for Attention {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.forward_with_hidden(xs, train).0
     }
 }
 
@@ -111,14 +118,22 @@ pub struct PeAttention {
     pub config: AttentionConfig,
 }
 
-impl nn::ModuleT for PeAttention {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+impl PeAttention {
+    /// The output and the attended tokens `x̂` that `W_qᵀ` reads (for weight-space analysis).
+    pub fn forward_with_hidden(&self, xs: &Tensor, train: bool) -> (Tensor, Tensor) {
         // [B, N, C] -> [B, N, C] each; `linear(x, A)` computes x Aᵀ, i.e. A applied to each token.
         let q = xs.linear(&self.wq, self.q_bias.as_ref());
         let k = xs.linear(&self.wkv, self.k_bias.as_ref());
         let v = xs.linear(&self.wkv.tr(), self.v_bias.as_ref());
-        let out = self.config.attend(&q, &k, &v, train);
+        let mixed = self.config.attend(&q, &k, &v, train);
         // [B, N, C] -> W_qᵀ x̂ + b
-        out.linear(&self.wq.tr(), Some(&self.proj_bias)).dropout(self.config.proj_drop, train)
+        let out = mixed.linear(&self.wq.tr(), Some(&self.proj_bias)).dropout(self.config.proj_drop, train);
+        (out, mixed)
+    }
+}
+
+impl nn::ModuleT for PeAttention {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.forward_with_hidden(xs, train).0
     }
 }

@@ -54,11 +54,18 @@ pub struct Mlp {
     pub drop: f64,
 }
 
-impl nn::ModuleT for Mlp {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+impl Mlp {
+    /// The output and the hidden activation `F(fc1 x + b₁)` that `fc2` reads (for weight-space analysis).
+    pub fn forward_with_hidden(&self, xs: &Tensor, train: bool) -> (Tensor, Tensor) {
         // [.., dim] -> [.., hidden] -> [.., dim]
         let hidden = self.activation.apply(&xs.apply(&self.fc1)).dropout(self.drop, train);
-        hidden.apply(&self.fc2).dropout(self.drop, train)
+        (hidden.apply(&self.fc2).dropout(self.drop, train), hidden)
+    }
+}
+
+impl nn::ModuleT for Mlp {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.forward_with_hidden(xs, train).0
     }
 }
 
@@ -73,12 +80,19 @@ pub struct PeMlp {
     pub drop: f64,
 }
 
-impl nn::ModuleT for PeMlp {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+impl PeMlp {
+    /// The output and the hidden activation `F(W x + b₁)` that `Wᵀ` reads (for weight-space analysis).
+    pub fn forward_with_hidden(&self, xs: &Tensor, train: bool) -> (Tensor, Tensor) {
         // [.., dim] -> W x + b₁ : [.., hidden]
         let hidden = xs.linear(&self.weight, Some(&self.fc1_bias));
         let hidden = self.activation.apply(&hidden).dropout(self.drop, train);
         // [.., hidden] -> Wᵀ h + b₂ : [.., dim]
-        hidden.linear(&self.weight.tr(), Some(&self.fc2_bias)).dropout(self.drop, train)
+        (hidden.linear(&self.weight.tr(), Some(&self.fc2_bias)).dropout(self.drop, train), hidden)
+    }
+}
+
+impl nn::ModuleT for PeMlp {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.forward_with_hidden(xs, train).0
     }
 }

@@ -1,7 +1,8 @@
 //! A ResNet stage of PE bottlenecks sharing one `W` (the paper's eqs. 7–9).
 
 use serde::{Deserialize, Serialize};
-use tch::{nn, Tensor};
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
 
 use crate::residual::{batch_norm, conv, ConvBn, ResidualConfig};
 use crate::{Bottleneck, StageShared};
@@ -96,10 +97,15 @@ impl PeBottleneck {
 
     /// [B, C, H, W] -> [B, C, H, W], using the stage's `W` for both 1×1 convs.
     pub fn forward_t(&self, xs: &Tensor, shared: &StageShared, train: bool) -> Tensor {
+        self.forward_with_hidden(xs, shared, train).0
+    }
+
+    /// The output and the hidden activation `G_i(W x)` that `Wᵀ` reads (for weight-space analysis).
+    pub fn forward_with_hidden(&self, xs: &Tensor, shared: &StageShared, train: bool) -> (Tensor, Tensor) {
         let branch = shared.reduce(xs).apply_t(&self.bn1, train).relu();
-        let branch = branch.apply(&self.conv2).apply_t(&self.bn2, train).relu();
-        let branch = shared.expand(&branch).apply_t(&self.bn3, train);
-        (branch + xs).relu()
+        let hidden = branch.apply(&self.conv2).apply_t(&self.bn2, train).relu();
+        let branch = shared.expand(&hidden).apply_t(&self.bn3, train);
+        ((branch + xs).relu(), hidden)
     }
 }
 
@@ -112,17 +118,32 @@ pub struct PeStage {
     pub blocks: Vec<PeBottleneck>,
 }
 
-impl nn::ModuleT for PeStage {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+impl PeStage {
+    /// The forward pass, handing each bottleneck's hidden activation to `probe` with the block's
+    /// index as torchvision numbers it (for weight-space analysis).
+    pub fn forward_probed(&self, xs: &Tensor, train: bool, probe: &mut dyn FnMut(usize, &Tensor)) -> Tensor {
         // [B, C_in, H, W] -> [B, C, H/s, W/s]
         let mut xs = match (&self.transition, &self.first) {
             (Some(transition), _) => transition.forward_t(xs, train),
-            (None, Some(first)) => first.forward_t(xs, train),
+            (None, Some(first)) => {
+                let (out, hidden) = first.forward_with_hidden(xs, train);
+                probe(0, &hidden);
+                out
+            }
             (None, None) => xs.shallow_clone(),
         };
-        for block in &self.blocks {
-            xs = block.forward_t(&xs, &self.shared_w, train);
+        let first_pe = usize::from(self.first.is_some());
+        for (offset, block) in self.blocks.iter().enumerate() {
+            let (out, hidden) = block.forward_with_hidden(&xs, &self.shared_w, train);
+            probe(first_pe + offset, &hidden);
+            xs = out;
         }
         xs
+    }
+}
+
+impl nn::ModuleT for PeStage {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.forward_probed(xs, train, &mut |_, _| {})
     }
 }

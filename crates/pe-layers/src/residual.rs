@@ -113,13 +113,20 @@ pub struct Bottleneck {
     pub downsample: Option<ConvBn>,
 }
 
-impl nn::ModuleT for Bottleneck {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+impl Bottleneck {
+    /// The output and the hidden activation `G(conv1 x)` that `conv3` reads (for weight-space analysis).
+    pub fn forward_with_hidden(&self, xs: &Tensor, train: bool) -> (Tensor, Tensor) {
         // [B, C_in, H, W] -> [B, width, H, W] -> [B, width, H/s, W/s] -> [B, C_out, H/s, W/s]
         let branch = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu();
-        let branch = branch.apply(&self.conv2).apply_t(&self.bn2, train).relu();
-        let branch = branch.apply(&self.conv3).apply_t(&self.bn3, train);
-        close_residual(xs, branch, self.downsample.as_ref(), train)
+        let hidden = branch.apply(&self.conv2).apply_t(&self.bn2, train).relu();
+        let branch = hidden.apply(&self.conv3).apply_t(&self.bn3, train);
+        (close_residual(xs, branch, self.downsample.as_ref(), train), hidden)
+    }
+}
+
+impl nn::ModuleT for Bottleneck {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.forward_with_hidden(xs, train).0
     }
 }
 

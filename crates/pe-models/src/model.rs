@@ -79,6 +79,17 @@ pub enum Model {
     Vit(Vit),
 }
 
+impl Model {
+    /// Logits in eval mode, handing `probe` every hidden activation a tied or tieable pair of
+    /// matrices reads (`blocks.{i}.attn`, `blocks.{i}.mlp`, `layer{s}.{b}`), for weight-space analysis.
+    pub fn forward_probed(&self, xs: &Tensor, probe: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
+        match self {
+            Model::Resnet(model) => model.features_probed(xs, false, probe).apply(&model.fc),
+            Model::Vit(model) => model.features_probed(xs, false, probe).apply(&model.head),
+        }
+    }
+}
+
 impl nn::ModuleT for Model {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         match self {

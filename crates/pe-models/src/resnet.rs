@@ -340,15 +340,25 @@ pub enum Stage {
     Pe(Box<PeStage>),
 }
 
-impl nn::ModuleT for Stage {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+impl Stage {
+    /// The forward pass, handing `probe` each bottleneck's hidden activation (what its expanding
+    /// 1×1 conv reads) with the block's index; basic blocks have none.
+    pub fn forward_probed(&self, xs: &Tensor, train: bool, probe: &mut dyn FnMut(usize, &Tensor)) -> Tensor {
         match self {
             Stage::Basic(blocks) => blocks.iter().fold(xs.shallow_clone(), |h, b| b.forward_t(&h, train)),
-            Stage::Bottleneck(blocks) => {
-                blocks.iter().fold(xs.shallow_clone(), |h, b| b.forward_t(&h, train))
-            }
-            Stage::Pe(stage) => stage.forward_t(xs, train),
+            Stage::Bottleneck(blocks) => blocks.iter().enumerate().fold(xs.shallow_clone(), |h, (i, b)| {
+                let (out, hidden) = b.forward_with_hidden(&h, train);
+                probe(i, &hidden);
+                out
+            }),
+            Stage::Pe(stage) => stage.forward_probed(xs, train, probe),
         }
+    }
+}
+
+impl nn::ModuleT for Stage {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.forward_probed(xs, train, &mut |_, _| {})
     }
 }
 
@@ -364,12 +374,19 @@ pub struct ResNet {
 impl ResNet {
     /// Pooled features before the classifier: [B, C_in, H, W] -> [B, feature_dim]
     pub fn features(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.features_probed(xs, train, &mut |_, _| {})
+    }
+
+    /// [`ResNet::features`], handing `probe` each bottleneck's hidden activation named
+    /// `layer{s}.{b}` as torchvision names the block (see [`Stage::forward_probed`]).
+    pub fn features_probed(&self, xs: &Tensor, train: bool, probe: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
         let mut xs = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu();
         if self.config.stem == Stem::Imagenet {
             xs = xs.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         }
-        for stage in &self.stages {
-            xs = stage.forward_t(&xs, train);
+        for (s, stage) in self.stages.iter().enumerate() {
+            xs = stage
+                .forward_probed(&xs, train, &mut |b, hidden| probe(&format!("layer{}.{b}", s + 1), hidden));
         }
         xs.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
     }

@@ -2,7 +2,7 @@
 //! and MLP replaced by the tied `PeAttention` / `PeMlp` (the paper's Section 3.1).
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, ModuleT};
+use tch::nn;
 use tch::Tensor;
 
 use pe_layers::{drop_path, init, Activation, Attention, AttentionConfig, DropPath, Mlp, MlpConfig};
@@ -261,21 +261,31 @@ pub struct VitBlock {
     pub drop_path: DropPath,
 }
 
-impl nn::ModuleT for VitBlock {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+impl VitBlock {
+    /// The forward pass, handing `probe` the attended tokens (`"attn"`, read by the output
+    /// projection) and the MLP hidden activation (`"mlp"`), for weight-space analysis.
+    pub fn forward_probed(&self, xs: &Tensor, train: bool, probe: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
         // [B, N, C] -> [B, N, C]
         let normed = xs.apply(&self.norm1);
-        let attended = match &self.attn {
-            AnyAttention::Standard(attn) => attn.forward_t(&normed, train),
-            AnyAttention::Pe(attn) => attn.forward_t(&normed, train),
+        let (attended, hidden) = match &self.attn {
+            AnyAttention::Standard(attn) => attn.forward_with_hidden(&normed, train),
+            AnyAttention::Pe(attn) => attn.forward_with_hidden(&normed, train),
         };
+        probe("attn", &hidden);
         let xs = xs + self.drop_path.forward_t(&attended, train);
         let normed = xs.apply(&self.norm2);
-        let mixed = match &self.mlp {
-            AnyMlp::Standard(mlp) => mlp.forward_t(&normed, train),
-            AnyMlp::Pe(mlp) => mlp.forward_t(&normed, train),
+        let (mixed, hidden) = match &self.mlp {
+            AnyMlp::Standard(mlp) => mlp.forward_with_hidden(&normed, train),
+            AnyMlp::Pe(mlp) => mlp.forward_with_hidden(&normed, train),
         };
+        probe("mlp", &hidden);
         &xs + self.drop_path.forward_t(&mixed, train)
+    }
+}
+
+impl nn::ModuleT for VitBlock {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.forward_probed(xs, train, &mut |_, _| {})
     }
 }
 
@@ -293,13 +303,21 @@ pub struct Vit {
 impl Vit {
     /// The normalised cls token: [B, C_in, H, W] -> [B, embed_dim]
     pub fn features(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.features_probed(xs, train, &mut |_, _| {})
+    }
+
+    /// [`Vit::features`], handing `probe` each block's hidden activations named
+    /// `blocks.{i}.attn` and `blocks.{i}.mlp` (see [`VitBlock::forward_probed`]).
+    pub fn features_probed(&self, xs: &Tensor, train: bool, probe: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
         let b = xs.size()[0];
         // [B, C_in, H, W] -> [B, C, H/p, W/p] -> [B, N, C]
         let patches = xs.apply(&self.patch_embed).flatten(2, -1).transpose(1, 2);
         let cls = self.cls_token.expand([b, -1, -1], false).to_kind(patches.kind());
         let tokens =
             (Tensor::cat(&[cls, patches], 1) + &self.pos_embed).dropout(self.config.drop_rate, train);
-        let tokens = self.blocks.iter().fold(tokens, |xs, block| block.forward_t(&xs, train));
+        let tokens = self.blocks.iter().enumerate().fold(tokens, |xs, (i, block)| {
+            block.forward_probed(&xs, train, &mut |name, hidden| probe(&format!("blocks.{i}.{name}"), hidden))
+        });
         tokens.apply(&self.norm).select(1, 0)
     }
 }
