@@ -85,9 +85,10 @@ void pe_dist_free_error(char *err) { std::free(err); }
 // ---------------------------------------------------------------------------------------------
 // Store
 
-// A TCPStore at host:port. The server (port 0 = any free port) waits up to `timeout_ms` for
-// `num_workers` clients (itself included) when `num_workers` > 0; a client retries connecting
-// until the timeout. `bound_port` receives the port actually used.
+// A TCPStore at host:port. With `num_workers` > 0 every member checks in and the server (port 0 =
+// any free port) waits up to `timeout_ms` until `num_workers` have (itself included), as torch's
+// rendezvous does; a client retries connecting until the timeout. `bound_port` receives the port
+// actually used.
 char *pe_dist_tcp_store(const char *host, uint16_t port, bool is_server, int64_t num_workers,
                         int64_t timeout_ms, PeStore **out, uint16_t *bound_port) {
   return guarded([&] {
@@ -98,7 +99,7 @@ char *pe_dist_tcp_store(const char *host, uint16_t port, bool is_server, int64_t
     if (num_workers > 0) {
       opts.numWorkers = static_cast<size_t>(num_workers);
     }
-    opts.waitWorkers = is_server && num_workers > 0;
+    opts.waitWorkers = num_workers > 0;
     opts.timeout = std::chrono::milliseconds(timeout_ms);
     auto store = c10::make_intrusive<c10d::TCPStore>(host, opts);
     *bound_port = store->getPort();

@@ -39,6 +39,7 @@ impl Default for ReducerOptions {
 pub struct Reducer {
     reducer: ffi::Reducer,
     rank: usize,
+    world_size: usize,
 }
 
 impl Reducer {
@@ -77,7 +78,7 @@ impl Reducer {
             options.gradient_as_bucket_view,
         )
         .map_err(|m| Error::c10d(what, m))?;
-        Ok(Self { reducer, rank: group.rank() })
+        Ok(Self { reducer, rank: group.rank(), world_size: group.world_size() })
     }
 
     /// Before the forward of a step whose backward reduces. Returns true on the one step where the
@@ -98,6 +99,6 @@ impl Reducer {
     }
 
     fn failed(&self, what: &str, message: String) -> Error {
-        Error::c10d(format!("rank {}: Reducer::{what}", self.rank), message)
+        Error::c10d(format!("rank {}/{}: Reducer::{what}", self.rank, self.world_size), message)
     }
 }

@@ -43,7 +43,10 @@ impl Net {
 /// Batch `step`, identical on every rank: ([BATCH, 3, 8, 8], [BATCH]).
 fn batch(step: i64) -> (Tensor, Tensor) {
     tch::manual_seed(1000 + step);
-    (Tensor::randn([BATCH, 3, 8, 8], (Kind::Float, Device::Cpu)), Tensor::randint(10, [BATCH], (Kind::Int64, Device::Cpu)))
+    (
+        Tensor::randn([BATCH, 3, 8, 8], (Kind::Float, Device::Cpu)),
+        Tensor::randint(10, [BATCH], (Kind::Int64, Device::Cpu)),
+    )
 }
 
 /// This rank's half of a batch.
