@@ -20,6 +20,7 @@ pub mod observers;
 pub mod optimizer;
 pub mod param_groups;
 pub mod prepare;
+pub mod run_identity;
 pub mod schedule;
 pub mod step_engine;
 pub mod summary;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use pe_runner::{bench, config, eval_cmd, forward, info, prepare, summary, train};
+use pe_runner::{bench, config, eval_cmd, forward, info, prepare, run_identity, summary, train};
 
 #[derive(Parser)]
 #[command(
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
-        Err(error) if error.is::<config::ConfigError>() => {
+        Err(error) if error.is::<config::ConfigError>() || error.is::<run_identity::RunConflict>() => {
             eprintln!("error: {error}");
             ExitCode::from(2)
         }

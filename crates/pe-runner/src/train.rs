@@ -18,6 +18,7 @@ use crate::config::{load::to_toml, load_experiment, Experiment, ExperimentConfig
 use crate::dist::Dist;
 use crate::evaluate::{evaluate, EvalResult, EvalSums};
 use crate::observers::{Observers, Record, Section};
+use crate::run_identity::{self, DatasetIdentity, Identity, RunLock};
 use crate::schedule::Schedule;
 use crate::step_engine::{EngineConfig, StepEngine, Targets};
 
@@ -31,6 +32,12 @@ pub struct TrainArgs {
     /// Require a checkpoint to resume from (without it, a run resumes when its folder has one).
     #[arg(long)]
     pub resume: bool,
+    /// The run's name, i.e. its folder under `logging.runs_dir` (default: the recipe's `name`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Keys this resume may change from the stored run (e.g. `train.epochs`), with --resume.
+    #[arg(long, num_args = 1.., value_name = "KEY", requires = "resume")]
+    pub allow_change: Vec<String>,
 }
 
 /// What a finished (or stopped) run reports.
@@ -42,7 +49,12 @@ pub enum Outcome {
 /// Trains the experiment of `args`. `interrupted` is set by the Ctrl-C handler `main` installs:
 /// the run then saves after the current step and returns [`Outcome::Interrupted`].
 pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Outcome> {
-    let experiment = load_experiment(&args.experiment, &args.overrides)?;
+    let mut overrides = args.overrides.clone();
+    if let Some(name) = &args.name {
+        overrides.push(format!("name={name:?}"));
+    }
+    let experiment = load_experiment(&args.experiment, &overrides)?;
+    run_identity::validate_allowed(&args.allow_change)?;
     let config = &experiment.config;
     let dist = Dist::single();
     let resolved = to_toml(config);
@@ -51,15 +63,27 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Outcome> {
     if args.resume && checkpoints.last().is_none() {
         bail!("--resume: {} has no checkpoint", run_dir.display());
     }
-    if dist.is_main() {
-        println!("# resolved experiment {} (from {})\n{resolved}", config.name, args.experiment.display());
+    // Held until the process exits: one writer per run folder.
+    let _lock = if dist.is_main() {
         std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-        write_atomically(&run_dir.join("config.toml"), &resolved)?;
+        Some(RunLock::acquire(&run_dir)?)
+    } else {
+        None
+    };
+    let mut trainer = TrainLoop::new(&experiment, dist, run_dir, checkpoints, interrupted)?;
+    trainer.claim_run_folder(&args.allow_change)?;
+    if trainer.dist.is_main() {
+        println!("# resolved experiment {} (from {})\n{resolved}", config.name, args.experiment.display());
     }
-    TrainLoop::new(&experiment, dist, run_dir, checkpoints, interrupted)?.fit()
+    trainer.resume()?;
+    trainer.fit()
 }
 
-fn write_atomically(path: &Path, text: &str) -> Result<()> {
+/// Writes `text` to `path` unless the file exists (the run's first resolved recipe stays as it was).
+fn write_once(path: &Path, text: &str) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
@@ -85,6 +109,7 @@ struct TrainLoop {
     normalizer: Normalizer,
     mixup: Option<Mixup>,
     steps_per_epoch: usize,
+    identity: Identity,
     state: TrainState,
     checkpoints: Checkpoints,
     observers: Observers,
@@ -136,12 +161,19 @@ impl TrainLoop {
         let schedule = Schedule::new(&config.schedule, config.peak_lr(world), steps_per_epoch, train.epochs);
         let normalizer = Normalizer::new(config.data.mean, config.data.std, device);
         let mixup = Mixup::from_config(&config.data, classes as usize);
+        let dataset = DatasetIdentity {
+            root: config.data.root.display().to_string(),
+            classes: train_loader.dataset().classes.clone(),
+            train_samples: train_loader.dataset().len(),
+            val_samples: eval_loader.dataset().len(),
+        };
+        let identity = Identity::new(&config, dataset);
         let observers = if dist.is_main() {
             Observers::for_run(&run_dir, config.logging.progress, train.epochs as u64)?
         } else {
             Observers::none()
         };
-        let mut trainer = Self {
+        Ok(Self {
             config,
             dist,
             run_dir,
@@ -152,23 +184,51 @@ impl TrainLoop {
             normalizer,
             mixup,
             steps_per_epoch,
+            identity,
             state: TrainState { world: world as u64, ..TrainState::default() },
             checkpoints,
             observers,
             interrupted,
+        })
+    }
+
+    /// Makes sure the run folder holds this experiment: compares with what its last checkpoint (or,
+    /// before the first checkpoint, its first start) recorded, refusing any change not allowed.
+    /// A new folder records this run's identity and resolved recipe.
+    fn claim_run_folder(&mut self, allowed: &[String]) -> Result<()> {
+        let last = self.checkpoints.last();
+        let stored = match &last {
+            Some(dir) => Identity::read(dir)?,
+            None => Identity::read(&self.run_dir)?,
         };
-        if let Some(dir) = trainer.checkpoints.last() {
-            trainer.restore(&dir)?;
-            if trainer.dist.is_main() {
-                println!(
-                    "resumed from {} (step {}, epoch {})",
-                    dir.display(),
-                    trainer.state.step,
-                    trainer.state.epoch
-                );
+        let main = self.dist.is_main();
+        match stored {
+            Some(stored) => {
+                let changes = self.identity.changes_since(&stored)?;
+                run_identity::check_resume(&changes, allowed, &self.run_dir)?;
+                if main && !changes.is_empty() {
+                    let step =
+                        last.map(|dir| checkpoint::read_state(&dir)).transpose()?.map_or(0, |s| s.step);
+                    run_identity::record_changes(&self.run_dir, step, &changes)?;
+                }
             }
+            None if main => {
+                self.identity.write(&self.run_dir)?;
+                write_once(&self.run_dir.join("config.toml"), &self.identity.config)?;
+            }
+            None => {}
         }
-        Ok(trainer)
+        Ok(())
+    }
+
+    /// Continues from the folder's last checkpoint, if any.
+    fn resume(&mut self) -> Result<()> {
+        let Some(dir) = self.checkpoints.last() else { return Ok(()) };
+        self.restore(&dir)?;
+        if self.dist.is_main() {
+            println!("resumed from {} (step {}, epoch {})", dir.display(), self.state.step, self.state.epoch);
+        }
+        Ok(())
     }
 
     fn restore(&mut self, dir: &Path) -> Result<()> {
@@ -195,9 +255,10 @@ impl TrainLoop {
             return Ok(None);
         }
         self.state.scaler = self.engine.scaler_state();
-        let (engine, state) = (&self.engine, &self.state);
+        let (engine, state, identity) = (&self.engine, &self.state, &self.identity);
         let dir = self.checkpoints.save(state.step, best, |dir| {
             engine.write_checkpoint(dir)?;
+            identity.write(dir)?;
             checkpoint::write_state(dir, state)
         })?;
         self.observers.flush()?;

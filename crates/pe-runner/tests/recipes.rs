@@ -74,16 +74,18 @@ fn every_shipped_recipe_trains_checkpoints_resumes_and_evaluates() {
     let runs = dir.path().join("runs");
     for recipe in recipes() {
         let name = load_experiment(&recipe, &[]).unwrap().config.name;
-        let train = |max_steps| {
+        let train = |max_steps, extra: &[&str]| {
             let sets = overrides(&recipe, &data, &runs, max_steps);
-            run_pe(pe().arg("train").arg(&recipe).args(sets), &format!("{name}: train to step {max_steps}"))
+            let what = format!("{name}: train to step {max_steps}");
+            run_pe(pe().arg("train").arg(&recipe).args(sets).args(extra), &what)
         };
-        train(2);
+        train(2, &[]);
         let run = runs.join(&name);
         let first = std::fs::canonicalize(run.join("checkpoints/last")).unwrap();
         assert!(first.ends_with("step-000000002"), "{name}: {}", first.display());
 
-        let resumed = train(3);
+        // Running longer is a change the resume must be told about.
+        let resumed = train(3, &["--resume", "--allow-change", "train.max_steps"]);
         assert!(resumed.contains("resumed from") && resumed.contains("step 2"), "{name}: {resumed}");
         assert_eq!(step_losses(&run).iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1, 2, 3], "{name}");
         assert!(step_losses(&run).iter().all(|(_, loss)| loss.is_finite()), "{name}");

@@ -1,0 +1,226 @@
+//! Run identity: the experiment (resolved recipe) and data set a run folder's checkpoints belong to,
+//! so that a different experiment never silently continues them, and the lock that keeps one
+//! writer per run folder.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::config::load::to_toml;
+use crate::config::ExperimentConfig;
+
+/// Stored in every checkpoint (and once in the run folder) as `identity.json`.
+pub const FILE: &str = "identity.json";
+
+/// Keys a run may change when it resumes (`--resume --allow-change KEY`): how long it runs, how
+/// often it evaluates, logs and saves, and where it computes. Anything else makes another
+/// experiment.
+pub const RESUMABLE_KEYS: &[&str] = &[
+    "train.epochs",
+    "train.max_steps",
+    "train.checkpoint_every_steps",
+    "train.device",
+    "train.threads",
+    "data.workers",
+    "data.prefetch",
+    "eval.every_epochs",
+    "eval.batch_size",
+    "logging.every_steps",
+    "logging.sample_images",
+    "logging.progress",
+];
+
+/// Where a run is and what it is called do not change what it computes.
+const LOCATION_KEYS: &[&str] = &["name", "logging.runs_dir"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The resolved recipe as TOML.
+    pub config: String,
+    pub dataset: DatasetIdentity,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetIdentity {
+    pub root: String,
+    pub classes: Vec<String>,
+    pub train_samples: usize,
+    pub val_samples: usize,
+}
+
+/// A key whose value differs between the stored run and this command.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Change {
+    pub key: String,
+    pub old: String,
+    pub new: String,
+}
+
+/// This command would continue a different experiment's run folder (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RunConflict(pub String);
+
+impl Identity {
+    pub fn new(config: &ExperimentConfig, dataset: DatasetIdentity) -> Self {
+        Self { config: to_toml(config), dataset }
+    }
+
+    pub fn read(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(FILE);
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                Ok(Some(serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(FILE);
+        fs::write(&path, serde_json::to_string_pretty(self)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Every key (dotted, data set ones under `dataset.`) whose value differs from `stored`.
+    pub fn changes_since(&self, stored: &Identity) -> Result<Vec<Change>> {
+        let (old, new) = (stored.flatten()?, self.flatten()?);
+        let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+        let missing = || "(unset)".to_owned();
+        Ok(keys
+            .into_iter()
+            .filter(|key| old.get(*key) != new.get(*key) && !LOCATION_KEYS.contains(&key.as_str()))
+            .map(|key| Change {
+                key: key.clone(),
+                old: old.get(key).cloned().unwrap_or_else(missing),
+                new: new.get(key).cloned().unwrap_or_else(missing),
+            })
+            .collect())
+    }
+
+    fn flatten(&self) -> Result<BTreeMap<String, String>> {
+        let table: toml::Table = toml::from_str(&self.config).context("parsing a stored resolved recipe")?;
+        let mut flat = BTreeMap::new();
+        flatten_into(&mut flat, "", &toml::Value::Table(table));
+        let dataset = toml::Value::try_from(&self.dataset)?;
+        flatten_into(&mut flat, "dataset", &dataset);
+        Ok(flat)
+    }
+}
+
+fn flatten_into(out: &mut BTreeMap<String, String>, prefix: &str, value: &toml::Value) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, value) in table {
+                let key = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                flatten_into(out, &key, value);
+            }
+        }
+        other => {
+            out.insert(prefix.to_owned(), other.to_string());
+        }
+    }
+}
+
+/// Checks that `changes` (the stored run → this command) may be resumed: each changed key must be
+/// allowed by `--allow-change` and resumable. Otherwise the error lists every change and the two
+/// ways forward.
+pub fn check_resume(changes: &[Change], allowed: &[String], run_dir: &Path) -> Result<(), RunConflict> {
+    let refused: Vec<&Change> = changes.iter().filter(|c| !allowed.contains(&c.key)).collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let listed: Vec<String> =
+        refused.iter().map(|c| format!("  {}: {} -> {}", c.key, c.old, c.new)).collect();
+    let resumable: Vec<&str> =
+        refused.iter().map(|c| c.key.as_str()).filter(|k| RESUMABLE_KEYS.contains(k)).collect();
+    let mut message = format!(
+        "{} holds another experiment: its checkpoints were trained with\n{}\nNothing was changed. Either start a new run: add --name NEW_NAME (a new folder under the same runs_dir)",
+        run_dir.display(),
+        listed.join("\n")
+    );
+    if resumable.len() == refused.len() {
+        message += &format!(
+            ", or continue this run with the changes: add --resume --allow-change {}",
+            resumable.join(" ")
+        );
+    } else {
+        message += &format!(
+            ". Only these keys may change when a run resumes (--resume --allow-change KEY): {}",
+            RESUMABLE_KEYS.join(", ")
+        );
+    }
+    Err(RunConflict(message))
+}
+
+/// Rejects `--allow-change` keys that no resume may change.
+pub fn validate_allowed(allowed: &[String]) -> Result<(), RunConflict> {
+    match allowed.iter().find(|key| !RESUMABLE_KEYS.contains(&key.as_str())) {
+        None => Ok(()),
+        Some(key) => Err(RunConflict(format!(
+            "--allow-change {key}: only these keys may change when a run resumes: {}",
+            RESUMABLE_KEYS.join(", ")
+        ))),
+    }
+}
+
+/// Appends what a resume changed to `run_dir/resume_changes.jsonl` (never rewritten).
+pub fn record_changes(run_dir: &Path, step: u64, changes: &[Change]) -> Result<()> {
+    let path = run_dir.join("resume_changes.jsonl");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let seconds =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let record = serde_json::json!({"unix_time": seconds, "resumed_at_step": step, "changes": changes});
+    writeln!(file, "{record}").with_context(|| format!("writing {}", path.display()))
+}
+
+/// An exclusive lock on a run folder for the life of the process. The OS releases it when the
+/// process dies, so a killed run never blocks its own resume.
+pub struct RunLock {
+    _file: File,
+}
+
+impl RunLock {
+    /// Locks `run_dir/.lock`, or fails naming the pid that holds it.
+    pub fn acquire(run_dir: &Path) -> Result<Self> {
+        let path = run_dir.join(".lock");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                return Err(RunConflict(format!(
+                    "{} is in use by another `pe train` (pid {}); one process trains a run folder at a time. \
+                     Wait for it, stop it, or start a new run with --name NEW_NAME",
+                    run_dir.display(),
+                    holder.trim()
+                ))
+                .into());
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()))
+            }
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        file.flush()?;
+        Ok(Self { _file: file })
+    }
+}

@@ -1,0 +1,123 @@
+//! A run folder holds one experiment: a different one is refused (naming what changed), allowed
+//! changes are recorded, `--name` starts a new folder, and only one process trains a folder.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// `tiny_recipe` with `epochs` epochs.
+fn recipe_with_epochs(dir: &Path, name: &str, data: &Path, runs: &Path, epochs: u32) -> std::path::PathBuf {
+    let recipe = tiny_recipe(dir, name, data, runs, "", "");
+    let text = std::fs::read_to_string(&recipe).unwrap().replace("epochs = 3", &format!("epochs = {epochs}"));
+    std::fs::write(&recipe, text).unwrap();
+    recipe
+}
+
+fn last_checkpoint(run: &Path) -> std::path::PathBuf {
+    std::fs::canonicalize(run.join("checkpoints/last")).unwrap()
+}
+
+#[test]
+fn the_same_recipe_on_other_data_is_refused_with_the_changed_keys_and_nothing_is_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, other) = (dir.path().join("data"), dir.path().join("other"));
+    tiny_image_folder(&data, 3, 6, 2, 16);
+    tiny_image_folder(&other, 3, 8, 2, 16);
+    let runs = dir.path().join("runs");
+    let recipe = recipe_with_epochs(dir.path(), "first", &data, &runs, 2);
+    let out = pe().arg("train").arg(&recipe).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = runs.join("first");
+    let (checkpoint, config, metrics) = (
+        last_checkpoint(&run),
+        std::fs::read_to_string(run.join("config.toml")).unwrap(),
+        std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(),
+    );
+
+    let out = pe()
+        .arg("train")
+        .arg(&recipe)
+        .args(["--set", &format!("data.root={other:?}"), "--set", "train.epochs=3"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for expected in ["data.root", "dataset.train_samples: 18 -> 24", "train.epochs: 2 -> 3", "--name"] {
+        assert!(stderr.contains(expected), "{expected:?} missing from:\n{stderr}");
+    }
+    assert!(!stderr.contains("--allow-change data.root"), "data.root is not resumable: {stderr}");
+    assert_eq!(last_checkpoint(&run), checkpoint);
+    assert_eq!(std::fs::read_to_string(run.join("config.toml")).unwrap(), config);
+    assert_eq!(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(), metrics);
+
+    // The two ways forward both work: a new run folder, or an allowed change on resume.
+    let out = pe()
+        .arg("train")
+        .arg(&recipe)
+        .args(["--set", &format!("data.root={other:?}"), "--name", "second"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("resumed"));
+    assert_eq!(step_losses(&runs.join("second")).len(), 8, "2 epochs of 24 images / batch 6");
+
+    let out = pe()
+        .arg("train")
+        .arg(&recipe)
+        .args(["--set", "train.epochs=3", "--resume", "--allow-change", "train.epochs"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resumed from"));
+    assert_eq!(step_losses(&run).len(), 9, "a third epoch of 3 steps after the first two");
+    let changes = std::fs::read_to_string(run.join("resume_changes.jsonl")).unwrap();
+    assert!(
+        changes.contains("\"key\":\"train.epochs\"") && changes.contains("\"resumed_at_step\":6"),
+        "{changes}"
+    );
+    assert_eq!(std::fs::read_to_string(run.join("config.toml")).unwrap(), config, "the first config stays");
+}
+
+#[test]
+fn an_allow_change_key_that_no_resume_may_change_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), "x", &dir.path().join("data"), &dir.path().join("runs"), "", "");
+    let out =
+        pe().arg("train").arg(&recipe).args(["--resume", "--allow-change", "optimizer.lr"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-change optimizer.lr"));
+}
+
+#[test]
+fn a_second_process_on_the_same_run_folder_exits_2_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_image_folder(&data, 3, 40, 2, 16);
+    let runs = dir.path().join("runs");
+    let recipe = recipe_with_epochs(dir.path(), "busy", &data, &runs, 50);
+    let mut first = pe().arg("train").arg(&recipe).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    while step_losses(&runs.join("busy")).is_empty() {
+        assert!(first.try_wait().unwrap().is_none(), "the first run ended early");
+        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let second = pe().arg("train").arg(&recipe).output().unwrap();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("pid {}", first.id())), "{stderr}");
+    // The lock died with the first process: the same command now resumes.
+    let out = pe()
+        .arg("train")
+        .arg(&recipe)
+        .args(["--set", "train.max_steps=30", "--resume", "--allow-change", "train.max_steps"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resumed from"));
+}
