@@ -30,4 +30,4 @@ pub mod summaries;
 pub use analysis::{Analysis, Energy};
 pub use error::{AnalyzeError, Result};
 pub use report::{Report, RunInfo};
-pub use summaries::{log_to_tensorboard, SummarySink};
+pub use summaries::{headline_scalars, log_to_tensorboard, SummarySink};

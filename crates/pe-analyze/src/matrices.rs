@@ -100,7 +100,7 @@ pub enum PairKind {
     /// `W_q` / the output projection.
     AttnQProj,
     /// `W_k` / `W_v`.
-    AttnKV,
+    AttnKv,
     /// A bottleneck's 1×1 `conv1` / `conv3`.
     BottleneckConv1Conv3,
 }
@@ -110,7 +110,7 @@ impl PairKind {
         match self {
             PairKind::MlpFc1Fc2 => "mlp fc1/fc2",
             PairKind::AttnQProj => "attn q/proj",
-            PairKind::AttnKV => "attn k/v",
+            PairKind::AttnKv => "attn k/v",
             PairKind::BottleneckConv1Conv3 => "bottleneck conv1/conv3",
         }
     }
@@ -250,14 +250,14 @@ impl Matrices {
                         &attn.proj.ws,
                     );
                     self.pair(format!("{prefix}.attn"), PairKind::AttnQProj, q, Some(proj), attn_probe);
-                    self.pair(format!("{prefix}.attn"), PairKind::AttnKV, k, Some(v), None);
+                    self.pair(format!("{prefix}.attn"), PairKind::AttnKv, k, Some(v), None);
                 }
                 AnyAttention::Pe(attn) => {
                     let wq = self.push(format!("{prefix}.attn.wq"), Role::Attention, Layout::Tied, &attn.wq);
                     let wkv =
                         self.push(format!("{prefix}.attn.wkv"), Role::Attention, Layout::Tied, &attn.wkv);
                     self.pair(format!("{prefix}.attn"), PairKind::AttnQProj, wq, None, attn_probe);
-                    self.pair(format!("{prefix}.attn"), PairKind::AttnKV, wkv, None, None);
+                    self.pair(format!("{prefix}.attn"), PairKind::AttnKv, wkv, None, None);
                 }
             }
             let mlp_probe = Some(format!("{prefix}.mlp"));

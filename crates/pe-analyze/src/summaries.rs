@@ -46,15 +46,25 @@ pub fn log_to_tensorboard(report: &Report, sink: &mut impl SummarySink, step: u6
             sink.scalar(&format!("{prefix}/energy_outside_full"), energy.full_rank, step)?;
         }
     }
+    for (tag, value) in headline_scalars(report) {
+        sink.scalar(&tag, value, step)?;
+    }
+    Ok(())
+}
+
+/// Per-block-type means under `weight_space/` (rank ratio, pair overlap, energy outside col(W)):
+/// the few numbers worth a column in TensorBoard's HParams table.
+pub fn headline_scalars(report: &Report) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
     for s in report.role_summaries() {
-        sink.scalar(&format!("weight_space/{}/rank_ratio", key(&s.role)), s.mean_rank_ratio, step)?;
+        out.push((format!("weight_space/{}/rank_ratio", key(&s.role)), s.mean_rank_ratio));
     }
     for s in report.pair_summaries() {
         let prefix = format!("weight_space/{}", key(&s.kind));
-        sink.scalar(&format!("{prefix}/overlap_dominant"), s.mean_overlap_dominant, step)?;
+        out.push((format!("{prefix}/overlap_dominant"), s.mean_overlap_dominant));
         if let Some(value) = s.mean_energy_outside_effective {
-            sink.scalar(&format!("{prefix}/energy_outside_effective"), value, step)?;
+            out.push((format!("{prefix}/energy_outside_effective"), value));
         }
     }
-    Ok(())
+    out
 }

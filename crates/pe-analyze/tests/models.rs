@@ -58,7 +58,7 @@ fn every_probed_pair_gets_an_energy_share() {
     for name in ["vit_mini", "vit_pe_mini", "resnet_mini", "resnet_mini_pe"] {
         let report = report(name);
         for pair in &report.pairs {
-            let reads_activation = pair.kind != PairKind::AttnKV;
+            let reads_activation = pair.kind != PairKind::AttnKv;
             assert_eq!(pair.energy_outside.is_some(), reads_activation, "{name} {}", pair.name);
             if let Some(e) = &pair.energy_outside {
                 assert!(

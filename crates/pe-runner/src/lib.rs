@@ -2,6 +2,7 @@
 //! so integration tests can drive the same code the binary runs.
 
 pub mod amp;
+pub mod analyze_cmd;
 pub mod batch;
 pub mod bench;
 pub mod checkpoint;

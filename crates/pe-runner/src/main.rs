@@ -33,6 +33,8 @@ enum Command {
     Forward(forward::ForwardArgs),
     /// Time one training step (forward, backward, AdamW) of a registry model on random data.
     Bench(bench::BenchArgs),
+    /// How trained weights use their space: spectra, ranks, W/Wᵀ overlap, energy outside col(W).
+    Analyze(pe_runner::analyze_cmd::AnalyzeArgs),
     /// Show the libtorch in use, where it was loaded from, and the devices it sees.
     Info,
 }
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::Prepare(args) => prepare::run(args).map(|()| ExitCode::SUCCESS),
         Command::Forward(args) => forward::run(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Analyze(args) => pe_runner::analyze_cmd::run(args).map(|()| ExitCode::SUCCESS),
         Command::Info => info::run().map(|()| ExitCode::SUCCESS),
     };
     match result {

@@ -1,7 +1,9 @@
-//! A TensorBoard event-file writer: scalars and PNG images as `tf.Event` protobufs in TFRecord
-//! framing. Written here (≈100 lines) rather than through tensorboard-rs, whose writer panics on
-//! I/O errors, leaves `add_text`/`add_histogram` unimplemented and swaps non-square image sides.
+//! A TensorBoard event-file writer: scalars, PNG images, histograms, text and the HParams
+//! plugin's session records as `tf.Event` protobufs in TFRecord framing. Written here rather than
+//! through tensorboard-rs, whose writer panics on I/O errors, leaves `add_text`/`add_histogram`/
+//! `add_hparams` unimplemented and swaps non-square image sides.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -61,6 +63,118 @@ impl EventWriter {
         self.summary(&value_msg, step)
     }
 
+    /// A histogram of `values` in [`HISTOGRAM_BUCKETS`] equal-width buckets (non-finite values skipped).
+    pub fn histogram(&mut self, tag: &str, values: &[f64], step: u64) -> io::Result<()> {
+        let values: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        let (min, max) =
+            values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let (min, max) = if values.is_empty() { (0.0, 0.0) } else { (min, max) };
+        // Bucket i counts values up to bucket_limit[i] (TensorBoard's right edges).
+        let buckets = if max > min { HISTOGRAM_BUCKETS } else { 1 };
+        let width = (max - min) / buckets as f64;
+        let mut counts = vec![0.0; buckets];
+        for v in &values {
+            let index = if width > 0.0 { ((v - min) / width) as usize } else { 0 };
+            counts[index.min(buckets - 1)] += 1.0;
+        }
+        let limits: Vec<f64> =
+            (1..=buckets).map(|i| if i == buckets { max } else { min + i as f64 * width }).collect();
+        let mut histo = Proto::default();
+        histo.double(1, min);
+        histo.double(2, max);
+        histo.double(3, values.len() as f64);
+        histo.double(4, values.iter().sum());
+        histo.double(5, values.iter().map(|v| v * v).sum());
+        histo.packed_doubles(6, &limits);
+        histo.packed_doubles(7, &counts);
+        let mut value_msg = Proto::default();
+        value_msg.bytes(1, tag.as_bytes());
+        value_msg.bytes(5, &histo.0);
+        self.summary(&value_msg, step)
+    }
+
+    /// Text (rendered as Markdown by TensorBoard's Text dashboard), e.g. the resolved config.
+    pub fn text(&mut self, tag: &str, text: &str, step: u64) -> io::Result<()> {
+        let mut tensor = Proto::default();
+        tensor.varint(1, DT_STRING);
+        tensor.bytes(2, &[]); // scalar shape
+        tensor.bytes(8, text.as_bytes());
+        // TextPluginData { version: 0 } serialises to nothing.
+        self.plugin_summary(tag, "text", &[], &tensor, step)
+    }
+
+    /// Registers this run as a session of the HParams dashboard: the experiment (which hparams
+    /// and metrics exist) and the session's hparam values. Log each metric as a scalar under its
+    /// tag in `metric_tags` (e.g. `eval/acc1`); the dashboard shows its latest value.
+    pub fn hparams(&mut self, hparams: &BTreeMap<String, HParam>, metric_tags: &[&str]) -> io::Result<()> {
+        let mut experiment = Proto::default();
+        for (name, value) in hparams {
+            let mut info = Proto::default();
+            info.bytes(1, name.as_bytes());
+            info.varint(4, value.data_type());
+            experiment.bytes(4, &info.0);
+        }
+        for tag in metric_tags {
+            let mut metric_name = Proto::default();
+            metric_name.bytes(2, tag.as_bytes());
+            let mut info = Proto::default();
+            info.bytes(1, &metric_name.0);
+            experiment.bytes(5, &info.0);
+        }
+        experiment.double(3, wall_time());
+        self.hparams_record(HPARAMS_EXPERIMENT, 2, &experiment)?;
+        let mut start = Proto::default();
+        for (name, value) in hparams {
+            let mut entry = Proto::default();
+            entry.bytes(1, name.as_bytes());
+            entry.bytes(2, &value.to_proto().0);
+            start.bytes(1, &entry.0);
+        }
+        start.double(5, wall_time());
+        self.hparams_record(HPARAMS_SESSION_START, 3, &start)
+    }
+
+    /// Closes the HParams session (`success = false` marks it failed).
+    pub fn hparams_end(&mut self, success: bool) -> io::Result<()> {
+        let mut end = Proto::default();
+        end.varint(1, if success { 1 } else { 2 });
+        end.double(2, wall_time());
+        self.hparams_record(HPARAMS_SESSION_END, 4, &end)
+    }
+
+    /// `HParamsPluginData { version: 0, <oneof field>: data }` under `tag`, at step 0.
+    fn hparams_record(&mut self, tag: &str, field: u32, data: &Proto) -> io::Result<()> {
+        let mut plugin_data = Proto::default();
+        plugin_data.bytes(field, &data.0);
+        // The hparams plugin reads a float32 scalar 0 as the value of these records.
+        let mut tensor = Proto::default();
+        tensor.varint(1, DT_FLOAT);
+        tensor.bytes(2, &[]);
+        tensor.float(5, 0.0);
+        self.plugin_summary(tag, "hparams", &plugin_data.0, &tensor, 0)
+    }
+
+    /// A `Summary.Value` holding `tensor`, tagged for `plugin` with its serialised `content`.
+    fn plugin_summary(
+        &mut self,
+        tag: &str,
+        plugin: &str,
+        content: &[u8],
+        tensor: &Proto,
+        step: u64,
+    ) -> io::Result<()> {
+        let mut plugin_data = Proto::default();
+        plugin_data.bytes(1, plugin.as_bytes());
+        plugin_data.bytes(2, content);
+        let mut metadata = Proto::default();
+        metadata.bytes(1, &plugin_data.0);
+        let mut value_msg = Proto::default();
+        value_msg.bytes(1, tag.as_bytes());
+        value_msg.bytes(9, &metadata.0);
+        value_msg.bytes(8, &tensor.0);
+        self.summary(&value_msg, step)
+    }
+
     fn summary(&mut self, value: &Proto, step: u64) -> io::Result<()> {
         let mut summary = Proto::default();
         summary.bytes(1, &value.0);
@@ -82,6 +196,80 @@ impl EventWriter {
 
     pub fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
+    }
+}
+
+/// Lets `pe_analyze::log_to_tensorboard` write spectra and per-layer metrics to a run's events.
+impl pe_analyze::SummarySink for EventWriter {
+    fn scalar(&mut self, tag: &str, value: f64, step: u64) -> io::Result<()> {
+        EventWriter::scalar(self, tag, value, step)
+    }
+
+    fn histogram(&mut self, tag: &str, values: &[f64], step: u64) -> io::Result<()> {
+        EventWriter::histogram(self, tag, values, step)
+    }
+}
+
+pub const HISTOGRAM_BUCKETS: usize = 30;
+const DT_FLOAT: u64 = 1;
+const DT_STRING: u64 = 7;
+const HPARAMS_EXPERIMENT: &str = "_hparams_/experiment";
+const HPARAMS_SESSION_START: &str = "_hparams_/session_start_info";
+const HPARAMS_SESSION_END: &str = "_hparams_/session_end_info";
+
+/// One hyperparameter value as the HParams dashboard knows them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HParam {
+    Number(f64),
+    Text(String),
+    Bool(bool),
+}
+
+impl HParam {
+    /// Every scalar leaf of `value` under its dotted path (`optimizer.lr`); arrays become text,
+    /// nulls are left out. Serialise a config with serde_json and pass it here.
+    pub fn flatten(value: &serde_json::Value) -> BTreeMap<String, HParam> {
+        fn walk(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, HParam>) {
+            use serde_json::Value;
+            let leaf = match value {
+                Value::Object(map) => {
+                    for (key, child) in map {
+                        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                        walk(&path, child, out);
+                    }
+                    return;
+                }
+                Value::Null => return,
+                Value::Bool(b) => HParam::Bool(*b),
+                Value::Number(n) => HParam::Number(n.as_f64().unwrap_or(f64::NAN)),
+                Value::String(text) => HParam::Text(text.clone()),
+                Value::Array(_) => HParam::Text(value.to_string()),
+            };
+            out.insert(prefix.to_owned(), leaf);
+        }
+        let mut out = BTreeMap::new();
+        walk("", value, &mut out);
+        out
+    }
+
+    /// The `DataType` of `HParamInfo` (STRING 1, BOOL 2, FLOAT64 3).
+    fn data_type(&self) -> u64 {
+        match self {
+            HParam::Text(_) => 1,
+            HParam::Bool(_) => 2,
+            HParam::Number(_) => 3,
+        }
+    }
+
+    /// A `google.protobuf.Value`.
+    fn to_proto(&self) -> Proto {
+        let mut value = Proto::default();
+        match self {
+            HParam::Number(n) => value.double(2, *n),
+            HParam::Text(text) => value.bytes(3, text.as_bytes()),
+            HParam::Bool(b) => value.varint(4, u64::from(*b)),
+        }
+        value
     }
 }
 
@@ -125,6 +313,11 @@ impl Proto {
         self.key(field, 2);
         self.raw_varint(value.len() as u64);
         self.0.extend_from_slice(value);
+    }
+
+    fn packed_doubles(&mut self, field: u32, values: &[f64]) {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.bytes(field, &bytes);
     }
 }
 
