@@ -15,6 +15,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/comm.hpp>
+#include <torch/csrc/distributed/c10d/logger.hpp>
 #include <torch/csrc/distributed/c10d/reducer.hpp>
 
 #include <algorithm>
@@ -26,6 +27,8 @@
 
 struct PeReducer {
   std::shared_ptr<c10d::Reducer> reducer;
+  // DDP's Logger: it reads the Reducer's backward compute/communication timers.
+  std::shared_ptr<c10d::Logger> logger;
 };
 
 namespace pe_dist {
@@ -207,7 +210,9 @@ char *pe_dist_reducer_new(PeGroup *group, const at::Tensor *const *ptrs, size_t 
         /*find_unused_parameters=*/false, gradient_as_bucket_view, std::move(param_names),
         first_bucket_cap_bytes, /*skip_all_reduce_unused_params=*/false, /*use_python_reducer=*/false,
         std::move(limits_i64));
-    *out = new PeReducer{reducer};
+    auto logger = std::make_shared<c10d::Logger>(reducer);
+    reducer->set_logger(logger);
+    *out = new PeReducer{reducer, logger};
   });
 }
 
@@ -217,6 +222,8 @@ char *pe_dist_reducer_new(PeGroup *group, const at::Tensor *const *ptrs, size_t 
 char *pe_dist_reducer_prepare_for_forward(PeReducer *r, bool *rebuilt) {
   return guarded([&] {
     require(r, "reducer");
+    // As DDP's forward: fold the previous step's timings into the averages (on sampled steps).
+    r->logger->set_runtime_stats_and_log();
     r->reducer->prepare_for_forward();
     *rebuilt = r->reducer->rebuild_buckets();
   });
@@ -236,8 +243,26 @@ char *pe_dist_reducer_bucket_count(PeReducer *r, size_t *out) {
   });
 }
 
+// DDP's averages over the sampled steps so far (the first 10, then every 100th), in ns: backward
+// compute, gradient all-reduce, and the part of the all-reduce that ran during backward compute.
+// All zero before any sampled step has finished.
+char *pe_dist_reducer_comm_stats(PeReducer *r, int64_t *compute_ns, int64_t *comm_ns, int64_t *overlap_ns) {
+  return guarded([&] {
+    require(r, "reducer");
+    auto ints = r->logger->get_ddp_logging_data().ints_map;
+    auto get = [&](const char *key) {
+      auto it = ints.find(key);
+      return it == ints.end() ? int64_t{0} : it->second;
+    };
+    *compute_ns = get("avg_backward_compute_time");
+    *comm_ns = get("avg_backward_comm_time");
+    *overlap_ns = get("avg_backward_compute_comm_overlap_time");
+  });
+}
+
 // The Reducer's destructor may throw (it is noexcept(false)); swallow that into the error string.
 char *pe_dist_reducer_free(PeReducer *r) {
+  // The Logger goes first (declared last): DDP deletes it before the Reducer.
   return guarded([&] { delete r; });
 }
 

@@ -98,6 +98,12 @@ extern "C" {
         n: usize,
     ) -> *mut c_char;
     fn pe_dist_reducer_bucket_count(reducer: *mut PeReducer, out: *mut usize) -> *mut c_char;
+    fn pe_dist_reducer_comm_stats(
+        reducer: *mut PeReducer,
+        compute_ns: *mut i64,
+        comm_ns: *mut i64,
+        overlap_ns: *mut i64,
+    ) -> *mut c_char;
     fn pe_dist_reducer_free(reducer: *mut PeReducer) -> *mut c_char;
 }
 
@@ -284,6 +290,15 @@ impl Reducer {
         let p = ptrs(outputs);
         // SAFETY: a live reducer handle and `p.len()` borrowed tensor pointers.
         check(unsafe { pe_dist_reducer_prepare_for_backward(self.0.as_ptr(), p.as_ptr(), p.len()) })
+    }
+
+    /// (backward compute, all-reduce, overlap) averages in ns.
+    pub(crate) fn comm_stats(&self) -> Result<[i64; 3], String> {
+        let mut v = [0i64; 3];
+        let [a, b, c] = &mut v;
+        // SAFETY: a live reducer handle; the three out-pointers point at distinct live locals.
+        check(unsafe { pe_dist_reducer_comm_stats(self.0.as_ptr(), a, b, c) })?;
+        Ok(v)
     }
 
     pub(crate) fn bucket_count(&self) -> Result<usize, String> {

@@ -15,4 +15,4 @@ pub use env::DistEnv;
 pub use error::{Error, Result};
 pub use group::{Backend, ProcessGroup, ReduceOp, BROADCAST_BUCKET_BYTES};
 pub use launch::{launch, Launch};
-pub use reducer::{Reducer, ReducerOptions};
+pub use reducer::{CommStats, Reducer, ReducerOptions};

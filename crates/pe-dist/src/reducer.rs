@@ -1,5 +1,6 @@
 //! torch DDP's gradient synchronisation: c10d's `Reducer`, bucketed and overlapped with backward.
 use std::ffi::CString;
+use std::time::Duration;
 
 use tch::Tensor;
 
@@ -26,6 +27,27 @@ impl Default for ReducerOptions {
             gradient_as_bucket_view: false,
             param_names: Vec::new(),
         }
+    }
+}
+
+/// Where a step's gradient all-reduce time went (DDP's runtime statistics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommStats {
+    /// From the start of backward to the last gradient.
+    pub backward_compute: Duration,
+    /// From the first bucket's all-reduce start to the last one's end.
+    pub all_reduce: Duration,
+    /// The part of `all_reduce` that ran while backward was still computing.
+    pub overlap: Duration,
+}
+
+impl CommStats {
+    /// Share of the all-reduce hidden behind backward, in [0, 1].
+    pub fn hidden_share(&self) -> f64 {
+        if self.all_reduce.is_zero() {
+            return 0.0;
+        }
+        (self.overlap.as_secs_f64() / self.all_reduce.as_secs_f64()).clamp(0.0, 1.0)
     }
 }
 
@@ -96,6 +118,19 @@ impl Reducer {
     /// How many buckets the gradients are all-reduced in.
     pub fn bucket_count(&self) -> Result<usize> {
         self.reducer.bucket_count().map_err(|m| self.failed("bucket_count", m))
+    }
+
+    /// DDP's own timing of gradient communication against backward, averaged over the sampled
+    /// steps (the first 10, then every 100th); `None` before one has been measured, which takes
+    /// the next `prepare_for_forward` after a synchronised backward.
+    pub fn comm_stats(&self) -> Result<Option<CommStats>> {
+        let [compute, comm, overlap] = self.reducer.comm_stats().map_err(|m| self.failed("comm_stats", m))?;
+        let ns = |v: i64| Duration::from_nanos(v.max(0) as u64);
+        Ok((comm > 0).then(|| CommStats {
+            backward_compute: ns(compute),
+            all_reduce: ns(comm),
+            overlap: ns(overlap),
+        }))
     }
 
     fn failed(&self, what: &str, message: String) -> Error {

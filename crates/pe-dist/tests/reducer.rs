@@ -102,6 +102,11 @@ fn reducer_matches_one_process_on_the_full_batch() {
         opt_ddp.step();
         opt_ref.step();
     }
+    reducer.prepare_for_forward().unwrap(); // folds the last step's timings into DDP's averages
+    let stats = reducer.comm_stats().unwrap().expect("DDP timed the synchronised steps");
+    assert!(stats.all_reduce > Duration::ZERO && stats.backward_compute > Duration::ZERO, "{stats:?}");
+    assert!((0.0..=1.0).contains(&stats.hidden_share()), "{stats:?}");
+    println!("rank {}: {stats:?}, hidden share {:.2}", env.rank, stats.hidden_share());
     let conv_weight = &ddp.vs.variables()["conv.weight"];
     assert!(is_channels_last(&conv_weight.grad()).unwrap(), "reduced conv gradient keeps channels_last");
     assert!(max_diff(&ddp.params(), &reference.params()) < 1e-5, "the optimizer saw the reduced gradients");
