@@ -1,7 +1,5 @@
 //! The crate's error type: bad torchrun environment, c10d failures with what was being done, and
 //! launcher failures.
-use std::time::Duration;
-
 /// Everything this crate can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -22,8 +20,6 @@ pub enum Error {
     Launch(String),
     #[error("rank {rank} (pid {pid}) failed: {status}; the other ranks were terminated")]
     RankFailed { rank: usize, pid: u32, status: std::process::ExitStatus },
-    #[error("{what} did not finish within {timeout:?}")]
-    Timeout { what: String, timeout: Duration },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
