@@ -60,16 +60,17 @@ impl LoaderOptions {
             seed,
             workers: cfg.workers,
             prefetch: cfg.prefetch,
-            sampling: Sampling { shuffle: true, repeats: cfg.repeated_aug, rank, world },
+            sampling: Sampling { shuffle: true, repeats: cfg.repeated_aug, rank, world, pad: true },
             drop_last: true,
             report_bad_files: true,
         }
     }
 
-    /// Evaluation options: in order, no repeats, last batch kept.
+    /// Evaluation options: in order, no repeats, no padding (each sample counted once), last
+    /// batch kept.
     pub fn eval(cfg: &DataConfig, batch_size: usize, rank: usize, world: usize) -> Self {
         LoaderOptions {
-            sampling: Sampling { shuffle: false, repeats: 1, rank, world },
+            sampling: Sampling { shuffle: false, repeats: 1, rank, world, pad: false },
             drop_last: false,
             ..Self::train(cfg, batch_size, 0, rank, world)
         }

@@ -23,11 +23,15 @@ pub struct Sampling {
     pub rank: usize,
     /// Number of processes.
     pub world: usize,
+    /// Pad every shard to the same length by repeating samples (DistributedSampler, for training:
+    /// all ranks take the same number of steps). Off for evaluation, where each sample must be
+    /// counted exactly once.
+    pub pad: bool,
 }
 
 impl Default for Sampling {
     fn default() -> Self {
-        Sampling { shuffle: true, repeats: 1, rank: 0, world: 1 }
+        Sampling { shuffle: true, repeats: 1, rank: 0, world: 1, pad: true }
     }
 }
 
@@ -61,7 +65,8 @@ pub fn epoch_slots(len: usize, seed: u64, epoch: u64, s: Sampling) -> Vec<Slot> 
     } else {
         per_rank
     };
-    (s.rank..total)
+    let end = if s.pad { total } else { n };
+    (s.rank..end)
         .step_by(world)
         .take(keep)
         .map(|p| Slot { position: p as u64, index: order[(p % n) / repeats] })
@@ -87,6 +92,18 @@ mod tests {
             epoch_slots(5, 1, 3, eval).iter().map(|x| x.index).collect::<Vec<_>>(),
             vec![0, 1, 2, 3, 4]
         );
+    }
+
+    #[test]
+    fn unpadded_shards_count_every_sample_exactly_once() {
+        let mut all: Vec<usize> = (0..2)
+            .flat_map(|rank| {
+                let s = Sampling { shuffle: false, rank, world: 2, pad: false, ..Default::default() };
+                epoch_slots(7, 0, 0, s).into_iter().map(|slot| slot.index)
+            })
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..7).collect::<Vec<_>>());
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod evaluate;
 pub mod forward;
 pub mod grad_norm;
 pub mod info;
+pub mod launch_cmd;
 pub mod loss;
 pub mod metrics;
 pub mod observers;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use pe_runner::{bench, config, eval_cmd, forward, info, prepare, run_identity, summary, train};
+use pe_runner::{bench, config, eval_cmd, forward, info, launch_cmd, prepare, run_identity, summary, train};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +35,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// How trained weights use their space: spectra, ranks, W/Wᵀ overlap, energy outside col(W).
     Analyze(pe_runner::analyze_cmd::AnalyzeArgs),
+    /// Run a `pe` command as N ranks on this machine with torchrun's environment
+    /// (`pe launch --nproc 2 -- train X.toml`).
+    Launch(launch_cmd::LaunchArgs),
     /// Show the libtorch in use, where it was loaded from, and the devices it sees.
     Info,
 }
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Forward(args) => forward::run(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
         Command::Analyze(args) => pe_runner::analyze_cmd::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Launch(args) => launch_cmd::run(args).map(|()| ExitCode::SUCCESS),
         Command::Info => info::run().map(|()| ExitCode::SUCCESS),
     };
     match result {

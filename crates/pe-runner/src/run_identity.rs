@@ -25,6 +25,8 @@ pub const RESUMABLE_KEYS: &[&str] = &[
     "train.checkpoint_every_steps",
     "train.device",
     "train.threads",
+    "train.dist_backend",
+    "train.dist_timeout_s",
     "data.workers",
     "data.prefetch",
     "eval.every_epochs",

@@ -154,9 +154,10 @@ impl StepEngine {
             sync.before_backward(&loss)?;
         }
         let scaled = loss / self.accum_steps as f64;
+        // f_backward: a failed gradient all-reduce (a rank died) surfaces here as an error.
         match &self.scaler {
-            Some(scaler) => scaler.scale_loss(&scaled).backward(),
-            None => scaled.backward(),
+            Some(scaler) => scaler.scale_loss(&scaled).f_backward()?,
+            None => scaled.f_backward()?,
         }
         Ok(value)
     }
@@ -230,9 +231,10 @@ impl StepEngine {
         Ok(())
     }
 
-    /// Every trainable parameter, in registration order (what gradient reduction buckets).
-    pub fn trainable_parameters(&self) -> Vec<Tensor> {
-        self.vs.trainable_variables()
+    /// Trainable parameters by name, sorted: the same order in every process (what gradient
+    /// reduction buckets; a VarStore's own order is a hash map's).
+    pub fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
+        self.named_state().into_iter().filter(|(_, t)| t.requires_grad()).collect()
     }
 
     /// Parameters and buffers (BatchNorm statistics) by name: what rank 0 broadcasts.

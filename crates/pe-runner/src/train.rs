@@ -56,8 +56,10 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Outcome> {
     let experiment = load_experiment(&args.experiment, &overrides)?;
     run_identity::validate_allowed(&args.allow_change)?;
     let config = &experiment.config;
-    let dist = Dist::single();
     let resolved = to_toml(config);
+    let device = crate::device::resolve(&config.train.device)?;
+    let dist = Dist::from_env(&config.train, device, &resolved)?;
+    let device = dist.device(device);
     let run_dir = config.logging.runs_dir.join(&config.name);
     let checkpoints = Checkpoints::new(&run_dir);
     if args.resume && checkpoints.last().is_none() {
@@ -70,12 +72,13 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Outcome> {
     } else {
         None
     };
-    let mut trainer = TrainLoop::new(&experiment, dist, run_dir, checkpoints, interrupted)?;
+    let mut trainer = TrainLoop::new(&experiment, dist, device, run_dir, checkpoints, interrupted)?;
     trainer.claim_run_folder(&args.allow_change)?;
     if trainer.dist.is_main() {
         println!("# resolved experiment {} (from {})\n{resolved}", config.name, args.experiment.display());
     }
     trainer.resume()?;
+    trainer.dist.join_engine(&mut trainer.engine)?;
     trainer.fit()
 }
 
@@ -120,6 +123,7 @@ impl TrainLoop {
     fn new(
         experiment: &Experiment,
         dist: Dist,
+        device: tch::Device,
         run_dir: PathBuf,
         checkpoints: Checkpoints,
         interrupted: Arc<AtomicBool>,
@@ -129,7 +133,6 @@ impl TrainLoop {
         if train.threads > 0 {
             tch::set_num_threads(train.threads as i32);
         }
-        let device = crate::device::resolve(&train.device)?;
         if device.is_cuda() {
             tch::Cuda::cudnn_set_benchmark(true);
         }
@@ -251,6 +254,8 @@ impl TrainLoop {
 
     /// Publishes a checkpoint (rank 0) and makes every logged point durable with it.
     fn save(&mut self, best: bool) -> Result<Option<PathBuf>> {
+        self.dist.sync_buffers(&self.engine)?;
+        self.dist.check_in_sync(&self.engine)?;
         if !self.dist.is_main() {
             return Ok(None);
         }
@@ -329,6 +334,7 @@ impl TrainLoop {
     }
 
     fn evaluate_and_save(&mut self, epoch: u64) -> Result<(EvalResult, Option<EvalResult>)> {
+        self.dist.sync_buffers(&self.engine)?;
         let result = self.evaluate_sharded(&self.engine.model)?;
         let ema = match &self.engine.ema {
             Some(ema) => Some(self.evaluate_sharded(&ema.model)?),

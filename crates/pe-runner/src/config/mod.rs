@@ -153,6 +153,10 @@ pub struct TrainConfig {
     pub max_steps: usize,
     /// libtorch intra-op threads; 0 = libtorch's default.
     pub threads: usize,
+    /// c10d backend of a multi-process run: "auto" (NCCL on CUDA, Gloo on CPU), "gloo" or "nccl".
+    pub dist_backend: String,
+    /// Seconds a rank waits for the others (rendezvous, every collective) before failing.
+    pub dist_timeout_s: u64,
 }
 
 impl Default for TrainConfig {
@@ -169,6 +173,8 @@ impl Default for TrainConfig {
             checkpoint_every_steps: 0,
             max_steps: 0,
             threads: 0,
+            dist_backend: "auto".into(),
+            dist_timeout_s: 1800,
         }
     }
 }
@@ -233,6 +239,10 @@ impl ExperimentConfig {
         ensure((0.0..1.0).contains(&t.ema_decay), "train.ema_decay", || {
             format!("must be in [0, 1) (0 = off), got {}", t.ema_decay)
         })?;
+        ensure(["auto", "gloo", "nccl"].contains(&t.dist_backend.as_str()), "train.dist_backend", || {
+            format!("expected \"auto\", \"gloo\" or \"nccl\", got {:?}", t.dist_backend)
+        })?;
+        ensure(t.dist_timeout_s >= 1, "train.dist_timeout_s", || "must be at least 1".into())?;
         ensure(crate::device::parse(&t.device).is_ok(), "train.device", || {
             format!("expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got {:?}", t.device)
         })?;
