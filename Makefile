@@ -8,6 +8,8 @@ SETUP_STAMP := $(VENV)/.setup-done
 PE          := target/release/pe
 # The experiment `make exp` runs: a recipe name under experiments/.
 EXP         ?= fmnist_resnet_mini_pe
+# Processes `make exp` trains with (one per GPU on CUDA; Gloo processes on CPU).
+NPROC       ?= 1
 FMNIST_IDX  := /usr/share/datasets/fashion-mnist
 
 # Build tch against the venv's torch wheel: torch-sys asks `python` on PATH when VIRTUAL_ENV is set.
@@ -40,11 +42,11 @@ $(SETUP_STAMP): python/requirements.txt
 build: setup ## Build the release `pe` binary
 	cargo build --release -p pe-runner
 
-exp: build ## Train experiments/$(EXP).toml (default: a Fashion-MNIST recipe; prepares its data first)
+exp: build ## Train experiments/$(EXP).toml on NPROC processes (default: a Fashion-MNIST recipe, 1 process)
 	@test -f experiments/$(EXP).toml || { echo "no experiments/$(EXP).toml; recipes: $$(ls experiments/*.toml | xargs -n1 basename | sed 's/.toml//' | tr '\n' ' ')"; exit 2; }
 	@# Recipes named fmnist_* train on Fashion-MNIST, which the project prepares itself.
 	@if [[ "$(EXP)" == fmnist_* ]]; then $(MAKE) --no-print-directory data; fi
-	$(PE) train experiments/$(EXP).toml
+	$(if $(filter-out 1,$(NPROC)),$(PE) launch --nproc $(NPROC) -- train experiments/$(EXP).toml,$(PE) train experiments/$(EXP).toml)
 
 data: build ## Fashion-MNIST as an ImageFolder of JPEGs in data/fashion-mnist (installs Debian's package)
 	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { \

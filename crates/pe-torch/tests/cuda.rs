@@ -28,11 +28,11 @@ fn without_cuda_every_call_is_a_clear_error() {
     }
 }
 
+/// Run on a GPU machine: `cargo test -p pe-torch --test cuda -- --ignored`.
 #[test]
+#[ignore = "needs CUDA"]
 fn with_cuda_peak_memory_tracks_an_allocation() {
-    if !cuda::is_available() {
-        return;
-    }
+    assert!(cuda::is_available(), "this test needs a CUDA device");
     cuda::set_device(0).unwrap();
     assert_eq!(cuda::current_device().unwrap(), 0);
     assert!(cuda::set_device(cuda::device_count().unwrap()).is_err());
