@@ -142,7 +142,7 @@ pub fn check_resume(changes: &[Change], allowed: &[String], run_dir: &Path) -> R
     let resumable: Vec<&str> =
         refused.iter().map(|c| c.key.as_str()).filter(|k| RESUMABLE_KEYS.contains(k)).collect();
     let mut message = format!(
-        "{} holds another experiment: its checkpoints were trained with\n{}\nNothing was changed. Either start a new run: add --name NEW_NAME (a new folder under the same runs_dir)",
+        "{} holds another experiment; this command differs from it in (stored -> this command):\n{}\nNothing was changed. Either start a new run: add --name NEW_NAME (a new folder under the same runs_dir)",
         run_dir.display(),
         listed.join("\n")
     );
