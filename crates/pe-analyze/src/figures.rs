@@ -24,6 +24,9 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(127, 127, 127),
 ];
 
+/// The points of one report in a panel.
+type Series<'a> = dyn Fn(&Report) -> Vec<(f64, f64)> + 'a;
+
 fn failed(path: &Path) -> impl Fn(String) -> AnalyzeError + '_ {
     move |message| AnalyzeError::Figure { path: path.to_owned(), message }
 }
@@ -69,7 +72,7 @@ fn draw_spectra(report: &Report, path: &Path) -> Result<()> {
     root.present().map_err(|e| err(e.to_string()))
 }
 
-/// `weight_space.svg`: three panels, one series per report.
+/// `weight_space.svg`: up to three panels (those with data), one series per report.
 pub fn weight_space(reports: &[Report], dir: &Path) -> Result<PathBuf> {
     let path = dir.join("weight_space.svg");
     draw_weight_space(reports, &path)?;
@@ -78,37 +81,46 @@ pub fn weight_space(reports: &[Report], dir: &Path) -> Result<PathBuf> {
 
 fn draw_weight_space(reports: &[Report], path: &Path) -> Result<()> {
     let err = failed(path);
-    let root = SVGBackend::new(path, (WIDTH, 3 * HEIGHT)).into_drawing_area();
+    // Positions are normalised to [0, 1] so models of different depth share an axis.
+    let spread = |values: Vec<f64>| -> Vec<(f64, f64)> {
+        let last = (values.len().max(2) - 1) as f64;
+        values.into_iter().enumerate().map(|(i, v)| (i as f64 / last, v)).collect()
+    };
+    let by_depth = |r: &Report| spread(r.matrices.iter().map(|m| m.rank_ratio()).collect());
+    // (overlap − chance) / (1 − chance): 0 for independent subspaces, 1 when tied; pairs whose
+    // subspaces fill their space (chance = 1) say nothing and are left out.
+    let overlap = |r: &Report| {
+        spread(
+            r.pairs
+                .iter()
+                .filter(|p| p.dominant.chance < 1.0)
+                .map(|p| (p.dominant.mean_cos2 - p.dominant.chance) / (1.0 - p.dominant.chance))
+                .collect(),
+        )
+    };
+    let energy = |r: &Report| {
+        spread(r.pairs.iter().filter_map(|p| p.energy_outside.as_ref().map(|e| e.effective_rank)).collect())
+    };
+    let panels: [(&str, &str, &Series<'_>); 3] = [
+        ("effective rank / min(m, n) of every matrix", "relative depth", &by_depth),
+        (
+            "alignment of col(W₁) and row(W₂) above chance, at effective rank (tied = 1)",
+            "tied pair, by relative depth",
+            &overlap,
+        ),
+        (
+            "share of hidden energy outside col(W₁) (r = effective rank)",
+            "pair with a measured activation, by relative depth",
+            &energy,
+        ),
+    ];
+    let panels: Vec<_> =
+        panels.into_iter().filter(|(_, _, f)| reports.iter().any(|r| !f(r).is_empty())).collect();
+    let root = SVGBackend::new(path, (WIDTH, panels.len() as u32 * HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-    let panels = root.split_evenly((3, 1));
-    // Depth is normalised to [0, 1] so models of different depth share an axis.
-    let by_depth = |r: &Report| -> Vec<(f64, f64)> {
-        let last = (r.matrices.len().max(2) - 1) as f64;
-        r.matrices.iter().enumerate().map(|(i, m)| (i as f64 / last, m.rank_ratio())).collect()
-    };
-    panel(
-        &panels[0],
-        reports,
-        "effective rank / min(m, n), every matrix by depth",
-        "relative depth",
-        &by_depth,
-    )
-    .map_err(&err)?;
-    let overlap = |r: &Report| -> Vec<(f64, f64)> {
-        let last = (r.pairs.len().max(2) - 1) as f64;
-        r.pairs.iter().enumerate().map(|(i, p)| (i as f64 / last, p.dominant.mean_cos2)).collect()
-    };
-    let title = "overlap of col(W₁) and row(W₂) at effective rank (mean cos²; tied = 1)";
-    panel(&panels[1], reports, title, "tied pair, by relative depth", &overlap).map_err(&err)?;
-    let energy = |r: &Report| -> Vec<(f64, f64)> {
-        let probed: Vec<f64> =
-            r.pairs.iter().filter_map(|p| p.energy_outside.as_ref().map(|e| e.effective_rank)).collect();
-        let last = (probed.len().max(2) - 1) as f64;
-        probed.into_iter().enumerate().map(|(i, v)| (i as f64 / last, v)).collect()
-    };
-    let title = "share of hidden energy outside col(W₁) (r = effective rank)";
-    panel(&panels[2], reports, title, "pair with a measured activation, by relative depth", &energy)
-        .map_err(&err)?;
+    for ((title, x_desc, series), area) in panels.iter().zip(root.split_evenly((panels.len(), 1))) {
+        panel(&area, reports, title, x_desc, *series).map_err(&err)?;
+    }
     root.present().map_err(|e| err(e.to_string()))
 }
 
@@ -118,14 +130,14 @@ fn panel(
     reports: &[Report],
     title: &str,
     x_desc: &str,
-    series: &dyn Fn(&Report) -> Vec<(f64, f64)>,
+    series: &Series<'_>,
 ) -> std::result::Result<(), String> {
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 16))
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(50)
-        .build_cartesian_2d(0f64..1f64, 0f64..1.05f64)
+        .build_cartesian_2d(0f64..1f64, -0.05f64..1.05f64)
         .map_err(|e| e.to_string())?;
     chart.configure_mesh().x_desc(x_desc).draw().map_err(|e| e.to_string())?;
     for (i, report) in reports.iter().enumerate() {

@@ -36,6 +36,6 @@ fn finds_lambda_min_above_a_bulk() {
 
 #[test]
 fn too_few_eigenvalues_give_no_fit() {
-    assert!(fit(&vec![1.0; MIN_EIGENVALUES - 1]).is_none());
+    assert!(fit(&[1.0; MIN_EIGENVALUES - 1]).is_none());
     assert!(fit(&[0.0; 20]).is_none());
 }
