@@ -135,7 +135,7 @@ fn resolve(input: &Path, model_name: Option<&String>, checkpoint_name: Option<&s
     };
     let (model_name, model) = match (model_name, &experiment) {
         (Some(name), _) => (name.clone(), pe_models::preset(name).map_err(anyhow::Error::msg)?),
-        (None, Some(experiment)) => (experiment.name.clone(), experiment.model.clone()),
+        (None, Some(experiment)) => (describe(&experiment.model), experiment.model.clone()),
         (None, None) => bail!("{}: no run folder around these weights; pass --model NAME", input.display()),
     };
     let label = match &run_dir {
@@ -153,6 +153,23 @@ fn resolve(input: &Path, model_name: Option<&String>, checkpoint_name: Option<&s
         run_dir,
         step,
     })
+}
+
+/// A run's model in a few words (its recipe holds the expanded config, not the preset name).
+fn describe(model: &ModelConfig) -> String {
+    match model {
+        ModelConfig::Resnet(r) if r.pe_stages.is_empty() => format!("resnet {:?}", r.layers),
+        ModelConfig::Resnet(r) => format!("resnet {:?}, PE stages {:?}", r.layers, r.pe_stages),
+        ModelConfig::Vit(v) => {
+            let tied = match (v.pe_attention, v.pe_mlp) {
+                (true, true) => ", PE attn + mlp",
+                (true, false) => ", PE attn",
+                (false, true) => ", PE mlp",
+                (false, false) => "",
+            };
+            format!("vit d{}×{}{tied}", v.embed_dim, v.depth)
+        }
+    }
 }
 
 /// `runs/NAME/checkpoints/<best|last|step-N>`.
