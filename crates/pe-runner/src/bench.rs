@@ -11,7 +11,8 @@ use tch::{Device, Kind, Tensor};
 
 use pe_models::ModelConfig;
 
-use crate::config::{Amp, OptimizerConfig, OptimizerKind};
+use crate::config::{Amp, OptimizerConfig, OptimizerKind, TrainConfig};
+use crate::dist::Dist;
 use crate::step_engine::{EngineConfig, StepEngine, Targets};
 
 #[derive(Debug, Args)]
@@ -71,7 +72,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         label_smoothing: 0.0,
         model,
     };
+    // Under `pe launch`/torchrun every rank runs this bench: the engine then reduces gradients as
+    // in training and rank 0 reports the whole world's throughput.
+    let dist = Dist::from_env(
+        &TrainConfig { dist_timeout_s: 300, ..TrainConfig::default() },
+        device,
+        &format!("{args:?}"),
+    )?;
+    let device = dist.device(device);
     let mut engine = StepEngine::new(&config, device)?;
+    dist.join_engine(&mut engine)?;
     let images = Tensor::randn([args.batch, config.model.in_channels(), size, size], (Kind::Float, device));
     let labels =
         Targets::Labels(Tensor::randint(config.model.num_classes(), [args.batch], (Kind::Int64, device)));
@@ -91,9 +101,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
         step()?;
     }
     let ms = start.elapsed().as_secs_f64() * 1e3 / args.steps as f64;
+    // DDP's timing is read at the next prepare_for_forward after a synchronised backward.
+    engine.forward_backward(&images, &labels, true)?;
+    let hidden = engine.allreduce_hidden_share()?;
+    if !dist.is_main() {
+        return Ok(());
+    }
+    let images_per_step = (args.batch as usize * dist.world) as f64;
     let record = json!({"side": "rust", "model": args.model, "batch": args.batch, "img_size": size,
-        "amp": args.amp, "channels_last": args.channels_last,
-        "threads": tch::get_num_threads(), "ms_per_step": ms, "img_per_s": args.batch as f64 * 1e3 / ms,
+        "amp": args.amp, "channels_last": args.channels_last, "processes": dist.world,
+        "threads": tch::get_num_threads(), "ms_per_step": ms, "img_per_s": images_per_step * 1e3 / ms,
+        "allreduce_hidden_share": hidden,
         "peak_rss_mb": peak_rss_bytes().map(|b| b as f64 / 1048576.0)});
     println!("{record}");
     Ok(())

@@ -155,4 +155,8 @@ impl GradSync for DdpSync {
     fn before_backward(&mut self, loss: &Tensor) -> Result<()> {
         Ok(self.reducer.prepare_for_backward(std::slice::from_ref(loss))?)
     }
+
+    fn hidden_share(&self) -> Result<Option<f64>> {
+        Ok(self.reducer.comm_stats()?.map(|stats| stats.hidden_share()))
+    }
 }

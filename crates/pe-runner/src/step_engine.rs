@@ -63,6 +63,8 @@ pub trait GradSync {
     fn before_forward(&mut self) -> Result<()>;
     /// After the forward, before backward: arms the hooks that all-reduce gradient buckets.
     fn before_backward(&mut self, loss: &Tensor) -> Result<()>;
+    /// The share of gradient all-reduce time hidden behind backward, once measured.
+    fn hidden_share(&self) -> Result<Option<f64>>;
 }
 
 /// The result of an optimizer step.
@@ -184,6 +186,12 @@ impl StepEngine {
         }
         self.optimizer.zero_grad()?;
         Ok(StepReport { grad_norm, skipped })
+    }
+
+    /// The share of gradient all-reduce time hidden behind backward (distributed runs, once
+    /// measured: DDP samples the first 10 steps, then every 100th).
+    pub fn allreduce_hidden_share(&self) -> Result<Option<f64>> {
+        self.grad_sync.as_ref().map_or(Ok(None), |sync| sync.hidden_share())
     }
 
     /// The loss scale (fp16 only).

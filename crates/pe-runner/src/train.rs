@@ -477,9 +477,12 @@ impl TrainLoop {
             train.push(("loss_scale", scale));
             train.push(("skipped_steps", self.state.skipped_steps as f64));
         }
-        let perf = [("img_per_s", img_per_s), ("data_wait_fraction", data_wait)];
+        let mut perf = vec![("img_per_s", img_per_s), ("data_wait_fraction", data_wait)];
+        if let Some(hidden) = self.engine.allreduce_hidden_share()? {
+            perf.push(("allreduce_hidden_share", hidden));
+        }
         let (step, epoch) = (self.state.step, epoch + 1);
-        for (section, values) in [(Section::Train, train.as_slice()), (Section::Perf, &perf)] {
+        for (section, values) in [(Section::Train, train.as_slice()), (Section::Perf, perf.as_slice())] {
             self.observers.record(&Record { section, step, epoch, values })?;
         }
         *window = Window::start();
