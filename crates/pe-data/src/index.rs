@@ -7,6 +7,12 @@
 //! folder below it are unchanged (adding, removing or renaming a file changes its folder's mtime; a
 //! file rewritten in place is not noticed, which is fine: the path list is all the index holds).
 //! A read-only dataset simply goes uncached.
+//!
+//! One class list per run: the training split defines the classes ([`ImageFolder::open`]); every other
+//! split is opened with [`ImageFolder::open_with_classes`], which numbers its folders through that list
+//! (a validation split lacking one class folder would otherwise shift every later label). The cache
+//! always holds the split's own folder view and the mapping is applied after reading it, so a cached
+//! index can never bypass the class list.
 
 use crate::error::{Error, IoContext, Result};
 use std::path::{Path, PathBuf};
@@ -44,8 +50,10 @@ pub enum IndexSource {
 pub struct ImageFolder {
     /// The split folder (`<root>/<split>`).
     pub dir: PathBuf,
-    /// Class names, sorted; a label is an index into this.
+    /// Class names (sorted folder names, or the given class list); a label is an index into this.
     pub classes: Vec<String>,
+    /// Classes of the given list with no image in this split (always empty for [`ImageFolder::open`]).
+    pub missing_classes: Vec<String>,
     /// `(path, label)` in torchvision's order.
     pub samples: Vec<(PathBuf, u32)>,
     /// Cache hit or walk.
@@ -91,8 +99,69 @@ fn walk_class(dir: &Path, files: &mut Vec<PathBuf>, dirs: &mut Vec<PathBuf>) -> 
 }
 
 impl ImageFolder {
-    /// Index `<root>/<split>`, using the cache when it is valid.
+    /// Index `<root>/<split>`, the split that defines the classes (its sorted folder names), using
+    /// the cache when it is valid. A class folder without images is an error.
     pub fn open(root: &Path, split: &str, cache: IndexCache) -> Result<Self> {
+        let folder = Self::open_own(root, split, cache)?;
+        let mut counts = vec![0usize; folder.classes.len()];
+        for (_, label) in &folder.samples {
+            counts[*label as usize] += 1;
+        }
+        if let Some(empty) = counts.iter().position(|&n| n == 0) {
+            return Err(Error::EmptyClass(folder.dir.join(&folder.classes[empty])));
+        }
+        Ok(folder)
+    }
+
+    /// Index `<root>/<split>` with labels numbered by `classes` (the run's class list, from the
+    /// training split or the devkit). A folder not in the list is an error naming it; classes with no
+    /// image here (no folder, or an empty one) are listed in `missing_classes` for the caller to warn.
+    pub fn open_with_classes(
+        root: &Path,
+        split: &str,
+        classes: &[String],
+        cache: IndexCache,
+    ) -> Result<Self> {
+        let own = Self::open_own(root, split, cache)?;
+        let position: std::collections::HashMap<&str, u32> =
+            classes.iter().enumerate().map(|(i, c)| (c.as_str(), i as u32)).collect();
+        let map = own
+            .classes
+            .iter()
+            .map(|name| {
+                position.get(name.as_str()).copied().ok_or_else(|| Error::Format {
+                    path: own.dir.join(name),
+                    reason: format!(
+                        "class folder is not in the run's class list ({} classes, defined by the training \
+                         split or the devkit); remove it or fix the split",
+                        classes.len()
+                    ),
+                })
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        let mut seen = vec![false; classes.len()];
+        let samples: Vec<(PathBuf, u32)> = own
+            .samples
+            .into_iter()
+            .map(|(p, label)| {
+                let mapped = map[label as usize];
+                seen[mapped as usize] = true;
+                (p, mapped)
+            })
+            .collect();
+        let missing_classes =
+            classes.iter().zip(&seen).filter(|(_, &s)| !s).map(|(c, _)| c.clone()).collect();
+        Ok(ImageFolder {
+            dir: own.dir,
+            classes: classes.to_vec(),
+            missing_classes,
+            samples,
+            source: own.source,
+        })
+    }
+
+    /// The split's own view: classes are its folder names (possibly empty ones), cached or walked.
+    fn open_own(root: &Path, split: &str, cache: IndexCache) -> Result<Self> {
         let dir = root.join(split);
         if !dir.is_dir() {
             return Err(Error::MissingRoot(dir));
@@ -129,13 +198,17 @@ impl ImageFolder {
         for (label, (name, path)) in class_dirs.into_iter().enumerate() {
             let mut files = Vec::new();
             walk_class(&path, &mut files, &mut dirs)?;
-            if files.is_empty() {
-                return Err(Error::EmptyClass(path));
-            }
             samples.extend(files.into_iter().map(|f| (f, label as u32)));
             classes.push(name);
         }
-        Ok((ImageFolder { dir: dir.to_path_buf(), classes, samples, source: IndexSource::Scanned }, dirs))
+        let folder = ImageFolder {
+            dir: dir.to_path_buf(),
+            classes,
+            missing_classes: Vec::new(),
+            samples,
+            source: IndexSource::Scanned,
+        };
+        Ok((folder, dirs))
     }
 
     fn write_cache(&self, file: &Path, dirs: &[PathBuf]) -> Result<()> {
@@ -194,7 +267,13 @@ impl ImageFolder {
             }
             samples.push((dir.join(rel), label));
         }
-        Some(ImageFolder { dir: dir.to_path_buf(), classes, samples, source: IndexSource::Cache })
+        Some(ImageFolder {
+            dir: dir.to_path_buf(),
+            classes,
+            missing_classes: Vec::new(),
+            samples,
+            source: IndexSource::Cache,
+        })
     }
 
     /// Number of samples.
@@ -289,5 +368,53 @@ mod tests {
         let err = ImageFolder::open(t.path(), "train", IndexCache::Off).unwrap_err();
         assert!(matches!(&err, Error::EmptyClass(p) if p.ends_with("train/empty")), "{err}");
         assert!(err.to_string().contains("train/empty"));
+    }
+
+    fn names(classes: &[&str]) -> Vec<String> {
+        classes.iter().map(|c| c.to_string()).collect()
+    }
+
+    #[test]
+    fn val_split_missing_a_class_keeps_training_labels() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        for c in ["a", "b", "c"] {
+            touch(&r.join(format!("train/{c}/1.jpg")));
+        }
+        touch(&r.join("val/a/x.jpg"));
+        touch(&r.join("val/c/y.jpg"));
+        std::fs::create_dir_all(r.join("val/b")).unwrap(); // an empty folder is a missing class too
+        let train = ImageFolder::open(r, "train", IndexCache::Beside).unwrap();
+        // Twice: the second open reads the cache, which must go through the class list again.
+        for expect in [IndexSource::ScannedAndCached, IndexSource::Cache] {
+            let val = ImageFolder::open_with_classes(r, "val", &train.classes, IndexCache::Beside).unwrap();
+            assert_eq!(val.source, expect);
+            assert_eq!(val.classes, names(&["a", "b", "c"]));
+            assert_eq!(val.missing_classes, names(&["b"]));
+            let labels: Vec<u32> = val.samples.iter().map(|s| s.1).collect();
+            assert_eq!(labels, vec![0, 2]); // split-local numbering would have given [0, 1]
+        }
+        // A cache written by a plain open (own numbering) is remapped too.
+        std::fs::remove_dir(r.join("val/b")).unwrap();
+        let own = ImageFolder::open(r, "val", IndexCache::Beside).unwrap();
+        assert_eq!(own.samples.iter().map(|s| s.1).collect::<Vec<_>>(), vec![0, 1]);
+        let val = ImageFolder::open_with_classes(r, "val", &train.classes, IndexCache::Beside).unwrap();
+        assert_eq!(val.source, IndexSource::Cache);
+        assert_eq!(val.samples.iter().map(|s| s.1).collect::<Vec<_>>(), vec![0, 2]);
+    }
+
+    #[test]
+    fn folder_outside_the_class_list_is_an_error_naming_it() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        touch(&r.join("val/a/x.jpg"));
+        touch(&r.join("val/zebra/y.jpg"));
+        let classes = names(&["a", "b"]);
+        let err = ImageFolder::open_with_classes(r, "val", &classes, IndexCache::Beside).unwrap_err();
+        assert!(err.to_string().contains("val/zebra"), "{err}");
+        assert!(err.to_string().contains("not in the run's class list"), "{err}");
+        // Still an error when the (otherwise valid) index comes from the cache.
+        ImageFolder::open(r, "val", IndexCache::Beside).unwrap();
+        assert!(ImageFolder::open_with_classes(r, "val", &classes, IndexCache::Beside).is_err());
     }
 }

@@ -195,6 +195,20 @@ impl Loader {
         Self::new(ds, Transform::eval(cfg)?, LoaderOptions::eval(cfg, batch_size, rank, world))
     }
 
+    /// The evaluation loader of `cfg` with labels numbered by the run's class list (from the training
+    /// split or a checkpoint): see [`ImageFolder::open_with_classes`]. Warn about
+    /// `dataset().missing_classes`.
+    pub fn eval_with_classes(
+        cfg: &DataConfig,
+        batch_size: usize,
+        rank: usize,
+        world: usize,
+        classes: &[String],
+    ) -> Result<Self> {
+        let ds = ImageFolder::open_with_classes(&cfg.root, &cfg.val_split, classes, IndexCache::Beside)?;
+        Self::new(ds, Transform::eval(cfg)?, LoaderOptions::eval(cfg, batch_size, rank, world))
+    }
+
     /// The indexed data set.
     pub fn dataset(&self) -> &ImageFolder {
         &self.shared.dataset
