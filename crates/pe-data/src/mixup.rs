@@ -1,16 +1,15 @@
-//! Mixup and CutMix on a batch with timm's semantics (`mode='batch'`), as a plan plus two appliers.
+//! Mixup and CutMix with timm's semantics (`mode='batch'`): the per-batch plan and the soft targets.
 //!
 //! A batch draws one plan (timm `_params_per_batch`): with probability `prob` it is mixed; when both
 //! alphas are on, CutMix is chosen with `switch_prob`; λ ~ Beta(α, α). CutMix cuts a box of sides
 //! `int(H √(1-λ))`, `int(W √(1-λ))` around a uniform center, clipped to the image, and λ is corrected to
-//! `1 - box area / image area`. The partner of sample i is sample N-1-i (the batch flipped).
+//! `1 - box area / image area`. The partner of sample i is [`partner`]`(i, N)` = N-1-i (the batch
+//! flipped); the runner mixes pixels with the same function.
 //! Targets are `λ y_i + (1-λ) y_{N-1-i}` with label smoothing `on = 1 - ε + ε/K`, `off = ε/K`.
 //!
-//! Where to mix: CutMix only copies pixels, so doing it on the uint8 host batch is exact. A Mixup
-//! blend of uint8 images must round; the runner can instead apply the plan on the device after
-//! converting to float (`x = λ x + (1-λ) x.flip(0)`, exact timm semantics; because normalisation is
-//! affine and λ + (1-λ) = 1, mixing before or after normalising is the same). [`MixPlan::apply_u8`]
-//! does both kinds on the host, rounding blends to the nearest integer (error ≤ 0.5/255).
+//! Pixels are mixed by the runner on the device after normalising (`pe_runner::batch::mix`): a
+//! Mixup blend of uint8 images would have to round, and because normalisation is affine and
+//! λ + (1-λ) = 1, mixing before or after normalising is the same.
 
 use crate::config::DataConfig;
 use crate::rng::{Rng, Stream};
@@ -97,15 +96,9 @@ impl Mixup {
         if !cutmix {
             return MixPlan { lambda, kind: MixKind::Mixup };
         }
-        let ratio = (1.0 - lambda).sqrt();
-        let (cut_h, cut_w) = ((h as f64 * ratio) as i64, (w as f64 * ratio) as i64);
-        let cy = rng.below(h as u64) as i64;
-        let cx = rng.below(w as u64) as i64;
-        let (yl, yh) = ((cy - cut_h / 2).clamp(0, h as i64), (cy + (cut_h + 1) / 2).clamp(0, h as i64));
-        let (xl, xh) = ((cx - cut_w / 2).clamp(0, w as i64), (cx + (cut_w + 1) / 2).clamp(0, w as i64));
-        let (height, width) = ((yh - yl) as usize, (xh - xl) as usize);
-        let lambda = 1.0 - (height * width) as f64 / (h * w) as f64;
-        MixPlan { lambda, kind: MixKind::CutMix { top: yl as usize, left: xl as usize, height, width } }
+        let cy = rng.below(h as u64) as usize;
+        let cx = rng.below(w as u64) as usize;
+        MixPlan::cutmix(h, w, lambda, cy, cx)
     }
 
     /// The plan of batch `batch_index` of `epoch` (keyed, so it does not depend on consumption order).
@@ -136,7 +129,7 @@ pub fn soft_targets(labels: &[i64], num_classes: usize, smoothing: f64, lambda: 
     let mut out = vec![0f32; n * num_classes];
     for i in 0..n {
         let row = &mut out[i * num_classes..(i + 1) * num_classes];
-        let (a, b) = (labels[i], labels[n - 1 - i]);
+        let (a, b) = (labels[i], labels[partner(i, n)]);
         for (k, v) in row.iter_mut().enumerate() {
             let ya = if a == k as i64 { on } else { off };
             let yb = if b == k as i64 { on } else { off };
@@ -146,38 +139,25 @@ pub fn soft_targets(labels: &[i64], num_classes: usize, smoothing: f64, lambda: 
     out
 }
 
+/// The sample whose image and label sample `i` of an `n`-sample batch is mixed with (the batch
+/// flipped, as timm); the middle sample of an odd batch is its own partner.
+pub fn partner(i: usize, n: usize) -> usize {
+    n - 1 - i
+}
+
 impl MixPlan {
-    /// Mix a uint8 `[N, C, H, W]` batch in place (CutMix exact, Mixup rounded to nearest).
-    pub fn apply_u8(&self, images: &mut [u8], n: usize, c: usize, h: usize, w: usize) {
-        let per = c * h * w;
-        assert_eq!(images.len(), n * per, "batch buffer is not N x C x H x W");
-        // Pairs (i, n-1-i) exchange data symmetrically, so each pair is processed once with both
-        // originals in hand; the middle sample of an odd batch is its own partner (unchanged).
-        for i in 0..n / 2 {
-            let j = n - 1 - i;
-            let (head, tail) = images.split_at_mut(j * per);
-            let a = &mut head[i * per..(i + 1) * per];
-            let b = &mut tail[..per];
-            match self.kind {
-                MixKind::None => {}
-                MixKind::Mixup => {
-                    let l = self.lambda;
-                    for (x, y) in a.iter_mut().zip(b.iter_mut()) {
-                        let (xf, yf) = (*x as f64, *y as f64);
-                        *x = (l * xf + (1.0 - l) * yf).round() as u8;
-                        *y = (l * yf + (1.0 - l) * xf).round() as u8;
-                    }
-                }
-                MixKind::CutMix { top, left, height, width } => {
-                    for ch in 0..c {
-                        for y in top..top + height {
-                            let o = ch * h * w + y * w + left;
-                            a[o..o + width].swap_with_slice(&mut b[o..o + width]);
-                        }
-                    }
-                }
-            }
-        }
+    /// timm's `rand_bbox` + `cutmix_bbox_and_lam` for a drawn `lambda` and box center `(cy, cx)`:
+    /// sides `int(H √(1-λ))` x `int(W √(1-λ))`, clipped to the image, λ corrected to the kept area.
+    pub fn cutmix(h: usize, w: usize, lambda: f64, cy: usize, cx: usize) -> Self {
+        let ratio = (1.0 - lambda).sqrt();
+        let span = |size: usize, center: usize| {
+            let cut = (size as f64 * ratio) as usize;
+            (center.saturating_sub(cut / 2), (center + cut.div_ceil(2)).min(size))
+        };
+        let ((top, bottom), (left, right)) = (span(h, cy), span(w, cx));
+        let (height, width) = (bottom - top, right - left);
+        let lambda = 1.0 - (height * width) as f64 / (h * w) as f64;
+        MixPlan { lambda, kind: MixKind::CutMix { top, left, height, width } }
     }
 }
 
@@ -210,8 +190,8 @@ mod tests {
     }
 
     #[test]
-    fn cutmix_lambda_equals_the_pasted_area() {
-        let (n, c, h, w) = (4, 3, 20, 30);
+    fn cutmix_boxes_stay_inside_and_lambda_is_the_kept_area() {
+        let (h, w) = (20, 30);
         let m = mixup(0.0, 1.0);
         for seed in 0..200 {
             let plan = m.plan_for(seed, 0, 0, 0, h, w);
@@ -220,23 +200,17 @@ mod tests {
                 continue;
             };
             assert!(top + height <= h && left + width <= w);
-            let mut imgs: Vec<u8> = (0..n).flat_map(|i| vec![i as u8 * 50; c * h * w]).collect();
-            plan.apply_u8(&mut imgs, n, c, h, w);
-            let img0 = &imgs[..c * h * w];
-            let pasted = img0.iter().filter(|&&v| v == 150).count() as f64 / (c * h * w) as f64;
-            assert!((1.0 - pasted - plan.lambda).abs() < 1e-12, "seed {seed}");
+            assert!((plan.lambda - (1.0 - (height * width) as f64 / 600.0)).abs() < 1e-12);
         }
+        // A center in the corner clips the box: λ = 0.75 wants 10 x 15, keeps the lower-right 5 x 8.
+        let plan = MixPlan::cutmix(h, w, 0.75, 0, 0);
+        assert_eq!(plan.kind, MixKind::CutMix { top: 0, left: 0, height: 5, width: 8 });
+        assert!((plan.lambda - (1.0 - 40.0 / 600.0)).abs() < 1e-12);
     }
 
     #[test]
-    fn mixup_blends_and_alpha_zero_is_identity() {
-        let (n, c, h, w) = (3, 1, 2, 2);
-        let mut imgs = vec![0u8, 0, 0, 0, 9, 9, 9, 9, 200, 200, 200, 200];
-        let plan = MixPlan { lambda: 0.75, kind: MixKind::Mixup };
-        plan.apply_u8(&mut imgs, n, c, h, w);
-        assert_eq!(&imgs[..4], &[50, 50, 50, 50]);
-        assert_eq!(&imgs[4..8], &[9, 9, 9, 9]); // middle of an odd batch is its own partner
-        assert_eq!(&imgs[8..], &[150, 150, 150, 150]);
+    fn partners_are_the_flipped_batch_and_alpha_zero_is_identity() {
+        assert_eq!((0..5).map(|i| partner(i, 5)).collect::<Vec<_>>(), [4, 3, 2, 1, 0]);
         // α = 0 for both: no Mixup object at all; prob = 0: identity plan.
         assert!(Mixup::from_config(&DataConfig::default(), 10).is_none());
         let m = Mixup { prob: 0.0, ..mixup(0.8, 1.0) };

@@ -1,6 +1,6 @@
 //! Turning a host `pe_data::Batch` (uint8 NCHW) into normalised, optionally mixed, device tensors.
 
-use pe_data::mixup::MixKind;
+use pe_data::mixup::{partner, MixKind};
 use pe_data::{Batch, MixPlan, Mixup};
 use tch::{Device, Kind, Tensor};
 
@@ -35,17 +35,20 @@ pub fn to_device(batch: &Batch, device: Device) -> (Tensor, Tensor) {
     (images, labels)
 }
 
-/// Applies a Mixup/CutMix plan to normalised float images: the partner of sample i is N-1-i.
+/// Applies a Mixup/CutMix plan to normalised float images [N, C, H, W], each sample mixed with
+/// its [`partner`] (timm's `Mixup` in `mode='batch'`).
 pub fn mix(images: &Tensor, plan: &MixPlan) -> Tensor {
+    let n = images.size()[0] as usize;
+    let order: Vec<i64> = (0..n).map(|i| partner(i, n) as i64).collect();
+    let partners = || images.index_select(0, &Tensor::from_slice(&order).to(images.device()));
     match plan.kind {
         MixKind::None => images.shallow_clone(),
-        MixKind::Mixup => images * plan.lambda + images.flip([0]) * (1.0 - plan.lambda),
+        MixKind::Mixup => images * plan.lambda + partners() * (1.0 - plan.lambda),
         MixKind::CutMix { top, left, height, width } => {
             let mixed = images.copy();
-            let partner = images.flip([0]);
             let window =
                 |t: &Tensor| t.narrow(2, top as i64, height as i64).narrow(3, left as i64, width as i64);
-            window(&mixed).copy_(&window(&partner));
+            window(&mixed).copy_(&window(&partners()));
             mixed
         }
     }
