@@ -63,15 +63,22 @@ std::optional<at::Tensor> opt_tensor(const at::Tensor *t) {
   return *t;
 }
 
-at::DeviceType device_type_of(int device_type) {
-  switch (device_type) {
-  case 0:
-    return at::kCPU;
-  case 1:
-    return at::kCUDA;
-  default:
-    TORCH_CHECK(false, "pe-torch: unsupported device type code ", device_type);
-  }
+// The codes src/abi.rs and src/memory_format.rs declare as `#[repr(i32)]` enums are ATen's own
+// values; these fail the build if ATen renumbers them.
+static_assert(static_cast<int>(at::DeviceType::CPU) == 0, "abi.rs DeviceType::Cpu");
+static_assert(static_cast<int>(at::DeviceType::CUDA) == 1, "abi.rs DeviceType::Cuda");
+static_assert(static_cast<int>(at::ScalarType::Half) == 5, "abi.rs ScalarType::Half");
+static_assert(static_cast<int>(at::ScalarType::Float) == 6, "abi.rs ScalarType::Float");
+static_assert(static_cast<int>(at::ScalarType::Double) == 7, "abi.rs ScalarType::Double");
+static_assert(static_cast<int>(at::ScalarType::BFloat16) == 15, "abi.rs ScalarType::BFloat16");
+static_assert(static_cast<int>(at::MemoryFormat::Contiguous) == 0, "MemoryFormat::Contiguous");
+static_assert(static_cast<int>(at::MemoryFormat::ChannelsLast) == 2, "MemoryFormat::ChannelsLast");
+static_assert(static_cast<int>(at::MemoryFormat::ChannelsLast3d) == 3, "MemoryFormat::ChannelsLast3d");
+
+at::DeviceType device_type_of(int code) {
+  TORCH_CHECK(code == static_cast<int>(at::kCPU) || code == static_cast<int>(at::kCUDA),
+              "pe-torch: unsupported device type code ", code);
+  return static_cast<at::DeviceType>(code);
 }
 
 at::ScalarType scalar_type_of(int code) {
@@ -81,16 +88,11 @@ at::ScalarType scalar_type_of(int code) {
 }
 
 at::MemoryFormat memory_format_of(int code) {
-  switch (code) {
-  case 0:
-    return at::MemoryFormat::Contiguous;
-  case 1:
-    return at::MemoryFormat::ChannelsLast;
-  case 2:
-    return at::MemoryFormat::ChannelsLast3d;
-  default:
-    TORCH_CHECK(false, "pe-torch: invalid memory format code ", code);
-  }
+  auto is = [code](at::MemoryFormat f) { return code == static_cast<int>(f); };
+  TORCH_CHECK(is(at::MemoryFormat::Contiguous) || is(at::MemoryFormat::ChannelsLast) ||
+                  is(at::MemoryFormat::ChannelsLast3d),
+              "pe-torch: invalid memory format code ", code);
+  return static_cast<at::MemoryFormat>(code);
 }
 
 // Fails clearly without CUDA; otherwise initialises CUDA and its caching allocator the way the
@@ -170,18 +172,7 @@ char *pe_is_contiguous_format(const at::Tensor *t, int format, bool *out) {
 }
 
 char *pe_suggest_memory_format(const at::Tensor *t, int *out) {
-  return guarded([&] {
-    switch (t->suggest_memory_format()) {
-    case at::MemoryFormat::ChannelsLast:
-      *out = 1;
-      break;
-    case at::MemoryFormat::ChannelsLast3d:
-      *out = 2;
-      break;
-    default:
-      *out = 0;
-    }
-  });
+  return guarded([&] { *out = static_cast<int>(t->suggest_memory_format()); });
 }
 
 // `param.data = new_data` in Python: the variable keeps its identity (and its VarStore entry)

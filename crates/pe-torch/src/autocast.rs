@@ -12,15 +12,13 @@ use std::marker::PhantomData;
 
 use tch::{Device, Kind};
 
-use crate::{ffi, kind_of_scalar_type_code, scalar_type_code, Error, Result};
+use crate::abi::{DeviceType, ScalarType};
+use crate::{ffi, Error, Result};
 
-/// libtorch's DeviceType code of the devices autocast supports.
-fn device_type_code(device: Device) -> Result<i32> {
-    match device {
-        Device::Cpu => Ok(0),
-        Device::Cuda(_) => Ok(1),
-        other => Err(Error::Invalid(format!("autocast supports CPU and CUDA, not {other:?}"))),
-    }
+/// The device type of `device` if autocast supports it.
+fn device_type(device: Device) -> Result<DeviceType> {
+    DeviceType::of_device(device)
+        .ok_or_else(|| Error::Invalid(format!("autocast supports CPU and CUDA, not {device:?}")))
 }
 
 /// An active autocast region; dropping it restores the previous state (enabled flag and dtype) of
@@ -29,18 +27,18 @@ fn device_type_code(device: Device) -> Result<i32> {
 /// Autocast state is thread-local in libtorch, so the guard is neither `Send` nor `Sync`.
 #[must_use = "autocast ends when the guard is dropped"]
 pub struct AutocastGuard {
-    device_type: i32,
+    device_type: DeviceType,
     prev_enabled: bool,
-    prev_dtype: i32,
+    prev_dtype: ScalarType,
     _thread_bound: PhantomData<*const ()>,
 }
 
 /// Enters an autocast region for `device`'s type (CPU, or CUDA of any index) with `dtype`
 /// (`Kind::BFloat16` or `Kind::Half`), like `torch.autocast(device_type, dtype)`.
 pub fn autocast(device: Device, dtype: Kind) -> Result<AutocastGuard> {
-    let device_type = device_type_code(device)?;
+    let device_type = device_type(device)?;
     let code = match dtype {
-        Kind::BFloat16 | Kind::Half => scalar_type_code(dtype),
+        Kind::BFloat16 | Kind::Half => ScalarType::of_kind(dtype),
         _ => None,
     }
     .ok_or_else(|| Error::Invalid(format!("autocast dtype must be BFloat16 or Half, got {dtype:?}")))?;
@@ -53,19 +51,17 @@ impl Drop for AutocastGuard {
     fn drop(&mut self) {
         // Only fails on invalid codes, which `autocast` already validated.
         if let Err(e) = ffi::autocast_exit(self.device_type, self.prev_enabled, self.prev_dtype) {
-            eprintln!("pe-torch: leaving autocast failed: {e}");
+            tracing::warn!("leaving autocast failed: {e}");
         }
     }
 }
 
 /// Whether autocast is active for `device`'s type on this thread.
 pub fn is_enabled(device: Device) -> Result<bool> {
-    Ok(ffi::autocast_state(device_type_code(device)?)?.0)
+    Ok(ffi::autocast_state(device_type(device)?)?.0)
 }
 
 /// The dtype autocast uses (or would use) for `device`'s type on this thread.
 pub fn dtype(device: Device) -> Result<Kind> {
-    let code = ffi::autocast_state(device_type_code(device)?)?.1;
-    kind_of_scalar_type_code(code)
-        .ok_or_else(|| Error::Torch(format!("unexpected autocast dtype code {code}")))
+    Ok(ffi::autocast_state(device_type(device)?)?.1.kind())
 }

@@ -15,6 +15,8 @@ use std::ptr;
 use tch::Tensor;
 use torch_sys::C_tensor;
 
+use crate::abi::{DeviceType, ScalarType};
+use crate::memory_format::MemoryFormat;
 use crate::{Error, Result};
 
 type TensorPtr = *const C_tensor;
@@ -22,9 +24,11 @@ type TensorPtr = *const C_tensor;
 extern "C" {
     fn pe_torch_free_error(err: *mut c_char);
 
-    fn pe_autocast_state(device_type: c_int, enabled: *mut bool, dtype: *mut c_int) -> *mut c_char;
-    fn pe_autocast_enter(device_type: c_int, dtype: c_int) -> *mut c_char;
-    fn pe_autocast_exit(device_type: c_int, prev_enabled: bool, prev_dtype: c_int) -> *mut c_char;
+    // `#[repr(i32)]` enums go in as C `int`s; codes coming back are plain `c_int`s, checked before
+    // they become enums.
+    fn pe_autocast_state(device_type: DeviceType, enabled: *mut bool, dtype: *mut c_int) -> *mut c_char;
+    fn pe_autocast_enter(device_type: DeviceType, dtype: ScalarType) -> *mut c_char;
+    fn pe_autocast_exit(device_type: DeviceType, prev_enabled: bool, prev_dtype: ScalarType) -> *mut c_char;
 
     fn pe_amp_foreach_non_finite_check_and_unscale(
         grads: *const TensorPtr,
@@ -33,8 +37,8 @@ extern "C" {
         inv_scale: TensorPtr,
     ) -> *mut c_char;
 
-    fn pe_contiguous_format(t: TensorPtr, format: c_int, out: *mut *mut C_tensor) -> *mut c_char;
-    fn pe_is_contiguous_format(t: TensorPtr, format: c_int, out: *mut bool) -> *mut c_char;
+    fn pe_contiguous_format(t: TensorPtr, format: MemoryFormat, out: *mut *mut C_tensor) -> *mut c_char;
+    fn pe_is_contiguous_format(t: TensorPtr, format: MemoryFormat, out: *mut bool) -> *mut c_char;
     fn pe_suggest_memory_format(t: TensorPtr, out: *mut c_int) -> *mut c_char;
     fn pe_set_data(t: TensorPtr, new_data: TensorPtr) -> *mut c_char;
     fn pe_reset_grad(t: TensorPtr) -> *mut c_char;
@@ -116,19 +120,25 @@ fn owned(out: *mut C_tensor) -> Result<Tensor> {
     Ok(unsafe { Tensor::from_ptr(out) })
 }
 
-pub(crate) fn autocast_state(device_type: i32) -> Result<(bool, i32)> {
+pub(crate) fn autocast_state(device_type: DeviceType) -> Result<(bool, ScalarType)> {
     let (mut enabled, mut dtype) = (false, 0);
     // SAFETY: both out-pointers point at live locals; the shim only writes plain values there.
     check(unsafe { pe_autocast_state(device_type, &mut enabled, &mut dtype) })?;
+    let dtype = ScalarType::from_code(dtype)
+        .ok_or_else(|| Error::Torch(format!("unexpected autocast dtype code {dtype}")))?;
     Ok((enabled, dtype))
 }
 
-pub(crate) fn autocast_enter(device_type: i32, dtype: i32) -> Result<()> {
-    // SAFETY: plain integer arguments; the shim validates them and only touches thread-local state.
+pub(crate) fn autocast_enter(device_type: DeviceType, dtype: ScalarType) -> Result<()> {
+    // SAFETY: plain enum arguments; the shim only touches thread-local state.
     check(unsafe { pe_autocast_enter(device_type, dtype) })
 }
 
-pub(crate) fn autocast_exit(device_type: i32, prev_enabled: bool, prev_dtype: i32) -> Result<()> {
+pub(crate) fn autocast_exit(
+    device_type: DeviceType,
+    prev_enabled: bool,
+    prev_dtype: ScalarType,
+) -> Result<()> {
     // SAFETY: plain arguments; the shim validates them and only touches thread-local state.
     check(unsafe { pe_autocast_exit(device_type, prev_enabled, prev_dtype) })
 }
@@ -150,25 +160,25 @@ pub(crate) fn amp_non_finite_check_and_unscale(
     })
 }
 
-pub(crate) fn contiguous_format(t: &Tensor, format: i32) -> Result<Tensor> {
+pub(crate) fn contiguous_format(t: &Tensor, format: MemoryFormat) -> Result<Tensor> {
     let mut out = ptr::null_mut();
     // SAFETY: `t` is borrowed for the call; `out` is a live local the shim writes an owned tensor to.
     check(unsafe { pe_contiguous_format(t.as_ptr(), format, &mut out) })?;
     owned(out)
 }
 
-pub(crate) fn is_contiguous_format(t: &Tensor, format: i32) -> Result<bool> {
+pub(crate) fn is_contiguous_format(t: &Tensor, format: MemoryFormat) -> Result<bool> {
     let mut out = false;
     // SAFETY: `t` is borrowed for the call; `out` is a live local.
     check(unsafe { pe_is_contiguous_format(t.as_ptr(), format, &mut out) })?;
     Ok(out)
 }
 
-pub(crate) fn suggest_memory_format(t: &Tensor) -> Result<i32> {
+pub(crate) fn suggest_memory_format(t: &Tensor) -> Result<MemoryFormat> {
     let mut out = 0;
     // SAFETY: `t` is borrowed for the call; `out` is a live local.
     check(unsafe { pe_suggest_memory_format(t.as_ptr(), &mut out) })?;
-    Ok(out)
+    MemoryFormat::from_code(out).ok_or_else(|| Error::Torch(format!("unexpected memory format code {out}")))
 }
 
 pub(crate) fn set_data(t: &Tensor, new_data: &Tensor) -> Result<()> {

@@ -4,27 +4,26 @@ use tch::{nn::VarStore, Tensor};
 
 use crate::{ffi, Result};
 
-/// A tensor's memory layout as libtorch classifies it.
+/// A tensor's memory layout as libtorch classifies it; the values are `c10::MemoryFormat`'s, shared
+/// with the C++ shim (which `static_assert`s them).
+#[repr(i32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemoryFormat {
-    Contiguous,
-    ChannelsLast,
-    ChannelsLast3d,
+    Contiguous = 0,
+    ChannelsLast = 2,
+    ChannelsLast3d = 3,
 }
 
 impl MemoryFormat {
-    fn code(self) -> i32 {
-        match self {
-            MemoryFormat::Contiguous => 0,
-            MemoryFormat::ChannelsLast => 1,
-            MemoryFormat::ChannelsLast3d => 2,
-        }
+    /// The value for a code the shim wrote.
+    pub(crate) fn from_code(code: i32) -> Option<Self> {
+        [Self::Contiguous, Self::ChannelsLast, Self::ChannelsLast3d].into_iter().find(|f| *f as i32 == code)
     }
 }
 
 /// `t.contiguous(memory_format)`: a copy in that layout, or `t` itself when it already is.
 pub fn to_memory_format(t: &Tensor, format: MemoryFormat) -> Result<Tensor> {
-    ffi::contiguous_format(t, format.code())
+    ffi::contiguous_format(t, format)
 }
 
 /// `t.contiguous(memory_format=torch.channels_last)` for a 4-D tensor.
@@ -34,17 +33,13 @@ pub fn to_channels_last(t: &Tensor) -> Result<Tensor> {
 
 /// `t.is_contiguous(memory_format=torch.channels_last)`.
 pub fn is_channels_last(t: &Tensor) -> Result<bool> {
-    ffi::is_contiguous_format(t, MemoryFormat::ChannelsLast.code())
+    ffi::is_contiguous_format(t, MemoryFormat::ChannelsLast)
 }
 
 /// The layout libtorch infers from `t`'s strides (`suggest_memory_format`), what convolutions use
 /// to choose their output layout.
 pub fn memory_format(t: &Tensor) -> Result<MemoryFormat> {
-    Ok(match ffi::suggest_memory_format(t)? {
-        1 => MemoryFormat::ChannelsLast,
-        2 => MemoryFormat::ChannelsLast3d,
-        _ => MemoryFormat::Contiguous,
-    })
+    ffi::suggest_memory_format(t)
 }
 
 /// Converts in place every 4-D variable of `vs` (conv weights) to channels_last, keeping the
