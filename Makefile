@@ -100,3 +100,14 @@ fmnist-table: build data ## The Fashion-MNIST PE/baseline table (3 seeds each) f
 
 clean: ## Remove build outputs (keeps .venv and data)
 	cargo clean
+
+# The weight-space analysis of the four Fashion-MNIST recipes (`pe analyze`, crates/pe-analyze): runs/<recipe>
+# as `make exp EXP=<recipe>` leaves them, each trained here first if missing.
+ANALYZE_RECIPES := fmnist_resnet_mini fmnist_resnet_mini_pe fmnist_vit_mini fmnist_vit_pe_mini
+.PHONY: analyze-table
+analyze-table: build data ## Weight-space analysis of the Fashion-MNIST runs: bench/results/weight_space.{md,svg}
+	@for r in $(ANALYZE_RECIPES); do test -e runs/$$r/checkpoints/last || $(PE) train experiments/$$r.toml; done
+	@mkdir -p target/analyze
+	{ echo "Weight-space analysis (\`pe analyze\`) of the Fashion-MNIST runs, best checkpoints, activations of 4 validation batches of 500."; echo; \
+	  $(PE) analyze $(ANALYZE_RECIPES:%=runs/%) --data --batches 4 --format markdown --figures target/analyze; } > bench/results/weight_space.md
+	cp target/analyze/weight_space.svg bench/results/weight_space.svg
