@@ -23,10 +23,10 @@ impl Default for AdamWConfig {
 
 /// Per-parameter state, PyTorch's `state[p]` (`step` is a `float32` scalar on the parameter's device,
 /// as with `fused=True`).
-pub(crate) struct AdamState {
-    pub exp_avg: Tensor,
-    pub exp_avg_sq: Tensor,
-    pub step: Tensor,
+struct AdamState {
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: Tensor,
 }
 
 impl AdamState {
@@ -94,8 +94,9 @@ impl Optimizer for AdamW {
             if let Some((_, scale)) = host_amp {
                 for (i, p, g) in &items {
                     let g = if scale != 1.0 { g / scale } else { g.shallow_clone() };
-                    let st = state[*i].as_mut().ok_or_else(missing_state)?;
-                    reference::adamw_step(p, &g, st, lr, wd, beta1, beta2, eps)?;
+                    let st = state[*i].as_ref().ok_or_else(missing_state)?;
+                    let moments = [&st.step, &st.exp_avg, &st.exp_avg_sq];
+                    reference::adamw_step(p, &g, moments, lr, wd, beta1, beta2, eps)?;
                 }
                 continue;
             }

@@ -3,10 +3,9 @@
 //! [`Backend::PerTensor`](super::Backend::PerTensor) implementation.
 use tch::Tensor;
 
-use super::adamw::AdamState;
 use crate::Result;
 
-/// One AdamW update of `param` in place:
+/// One AdamW update of `param` and its state tensors (`step`, first and second moments) in place:
 /// ```text
 /// step += 1
 /// param *= 1 - lr·wd
@@ -17,7 +16,7 @@ use crate::Result;
 pub(crate) fn adamw_step(
     param: &Tensor,
     grad: &Tensor,
-    state: &mut AdamState,
+    [step, exp_avg, exp_avg_sq]: [&Tensor; 3],
     lr: f64,
     weight_decay: f64,
     beta1: f64,
@@ -25,18 +24,20 @@ pub(crate) fn adamw_step(
     eps: f64,
 ) -> Result<()> {
     tch::no_grad(|| {
-        let mut p = param.shallow_clone();
-        let _ = state.step.f_add_scalar_(1.0)?;
+        // Shallow clones share storage: the in-place ops below update the caller's tensors.
+        let [mut p, mut step, mut exp_avg, mut exp_avg_sq] =
+            [param, step, exp_avg, exp_avg_sq].map(Tensor::shallow_clone);
+        let _ = step.f_add_scalar_(1.0)?;
         let _ = p.f_mul_scalar_(1.0 - lr * weight_decay)?;
-        let _ = state.exp_avg.f_lerp_(grad, 1.0 - beta1)?;
-        let _ = state.exp_avg_sq.f_mul_scalar_(beta2)?.f_addcmul_(&grad.f_mul_scalar(1.0 - beta2)?, grad)?;
-        let step = state.step.f_double_value(&[])?;
+        let _ = exp_avg.f_lerp_(grad, 1.0 - beta1)?;
+        let _ = exp_avg_sq.f_mul_scalar_(beta2)?.f_addcmul_(&grad.f_mul_scalar(1.0 - beta2)?, grad)?;
+        let step = step.f_double_value(&[])?;
         let bias_correction1 = 1.0 - beta1.powf(step);
         let bias_correction2 = 1.0 - beta2.powf(step);
         let step_size = lr / bias_correction1;
-        let mut denom = state.exp_avg_sq.f_sqrt()?;
+        let mut denom = exp_avg_sq.f_sqrt()?;
         let _ = denom.f_div_scalar_(bias_correction2.sqrt())?.f_add_scalar_(eps)?;
-        let _ = p.f_addcdiv_(&state.exp_avg.f_mul_scalar(-step_size)?, &denom)?;
+        let _ = p.f_addcdiv_(&exp_avg.f_mul_scalar(-step_size)?, &denom)?;
         Ok(())
     })
 }
