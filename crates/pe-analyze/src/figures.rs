@@ -124,7 +124,7 @@ fn draw_weight_space(reports: &[Report], path: &Path) -> Result<()> {
     root.present().map_err(|e| err(e.to_string()))
 }
 
-/// One panel with y in [0, 1]: a line with markers per report, and a legend.
+/// One panel with y in [−0.2, 1]: a line with markers per report, and a legend.
 fn panel(
     area: &DrawingArea<SVGBackend, Shift>,
     reports: &[Report],
@@ -137,7 +137,7 @@ fn panel(
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(50)
-        .build_cartesian_2d(0f64..1f64, -0.05f64..1.05f64)
+        .build_cartesian_2d(0f64..1f64, -0.2f64..1.05f64)
         .map_err(|e| e.to_string())?;
     chart.configure_mesh().x_desc(x_desc).draw().map_err(|e| e.to_string())?;
     for (i, report) in reports.iter().enumerate() {
@@ -156,7 +156,7 @@ fn panel(
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::MiddleRight)
         .draw()
         .map_err(|e| e.to_string())
 }
