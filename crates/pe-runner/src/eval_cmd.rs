@@ -14,6 +14,7 @@ use crate::batch::Normalizer;
 use crate::checkpoint;
 use crate::config::load_experiment;
 use crate::evaluate::evaluate;
+use crate::run_identity::Identity;
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -40,9 +41,28 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let vs = nn::VarStore::new(device);
     let model = config.model.init(vs.root());
     weights::load(&vs, &weights_file)?;
-    let loader = Loader::eval(&config.data, config.eval_batch_size(), 0, 1).with_context(|| {
+    // A checkpoint knows the class list it was trained with; a bare weights file falls back to
+    // the validation split's own folders.
+    let identity = if args.checkpoint.is_dir() { Identity::read(&args.checkpoint)? } else { None };
+    let opened = match &identity {
+        Some(identity) => {
+            Loader::eval_with_classes(&config.data, config.eval_batch_size(), 0, 1, &identity.dataset.classes)
+        }
+        None => {
+            println!("note: no run identity beside the weights: classes are the validation split's folders");
+            Loader::eval(&config.data, config.eval_batch_size(), 0, 1)
+        }
+    };
+    let loader = opened.with_context(|| {
         format!("opening the validation split of {:?} (see data/README.md)", config.data.root)
     })?;
+    if !loader.missing_classes().is_empty() {
+        println!(
+            "warning: the validation split has no images of {} class(es): {}",
+            loader.missing_classes().len(),
+            loader.missing_classes().join(", ")
+        );
+    }
     let normalizer = Normalizer::new(config.data.mean, config.data.std, device);
     let precision = Precision { amp: config.train.amp, channels_last: false };
     let result = evaluate(&model, &loader, &normalizer, device, &precision)?.result()?;

@@ -139,8 +139,19 @@ impl TrainLoop {
         let (rank, world) = (dist.rank, dist.world);
         let train_loader = Loader::train(&config.data, train.batch_size, train.seed, rank, world)
             .map_err(|e| data_error(&config, e))?;
-        let eval_loader = Loader::eval(&config.data, config.eval_batch_size(), rank, world)
-            .map_err(|e| data_error(&config, e))?;
+        // The training split defines the classes; validation folders map through its list.
+        let classes = &train_loader.dataset().classes;
+        let eval_loader =
+            Loader::eval_with_classes(&config.data, config.eval_batch_size(), rank, world, classes)
+                .map_err(|e| data_error(&config, e))?;
+        if dist.is_main() && !eval_loader.missing_classes().is_empty() {
+            println!(
+                "warning: the {} split has no images of {} class(es): {}",
+                config.data.val_split,
+                eval_loader.missing_classes().len(),
+                eval_loader.missing_classes().join(", ")
+            );
+        }
         let classes = train_loader.dataset().num_classes() as i64;
         if classes != config.model.num_classes() {
             bail!(
