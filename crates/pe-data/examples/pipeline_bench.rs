@@ -4,9 +4,11 @@
 //! `train-basic` = RandomResizedCrop(224) + flip (torchvision's ResNet recipe); `train-deit` adds bicubic,
 //! RandAugment `rand-m9-mstd0.5-inc1` and random erasing 0.25; `eval` = Resize(256) + CenterCrop(224).
 
-use pe_data::config::{DataConfig, Interpolation};
+use pe_data::config::DataConfig;
 use pe_data::index::{ImageFolder, IndexCache};
 use pe_data::loader::{Loader, LoaderOptions};
+use pe_data::transforms::rand_augment::RandAugmentSpec;
+use pe_data::transforms::resize::Interpolation;
 use pe_data::Transform;
 use std::time::Instant;
 
@@ -25,12 +27,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cfg = DataConfig { root: root.clone(), workers, color_jitter: 0.0, ..Default::default() };
     if pipeline == "train-deit" {
         cfg.interpolation = Interpolation::Bicubic;
-        cfg.auto_augment = Some("rand-m9-mstd0.5-inc1".into());
+        cfg.auto_augment = Some(RandAugmentSpec::deit());
         cfg.reprob = 0.25;
     }
     // Ablations without recompiling: PE_BENCH_AA=none|<string>, PE_BENCH_REPROB=<p>.
     if let Ok(aa) = std::env::var("PE_BENCH_AA") {
-        cfg.auto_augment = (aa != "none").then_some(aa);
+        cfg.auto_augment = (aa != "none").then(|| aa.parse()).transpose()?;
     }
     if let Ok(p) = std::env::var("PE_BENCH_REPROB") {
         cfg.reprob = p.parse()?;

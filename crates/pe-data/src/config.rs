@@ -6,7 +6,8 @@
 
 use crate::decode::DecoderKind;
 use crate::error::{Error, Result};
-use crate::transforms::rand_augment::RandAugment;
+use crate::transforms::rand_augment::RandAugmentSpec;
+use crate::transforms::resize::Interpolation;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -14,19 +15,6 @@ use std::path::PathBuf;
 pub const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
 /// ImageNet channel standard deviations (RGB, in [0, 1]).
 pub const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
-
-/// Resampling filter for resizing and RandAugment's geometric ops (PIL's filters).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Interpolation {
-    /// Triangle filter with antialiasing (PIL `BILINEAR`, torchvision's default).
-    #[default]
-    Bilinear,
-    /// Cubic filter a = -0.5 with antialiasing (PIL `BICUBIC`, DeiT's choice).
-    Bicubic,
-    /// Train: bilinear or bicubic at random per image (timm's `random`); eval: bilinear.
-    Random,
-}
 
 /// How random erasing fills its box (timm's `remode`), defined in normalised space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -66,8 +54,9 @@ pub struct DataConfig {
     /// Colour jitter strength for brightness, contrast and saturation (0 = off). As in timm it is
     /// ignored when `auto_augment` is set.
     pub color_jitter: f64,
-    /// timm RandAugment string, e.g. `"rand-m9-mstd0.5-inc1"` (DeiT); `None`/absent = off.
-    pub auto_augment: Option<String>,
+    /// RandAugment policy, written as timm's string, e.g. `"rand-m9-mstd0.5-inc1"` (DeiT) and parsed
+    /// when the config is read; `None`/absent = off.
+    pub auto_augment: Option<RandAugmentSpec>,
     /// Random-erasing probability (0 = off).
     pub reprob: f64,
     /// Random-erasing fill mode.
@@ -147,7 +136,7 @@ impl DataConfig {
     pub fn deit() -> Self {
         DataConfig {
             interpolation: Interpolation::Bicubic,
-            auto_augment: Some("rand-m9-mstd0.5-inc1".into()),
+            auto_augment: Some(RandAugmentSpec::deit()),
             reprob: 0.25,
             mixup_alpha: 0.8,
             cutmix_alpha: 1.0,
@@ -157,7 +146,7 @@ impl DataConfig {
         }
     }
 
-    /// Check ranges and parse the RandAugment string; call once after deserialising.
+    /// Check ranges; call once after deserialising (the RandAugment string is parsed by then).
     pub fn validate(&self) -> Result<()> {
         let p =
             |name: &str, v: f64| check((0.0..=1.0).contains(&v), || format!("{name} = {v} is not in [0, 1]"));
@@ -183,11 +172,7 @@ impl DataConfig {
         check(self.recount >= 1, || "recount must be >= 1".into())?;
         check(self.repeated_aug >= 1, || "repeated_aug must be >= 1 (1 = off)".into())?;
         check(self.prefetch >= 1, || "prefetch must be >= 1".into())?;
-        check(self.std.iter().all(|&s| s > 0.0), || "std must be > 0".into())?;
-        if let Some(aa) = &self.auto_augment {
-            RandAugment::parse(aa, self)?;
-        }
-        Ok(())
+        check(self.std.iter().all(|&s| s > 0.0), || "std must be > 0".into())
     }
 
     /// The number of worker threads to use (`workers`, or the available cores when 0).
@@ -236,6 +221,7 @@ mod tests {
         assert_eq!(c.interpolation, Interpolation::Bicubic);
         assert_eq!(c.remode, EraseMode::Rand);
         assert_eq!(c.hflip, 0.5);
+        assert_eq!(c.auto_augment, Some(RandAugmentSpec::deit()));
         c.validate().unwrap();
         let back: DataConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
@@ -246,8 +232,8 @@ mod tests {
     fn bad_values_are_named() {
         let c = DataConfig { scale: [0.5, 0.1], ..Default::default() };
         assert!(c.validate().unwrap_err().to_string().contains("scale"));
-        let c = DataConfig { auto_augment: Some("rand-m9-zz3".into()), ..Default::default() };
-        assert!(c.validate().unwrap_err().to_string().contains("zz3"));
+        let e = toml::from_str::<DataConfig>(r#"auto_augment = "rand-m9-zz3""#).unwrap_err();
+        assert!(e.to_string().contains("zz3"), "{e}");
         let c = DataConfig { reprob: 1.5, ..Default::default() };
         assert!(c.validate().unwrap_err().to_string().contains("reprob"));
     }

@@ -28,7 +28,7 @@ fn cfg(root: &Path) -> DataConfig {
     DataConfig {
         root: root.to_path_buf(),
         img_size: 24,
-        auto_augment: Some("rand-m9-mstd0.5-inc1".into()),
+        auto_augment: Some("rand-m9-mstd0.5-inc1".parse().unwrap()),
         reprob: 0.25,
         ..Default::default()
     }

@@ -12,14 +12,14 @@ pub mod jitter;
 pub mod rand_augment;
 pub mod resize;
 
-use crate::config::{DataConfig, Interpolation};
+use crate::config::DataConfig;
 use crate::decode::{scale_denominator, Decoder, DecoderKind, RgbImage};
 use crate::error::Result;
 use crate::rng::Rng;
 use erasing::RandomErasing;
 use geometry::Region;
 use rand_augment::RandAugment;
-use resize::{Filter, Resizer};
+use resize::{Filter, Interpolation, Resizer};
 
 /// Train or eval.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,7 +93,11 @@ impl Transform {
     /// The train pipeline of `cfg`.
     pub fn train(cfg: &DataConfig) -> Result<Self> {
         cfg.validate()?;
-        let rand_augment = cfg.auto_augment.as_deref().map(|s| RandAugment::parse(s, cfg)).transpose()?;
+        let rand_augment = cfg.auto_augment.clone().map(|policy| RandAugment {
+            policy,
+            fill: cfg.mean_pixel(),
+            interpolation: cfg.interpolation,
+        });
         let color_jitter = (cfg.color_jitter > 0.0 && rand_augment.is_none()).then_some(cfg.color_jitter);
         let erasing = (cfg.reprob > 0.0).then_some(RandomErasing {
             prob: cfg.reprob,

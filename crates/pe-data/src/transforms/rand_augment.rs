@@ -8,11 +8,13 @@
 //! (random bilinear/bicubic per op when it is `random`), translations are relative (45 % of the side
 //! at magnitude 10). Ops work on the RandomResizedCrop output, like timm's secondary transforms.
 
-use crate::config::{DataConfig, Interpolation};
 use crate::decode::RgbImage;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
-use crate::transforms::{affine, color, resize::Filter};
+use crate::transforms::affine;
+use crate::transforms::color;
+use crate::transforms::resize::{Filter, Interpolation};
+use serde::{Deserialize, Serialize};
 
 /// The ops RandAugment chooses from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,9 +104,12 @@ pub const RAND_INCREASING_TRANSFORMS: [Op; 15] = [
 /// Magnitudes are on a 0..10 scale (timm `_LEVEL_DENOM`).
 const LEVEL_DENOM: f64 = 10.0;
 
-/// A parsed RandAugment policy.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RandAugment {
+/// A parsed timm RandAugment string: the policy, independent of the image settings. Reads and
+/// writes as the string it was parsed from, so configs round-trip unchanged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RandAugmentSpec {
+    text: String,
     /// Ops to choose from.
     pub ops: Vec<Op>,
     /// Ops applied per image (`n`).
@@ -117,29 +122,33 @@ pub struct RandAugment {
     pub magnitude_max: f64,
     /// Probability each drawn op is applied (`p`).
     pub prob: f64,
-    /// Fill colour for affine ops.
-    pub fill: [u8; 3],
-    /// Resampling for affine ops (`Random`: per op).
-    pub interpolation: Interpolation,
 }
 
-impl RandAugment {
-    /// Parse a timm RandAugment string (`rand-m9-n2-mstd0.5-mmax10-inc1-p0.5`) for this config.
-    pub fn parse(spec: &str, cfg: &DataConfig) -> Result<Self> {
+impl RandAugmentSpec {
+    /// DeiT's policy, `rand-m9-mstd0.5-inc1`.
+    pub fn deit() -> Self {
+        "rand-m9-mstd0.5-inc1".parse().expect("DeiT's RandAugment string parses")
+    }
+}
+
+impl std::str::FromStr for RandAugmentSpec {
+    type Err = Error;
+
+    /// Parse a timm RandAugment string (`rand-m9-n2-mstd0.5-mmax10-inc1-p0.5`).
+    fn from_str(spec: &str) -> Result<Self> {
         let bad = |what: &str| Error::Config(format!("auto_augment = {spec:?}: {what}"));
         let mut parts = spec.split('-');
         if parts.next() != Some("rand") {
             return Err(bad("only RandAugment strings ('rand-...') are supported"));
         }
-        let mut ra = RandAugment {
+        let mut ra = RandAugmentSpec {
+            text: spec.to_owned(),
             ops: RAND_TRANSFORMS.to_vec(),
             num_layers: 2,
             magnitude: LEVEL_DENOM,
             magnitude_std: 0.0,
             magnitude_max: LEVEL_DENOM,
             prob: 0.5,
-            fill: cfg.mean_pixel(),
-            interpolation: cfg.interpolation,
         };
         for part in parts {
             let split =
@@ -167,21 +176,49 @@ impl RandAugment {
         }
         Ok(ra)
     }
+}
 
+impl TryFrom<String> for RandAugmentSpec {
+    type Error = Error;
+
+    fn try_from(spec: String) -> Result<Self> {
+        spec.parse()
+    }
+}
+
+impl From<RandAugmentSpec> for String {
+    fn from(spec: RandAugmentSpec) -> String {
+        spec.text
+    }
+}
+
+/// A RandAugment policy with the image settings its affine ops need.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RandAugment {
+    /// What to apply.
+    pub policy: RandAugmentSpec,
+    /// Fill colour for affine ops.
+    pub fill: [u8; 3],
+    /// Resampling for affine ops (`Random`: per op).
+    pub interpolation: Interpolation,
+}
+
+impl RandAugment {
     /// Apply to `img` (in place; `tmp` and `scratch` are reusable buffers).
     pub fn apply(&self, img: &mut RgbImage, rng: &mut Rng, tmp: &mut RgbImage, scratch: &mut Vec<u8>) {
-        for _ in 0..self.num_layers {
-            let op = self.ops[rng.below(self.ops.len() as u64) as usize];
-            if self.prob < 1.0 && rng.f64() > self.prob {
+        let p = &self.policy;
+        for _ in 0..p.num_layers {
+            let op = p.ops[rng.below(p.ops.len() as u64) as usize];
+            if p.prob < 1.0 && rng.f64() > p.prob {
                 continue;
             }
-            let mut m = self.magnitude;
-            if self.magnitude_std == f64::INFINITY {
+            let mut m = p.magnitude;
+            if p.magnitude_std == f64::INFINITY {
                 m = rng.uniform(0.0, m);
-            } else if self.magnitude_std > 0.0 {
-                m = rng.gauss(m, self.magnitude_std);
+            } else if p.magnitude_std > 0.0 {
+                m = rng.gauss(m, p.magnitude_std);
             }
-            let m = m.clamp(0.0, self.magnitude_max);
+            let m = m.clamp(0.0, p.magnitude_max);
             self.apply_op(op, m, img, rng, tmp, scratch);
         }
     }
@@ -267,23 +304,31 @@ mod tests {
     use super::*;
     use crate::rng::Stream;
 
+    /// `spec` with the default config's fill colour (the ImageNet mean) and bilinear resampling.
+    fn rand_augment(spec: &str) -> RandAugment {
+        RandAugment {
+            policy: spec.parse().unwrap(),
+            fill: [124, 116, 104],
+            interpolation: Interpolation::Bilinear,
+        }
+    }
+
     #[test]
     fn parses_deits_string_like_timm() {
-        let cfg = DataConfig { interpolation: Interpolation::Bicubic, ..Default::default() };
-        let ra = RandAugment::parse("rand-m9-mstd0.5-inc1", &cfg).unwrap();
+        let ra: RandAugmentSpec = "rand-m9-mstd0.5-inc1".parse().unwrap();
         assert_eq!(ra.ops, RAND_INCREASING_TRANSFORMS.to_vec());
         assert_eq!(
             (ra.num_layers, ra.magnitude, ra.magnitude_std, ra.magnitude_max, ra.prob),
             (2, 9.0, 0.5, 10.0, 0.5)
         );
-        assert_eq!(ra.fill, [124, 116, 104]);
-        let ra = RandAugment::parse("rand-m7-n3-mstd101-p0.7", &cfg).unwrap();
+        assert_eq!(String::from(ra), "rand-m9-mstd0.5-inc1");
+        let ra: RandAugmentSpec = "rand-m7-n3-mstd101-p0.7".parse().unwrap();
         assert_eq!(ra.ops, RAND_TRANSFORMS.to_vec());
         assert_eq!((ra.num_layers, ra.magnitude, ra.prob), (3, 7.0, 0.7));
         assert!(ra.magnitude_std.is_infinite());
-        assert!(RandAugment::parse("original-mstd0.5", &cfg).is_err());
-        assert!(RandAugment::parse("rand-x9", &cfg).is_err());
-        assert!(RandAugment::parse("rand-mfoo", &cfg).is_err());
+        for bad in ["original-mstd0.5", "rand-x9", "rand-mfoo", "rand-p1.5"] {
+            assert!(bad.parse::<RandAugmentSpec>().is_err(), "{bad}");
+        }
     }
 
     fn photo() -> RgbImage {
@@ -299,8 +344,7 @@ mod tests {
     fn magnitude_mapping_matches_timm_at_m9() {
         // At m = 9: PosterizeIncreasing keeps 4 - int(3.6) = 1 bit; SolarizeIncreasing threshold
         // 256 - int(230.4) = 26; SolarizeAdd adds int(99) = 99.
-        let cfg = DataConfig::default();
-        let ra = RandAugment::parse("rand-m9-inc1", &cfg).unwrap();
+        let ra = rand_augment("rand-m9-inc1");
         let mut rng = Rng::keyed(Stream::Sample, &[0]);
         let (mut tmp, mut s) = (RgbImage::default(), Vec::new());
         let mut img = photo();
@@ -331,14 +375,13 @@ mod tests {
 
     #[test]
     fn prob_zero_is_identity_and_full_policy_changes_images() {
-        let cfg = DataConfig::default();
         let (mut tmp, mut s) = (RgbImage::default(), Vec::new());
-        let ra = RandAugment::parse("rand-m9-p0", &cfg).unwrap();
+        let ra = rand_augment("rand-m9-p0");
         let mut rng = Rng::keyed(Stream::Sample, &[0]);
         let mut img = photo();
         ra.apply(&mut img, &mut rng, &mut tmp, &mut s);
         assert_eq!(img, photo());
-        let ra = RandAugment::parse("rand-m9-mstd0.5-inc1", &cfg).unwrap();
+        let ra = rand_augment("rand-m9-mstd0.5-inc1");
         let changed = (0..50)
             .filter(|&i| {
                 let mut img = photo();

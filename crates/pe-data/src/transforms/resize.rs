@@ -8,6 +8,20 @@
 use crate::decode::RgbImage;
 use crate::transforms::geometry::Region;
 use fast_image_resize as fir;
+use serde::{Deserialize, Serialize};
+
+/// Resampling filter for resizing and RandAugment's geometric ops (PIL's filters), as configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Interpolation {
+    /// Triangle filter with antialiasing (PIL `BILINEAR`, torchvision's default).
+    #[default]
+    Bilinear,
+    /// Cubic filter a = -0.5 with antialiasing (PIL `BICUBIC`, DeiT's choice).
+    Bicubic,
+    /// Train: bilinear or bicubic at random per image (timm's `random`); eval: bilinear.
+    Random,
+}
 
 /// The two filters torchvision/timm use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

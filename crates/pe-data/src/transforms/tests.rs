@@ -84,7 +84,8 @@ fn train_full_crop_and_flip() {
 #[test]
 fn train_is_deterministic_per_key_and_varies_across_keys() {
     let bytes = jpeg_of(&smooth_photo(100, 80));
-    let c = DataConfig { auto_augment: Some("rand-m9-mstd0.5-inc1".into()), reprob: 0.25, ..cfg(40) };
+    let c =
+        DataConfig { auto_augment: Some("rand-m9-mstd0.5-inc1".parse().unwrap()), reprob: 0.25, ..cfg(40) };
     let t = Transform::train(&c).unwrap();
     assert_eq!(run(&t, &bytes, 7), run(&t, &bytes, 7));
     let distinct: std::collections::HashSet<Vec<u8>> = (0..10).map(|k| run(&t, &bytes, k)).collect();
@@ -118,7 +119,7 @@ fn dct_scaled_decode_is_close_to_full_decode() {
 
 #[test]
 fn colour_jitter_is_off_when_rand_augment_is_on() {
-    let c = DataConfig { color_jitter: 0.4, auto_augment: Some("rand-m9".into()), ..cfg(8) };
+    let c = DataConfig { color_jitter: 0.4, auto_augment: Some("rand-m9".parse().unwrap()), ..cfg(8) };
     assert!(Transform::train(&c).unwrap().color_jitter.is_none());
     let c = DataConfig { color_jitter: 0.4, ..cfg(8) };
     assert_eq!(Transform::train(&c).unwrap().color_jitter, Some(0.4));
