@@ -13,6 +13,7 @@ pub mod loader;
 pub mod mixup;
 pub mod rng;
 pub mod sampler;
+pub mod shards;
 pub mod transforms;
 
 pub use config::DataConfig;

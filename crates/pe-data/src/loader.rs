@@ -11,6 +11,11 @@
 //! recorded, and the slot is refilled from another, randomly chosen (keyed) sample. The epoch's bad
 //! files are reported once, at the end of the epoch (count and the first few paths).
 //!
+//! Sources: an [`ImageFolder`] (one file per sample, random access) or a [`ShardSet`] of tar shards
+//! (streamed by one reader thread per epoch in the order [`crate::shards::plan`] computes; decoding
+//! stays on the pool). Both give the same batches' shape, transforms, keyed randomness, bad-sample
+//! handling and `epoch_from` resume; a shard epoch replaces a bad sample by another of its batch.
+//!
 //! Host memory: image buffers handed back with [`Loader::recycle`] are reused for later batches.
 //! (Pinned memory needs libtorch's allocator, which this crate deliberately does not link.)
 
@@ -19,6 +24,8 @@ use crate::error::{Error, Result};
 use crate::index::{ImageFolder, IndexCache};
 use crate::rng::{Rng, Stream};
 use crate::sampler::{epoch_slots, Sampling, Slot};
+use crate::shards::feed::{Feed, Item};
+use crate::shards::{epoch_plan, ShardSet};
 use crate::transforms::{Scratch, Transform};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -32,6 +39,8 @@ use std::sync::{Arc, Mutex};
 pub const MAX_ATTEMPTS: u64 = 16;
 /// How many bad paths an epoch report lists.
 pub const REPORT_FIRST: usize = 5;
+/// Default shuffle buffer of a shard loader, in samples (~230 MB of ImageNet JPEGs per rank).
+pub const SHUFFLE_BUFFER: usize = 2048;
 
 /// Loader settings that are not augmentation.
 #[derive(Clone, Debug, PartialEq)]
@@ -50,6 +59,8 @@ pub struct LoaderOptions {
     pub drop_last: bool,
     /// Print the epoch's bad files to stderr at the end of the epoch.
     pub report_bad_files: bool,
+    /// Shard loaders: samples in the shuffle buffer (training only).
+    pub shuffle_buffer: usize,
 }
 
 impl LoaderOptions {
@@ -63,6 +74,7 @@ impl LoaderOptions {
             sampling: Sampling { shuffle: true, repeats: cfg.repeated_aug, rank, world, pad: true },
             drop_last: true,
             report_bad_files: true,
+            shuffle_buffer: SHUFFLE_BUFFER,
         }
     }
 
@@ -131,8 +143,15 @@ impl std::fmt::Display for BadFileReport {
     }
 }
 
+/// Where samples come from.
+enum Source {
+    Folder(ImageFolder),
+    /// The shard set, and an [`ImageFolder`] with its directory and classes only (for `dataset()`).
+    Shards(Arc<ShardSet>, ImageFolder),
+}
+
 struct Shared {
-    dataset: ImageFolder,
+    source: Source,
     transform: Transform,
     opts: LoaderOptions,
     recycled: Mutex<Vec<Vec<u8>>>,
@@ -147,8 +166,8 @@ pub struct Loader {
 impl std::fmt::Debug for Loader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Loader")
-            .field("dir", &self.shared.dataset.dir)
-            .field("samples", &self.shared.dataset.len())
+            .field("location", &self.location())
+            .field("samples", &self.len())
             .field("opts", &self.shared.opts)
             .finish()
     }
@@ -157,6 +176,22 @@ impl std::fmt::Debug for Loader {
 impl Loader {
     /// A loader with its own pool of `opts.workers` threads.
     pub fn new(dataset: ImageFolder, transform: Transform, opts: LoaderOptions) -> Result<Self> {
+        Self::with_source(Source::Folder(dataset), transform, opts)
+    }
+
+    /// A loader streaming a shard set (see [`crate::shards`]).
+    pub fn from_shards(set: ShardSet, transform: Transform, opts: LoaderOptions) -> Result<Self> {
+        let meta = ImageFolder {
+            dir: set.dir.clone(),
+            classes: set.classes.clone(),
+            missing_classes: set.missing_classes.clone(),
+            samples: Vec::new(),
+            source: crate::index::IndexSource::Cache,
+        };
+        Self::with_source(Source::Shards(Arc::new(set), meta), transform, opts)
+    }
+
+    fn with_source(source: Source, transform: Transform, opts: LoaderOptions) -> Result<Self> {
         if opts.batch_size == 0 {
             return Err(Error::Config("batch_size must be > 0".into()));
         }
@@ -178,7 +213,7 @@ impl Loader {
             .map_err(|e| Error::Config(format!("cannot start {workers} loader threads: {e}")))?;
         let opts = LoaderOptions { prefetch: opts.prefetch.max(1), ..opts };
         Ok(Loader {
-            shared: Arc::new(Shared { dataset, transform, opts, recycled: Mutex::new(Vec::new()) }),
+            shared: Arc::new(Shared { source, transform, opts, recycled: Mutex::new(Vec::new()) }),
             pool: Arc::new(pool),
         })
     }
@@ -209,9 +244,73 @@ impl Loader {
         Self::new(ds, Transform::eval(cfg)?, LoaderOptions::eval(cfg, batch_size, rank, world))
     }
 
-    /// The indexed data set.
+    /// The training loader over the shard set at `cfg.root` (written by `pe prepare shards`).
+    pub fn train_shards(
+        cfg: &DataConfig,
+        batch_size: usize,
+        seed: u64,
+        rank: usize,
+        world: usize,
+    ) -> Result<Self> {
+        let set = ShardSet::open(&cfg.root, &cfg.train_split)?;
+        Self::from_shards(
+            set,
+            Transform::train(cfg)?,
+            LoaderOptions::train(cfg, batch_size, seed, rank, world),
+        )
+    }
+
+    /// The evaluation loader over the shard set at `cfg.root`, labels numbered by `classes` (the run's
+    /// class list) or, with `None`, by the shard index's own list.
+    pub fn eval_shards(
+        cfg: &DataConfig,
+        batch_size: usize,
+        rank: usize,
+        world: usize,
+        classes: Option<&[String]>,
+    ) -> Result<Self> {
+        let set = match classes {
+            Some(c) => ShardSet::open_with_classes(&cfg.root, &cfg.val_split, c)?,
+            None => ShardSet::open(&cfg.root, &cfg.val_split)?,
+        };
+        Self::from_shards(set, Transform::eval(cfg)?, LoaderOptions::eval(cfg, batch_size, rank, world))
+    }
+
+    /// The indexed data set. For a shard loader only its directory and classes are filled in (no
+    /// samples): prefer [`Loader::classes`], [`Loader::len`] and [`Loader::location`].
     pub fn dataset(&self) -> &ImageFolder {
-        &self.shared.dataset
+        match &self.shared.source {
+            Source::Folder(f) => f,
+            Source::Shards(_, meta) => meta,
+        }
+    }
+
+    /// The run's class list; labels index into it.
+    pub fn classes(&self) -> &[String] {
+        &self.dataset().classes
+    }
+
+    /// Classes with no sample in this split (warn about these).
+    pub fn missing_classes(&self) -> &[String] {
+        &self.dataset().missing_classes
+    }
+
+    /// Samples in the split (all ranks).
+    pub fn len(&self) -> usize {
+        match &self.shared.source {
+            Source::Folder(f) => f.len(),
+            Source::Shards(s, _) => s.len(),
+        }
+    }
+
+    /// True when the split has no sample.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The split folder (image folder or shard folder).
+    pub fn location(&self) -> &std::path::Path {
+        &self.dataset().dir
     }
 
     /// The per-sample transform.
@@ -226,7 +325,11 @@ impl Loader {
 
     /// Samples this rank sees per epoch.
     pub fn samples_per_epoch(&self) -> usize {
-        epoch_slots(self.shared.dataset.len(), 0, 0, self.shared.opts.sampling).len()
+        let s = self.shared.opts.sampling;
+        match &self.shared.source {
+            Source::Folder(f) => epoch_slots(f.len(), 0, 0, s).len(),
+            Source::Shards(set, _) => epoch_plan(&set.counts(), 0, 0, s, 0).len(),
+        }
     }
 
     /// Batches per epoch.
@@ -258,23 +361,69 @@ impl Loader {
     /// continues mid-epoch without decoding the batches it already trained on.
     pub fn epoch_from(&self, epoch: u64, start: usize) -> EpochIter {
         let o = &self.shared.opts;
-        let slots = epoch_slots(self.shared.dataset.len(), o.seed, epoch, o.sampling);
-        let mut batches: Vec<Vec<Slot>> = slots.chunks(o.batch_size).map(<[Slot]>::to_vec).collect();
-        if o.drop_last && batches.last().is_some_and(|b| b.len() < o.batch_size) {
-            batches.pop();
-        }
-        let start = start.min(batches.len());
-        batches.drain(..start);
+        let (feed, start) = match &self.shared.source {
+            Source::Folder(f) => {
+                let slots = epoch_slots(f.len(), o.seed, epoch, o.sampling);
+                let batches = self.batches_from(&slots, start);
+                (BatchFeed::Slots(batches.1.into()), batches.0)
+            }
+            Source::Shards(set, _) => {
+                let plan = epoch_plan(&set.counts(), o.seed, epoch, o.sampling, o.shuffle_buffer);
+                let (start, batches) = self.batches_from(&plan, start);
+                let channel = (2 * o.batch_size).max(64);
+                (BatchFeed::Shards(Feed::start(Arc::clone(set), batches, channel)), start)
+            }
+        };
         EpochIter {
             shared: Arc::clone(&self.shared),
             pool: Arc::clone(&self.pool),
             epoch,
-            batches: batches.into(),
+            feed,
             next_index: start as u64,
             pending: VecDeque::new(),
             cancel: Arc::new(AtomicBool::new(false)),
             report: BadFileReport::default(),
             finished: false,
+        }
+    }
+
+    /// The epoch's batches from batch `start` on (the incomplete last one dropped if so configured).
+    fn batches_from<T: Clone>(&self, order: &[T], start: usize) -> (usize, Vec<Vec<T>>) {
+        let o = &self.shared.opts;
+        let mut batches: Vec<Vec<T>> = order.chunks(o.batch_size).map(<[T]>::to_vec).collect();
+        if o.drop_last && batches.last().is_some_and(|b| b.len() < o.batch_size) {
+            batches.pop();
+        }
+        let start = start.min(batches.len());
+        batches.drain(..start);
+        (start, batches)
+    }
+}
+
+/// Where an epoch's batches come from.
+enum BatchFeed {
+    Slots(VecDeque<Vec<Slot>>),
+    Shards(Feed),
+}
+
+/// One batch's samples, ready for the pool.
+enum Work {
+    Slots(Vec<Slot>),
+    Items(Vec<Item>),
+}
+
+impl BatchFeed {
+    fn next(&mut self) -> Option<Work> {
+        match self {
+            BatchFeed::Slots(b) => b.pop_front().map(Work::Slots),
+            BatchFeed::Shards(f) => f.next_batch().map(Work::Items),
+        }
+    }
+
+    fn remaining(&self) -> usize {
+        match self {
+            BatchFeed::Slots(b) => b.len(),
+            BatchFeed::Shards(f) => f.remaining(),
         }
     }
 }
@@ -284,7 +433,7 @@ pub struct EpochIter {
     shared: Arc<Shared>,
     pool: Arc<rayon::ThreadPool>,
     epoch: u64,
-    batches: VecDeque<Vec<Slot>>,
+    feed: BatchFeed,
     next_index: u64,
     pending: VecDeque<mpsc::Receiver<Result<Batch>>>,
     cancel: Arc<AtomicBool>,
@@ -300,12 +449,12 @@ impl EpochIter {
 
     /// Batches not yet returned.
     pub fn remaining(&self) -> usize {
-        self.batches.len() + self.pending.len()
+        self.feed.remaining() + self.pending.len()
     }
 
     fn launch(&mut self) {
         while self.pending.len() < self.shared.opts.prefetch {
-            let Some(slots) = self.batches.pop_front() else { break };
+            let Some(work) = self.feed.next() else { break };
             let (tx, rx) = mpsc::sync_channel(1);
             let (shared, cancel, epoch, index) =
                 (Arc::clone(&self.shared), Arc::clone(&self.cancel), self.epoch, self.next_index);
@@ -314,7 +463,7 @@ impl EpochIter {
                 if cancel.load(Ordering::Relaxed) {
                     return;
                 }
-                let _ = tx.send(build_batch(&shared, epoch, index, &slots));
+                let _ = tx.send(build_batch(&shared, epoch, index, &work));
             });
             self.pending.push_back(rx);
         }
@@ -332,7 +481,7 @@ impl Iterator for EpochIter {
                 if self.shared.opts.report_bad_files && self.report.count > 0 {
                     eprintln!(
                         "pe-data: {} epoch {}: {}",
-                        self.shared.dataset.dir.display(),
+                        self.shared.location().display(),
                         self.epoch,
                         self.report
                     );
@@ -375,27 +524,49 @@ struct SampleOut {
     bad: Vec<BadFile>,
 }
 
-fn build_batch(shared: &Shared, epoch: u64, index: u64, slots: &[Slot]) -> Result<Batch> {
+impl Shared {
+    fn location(&self) -> &std::path::Path {
+        match &self.source {
+            Source::Folder(f) => &f.dir,
+            Source::Shards(_, meta) => &meta.dir,
+        }
+    }
+}
+
+fn build_batch(shared: &Shared, epoch: u64, index: u64, work: &Work) -> Result<Batch> {
     let t = &shared.transform;
     let per = t.sample_len();
-    let need = per * slots.len();
+    let n = match work {
+        Work::Slots(s) => s.len(),
+        Work::Items(s) => s.len(),
+    };
     let mut images = shared
         .recycled
         .lock()
         .ok()
-        .and_then(|mut r| r.iter().position(|v| v.capacity() >= need).map(|i| r.swap_remove(i)))
+        .and_then(|mut r| r.iter().position(|v| v.capacity() >= per * n).map(|i| r.swap_remove(i)))
         .unwrap_or_default();
-    images.resize(need, 0);
-    let outs: Vec<Result<SampleOut>> = images
-        .par_chunks_mut(per)
-        .zip(slots.par_iter())
-        .map(|(out, slot)| load_sample(shared, epoch, *slot, out))
-        .collect();
+    images.resize(per * n, 0);
+    let outs: Vec<Result<SampleOut>> = match (work, &shared.source) {
+        (Work::Slots(slots), Source::Folder(ds)) => images
+            .par_chunks_mut(per)
+            .zip(slots.par_iter())
+            .map(|(out, slot)| load_file(shared, ds, epoch, *slot, out))
+            .collect(),
+        (Work::Items(items), _) => images
+            .par_chunks_mut(per)
+            .enumerate()
+            .map(|(k, out)| load_item(shared, epoch, items, k, out))
+            .collect(),
+        (Work::Slots(_), Source::Shards(..)) => {
+            vec![Err(Error::Config("slots given to a shard loader".into()))]
+        }
+    };
     let mut batch = Batch {
         images,
-        labels: Vec::with_capacity(slots.len()),
-        indices: Vec::with_capacity(slots.len()),
-        n: slots.len(),
+        labels: Vec::with_capacity(n),
+        indices: Vec::with_capacity(n),
+        n,
         h: t.img_size,
         w: t.img_size,
         epoch,
@@ -411,27 +582,33 @@ fn build_batch(shared: &Shared, epoch: u64, index: u64, slots: &[Slot]) -> Resul
     Ok(batch)
 }
 
-fn load_sample(shared: &Shared, epoch: u64, slot: Slot, out: &mut [u8]) -> Result<SampleOut> {
-    let ds = &shared.dataset;
+/// Decode and augment `bytes` into `out` with this thread's scratch buffers, catching decoder panics.
+fn transform_bytes(shared: &Shared, bytes: &[u8], rng: &mut Rng, out: &mut [u8]) -> Result<(), String> {
+    SCRATCH.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let scratch = guard.get_or_insert_with(|| Scratch::new(shared.transform.decoder));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            shared.transform.apply(bytes, rng, scratch, out)
+        }));
+        r.unwrap_or_else(|_| {
+            // A decoder panicked: its buffers may be inconsistent, so start this thread afresh.
+            *guard = None;
+            Err("decoder panicked".into())
+        })
+    })
+}
+
+/// A folder sample; an unreadable file is replaced by a keyed random other file of the data set.
+fn load_file(shared: &Shared, ds: &ImageFolder, epoch: u64, slot: Slot, out: &mut [u8]) -> Result<SampleOut> {
     let seed = shared.opts.seed;
     let mut index = slot.index;
     let mut bad = Vec::new();
     for attempt in 0..MAX_ATTEMPTS {
         let (path, label) = &ds.samples[index];
         let mut rng = Rng::keyed(Stream::Sample, &[seed, epoch, slot.position, attempt]);
-        let result = SCRATCH.with(|cell| {
-            let mut guard = cell.borrow_mut();
-            let scratch = guard.get_or_insert_with(|| Scratch::new(shared.transform.decoder));
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let bytes = std::fs::read(path).map_err(|e| format!("read: {e}"))?;
-                shared.transform.apply(&bytes, &mut rng, scratch, out)
-            }));
-            r.unwrap_or_else(|_| {
-                // A decoder panicked: its buffers may be inconsistent, so start this thread afresh.
-                *guard = None;
-                Err("decoder panicked".into())
-            })
-        });
+        let result = std::fs::read(path)
+            .map_err(|e| format!("read: {e}"))
+            .and_then(|bytes| transform_bytes(shared, &bytes, &mut rng, out));
         match result {
             Ok(()) => return Ok(SampleOut { label: *label as i64, index, bad }),
             Err(reason) => {
@@ -441,6 +618,37 @@ fn load_sample(shared: &Shared, epoch: u64, slot: Slot, out: &mut [u8]) -> Resul
             }
         }
     }
+    too_many(bad)
+}
+
+/// A shard sample (`items[k]`); a bad one is replaced by a keyed random other sample of the batch
+/// (a stream has no random access), so the result still depends only on (seed, epoch, position).
+fn load_item(shared: &Shared, epoch: u64, items: &[Item], k: usize, out: &mut [u8]) -> Result<SampleOut> {
+    let seed = shared.opts.seed;
+    let position = items[k].position;
+    let mut pick = k;
+    let mut bad = Vec::new();
+    for attempt in 0..MAX_ATTEMPTS {
+        let item = &items[pick];
+        let mut rng = Rng::keyed(Stream::Sample, &[seed, epoch, position, attempt]);
+        let result = item
+            .sample
+            .as_ref()
+            .map_err(String::clone)
+            .and_then(|s| transform_bytes(shared, &s.bytes, &mut rng, out).map(|()| (s.label, s.index)));
+        match result {
+            Ok((label, index)) => return Ok(SampleOut { label: label as i64, index, bad }),
+            Err(reason) => {
+                bad.push(BadFile { path: item.name.clone(), reason });
+                pick = Rng::keyed(Stream::Replace, &[seed, epoch, position, attempt])
+                    .below(items.len() as u64) as usize;
+            }
+        }
+    }
+    too_many(bad)
+}
+
+fn too_many(mut bad: Vec<BadFile>) -> Result<SampleOut> {
     let last = bad.pop().unwrap_or(BadFile { path: PathBuf::new(), reason: String::new() });
     Err(Error::TooManyBadFiles { attempts: MAX_ATTEMPTS as usize, path: last.path, reason: last.reason })
 }

@@ -1,0 +1,79 @@
+//! The shard set's index (`index.json`): class list and, per split, each shard's file and sample
+//! count. Written last by the writer, so its presence marks a complete shard set.
+
+use crate::error::{Error, IoContext, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// File name of the index inside the shard root.
+pub const INDEX_FILE: &str = "index.json";
+const FORMAT: &str = "pe-shards v1";
+
+/// One shard file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    /// File name relative to `<root>/<split>/`.
+    pub file: String,
+    /// Samples (key groups) in the shard.
+    pub samples: usize,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// The shards of one split, in file order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitShards {
+    /// Total samples.
+    pub samples: usize,
+    /// The shards.
+    pub shards: Vec<ShardInfo>,
+}
+
+/// The whole index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardIndex {
+    /// Format tag (`pe-shards v1`).
+    pub format: String,
+    /// The class list the `.cls` labels index into.
+    pub classes: Vec<String>,
+    /// Split name -> shards.
+    pub splits: BTreeMap<String, SplitShards>,
+}
+
+impl ShardIndex {
+    /// An empty index for `classes`.
+    pub fn new(classes: Vec<String>) -> Self {
+        ShardIndex { format: FORMAT.into(), classes, splits: BTreeMap::new() }
+    }
+
+    /// Read `<root>/index.json`.
+    pub fn load(root: &Path) -> Result<Self> {
+        let path = root.join(INDEX_FILE);
+        if !path.exists() {
+            return Err(Error::Format {
+                path,
+                reason: "no shard index: not a (complete) shard set; run `pe prepare shards`".into(),
+            });
+        }
+        let text = std::fs::read_to_string(&path).io_ctx("read", &path)?;
+        let index: ShardIndex = serde_json::from_str(&text)
+            .map_err(|e| Error::Format { path: path.clone(), reason: e.to_string() })?;
+        if index.format != FORMAT {
+            return Err(Error::Format {
+                path,
+                reason: format!("format {:?}, expected {FORMAT:?}", index.format),
+            });
+        }
+        Ok(index)
+    }
+
+    /// Write `<root>/index.json` atomically (temporary file, then rename).
+    pub fn save(&self, root: &Path) -> Result<()> {
+        let path = root.join(INDEX_FILE);
+        let tmp = root.join(format!("{INDEX_FILE}.tmp"));
+        let text = serde_json::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))?;
+        std::fs::write(&tmp, text).io_ctx("write", &tmp)?;
+        std::fs::rename(&tmp, &path).io_ctx("rename into", &path)
+    }
+}

@@ -1,0 +1,268 @@
+//! Reading a shard set: [`ShardSet`] (one split, opened from the index) and the reader thread that
+//! streams the samples an epoch needs, shard by shard, front to back.
+//!
+//! The reader opens each shard once, walks its members in order, keeps only the samples the plan asks
+//! for (skipped ones are read past, not decoded: that is how a resumed epoch starts mid-shard) and stops
+//! a shard after its last needed sample. A shard that cannot be opened, is truncated or holds fewer
+//! samples than the index says yields one error per sample it could not deliver, naming the shard;
+//! the loader replaces those samples like unreadable files and reports them.
+
+use super::index::{ShardIndex, ShardInfo};
+use super::plan::Planned;
+use crate::error::{Error, Result};
+use crate::index::IMG_EXTENSIONS;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::SyncSender;
+
+/// One split of a shard set.
+#[derive(Clone, Debug)]
+pub struct ShardSet {
+    /// `<root>/<split>`.
+    pub dir: PathBuf,
+    /// The run's class list; labels are indices into it.
+    pub classes: Vec<String>,
+    /// Classes of the list with no sample in this split (unknown for shards: always empty unless the
+    /// index's list lacks some of them).
+    pub missing_classes: Vec<String>,
+    /// The shards, in file order.
+    pub shards: Vec<ShardInfo>,
+    /// Index label -> run label.
+    label_map: Vec<u32>,
+    /// First flat sample number of each shard (shard i's member m is sample `first[i] + m`).
+    first: Vec<usize>,
+}
+
+/// A sample as read from a shard: still encoded.
+#[derive(Clone, Debug)]
+pub struct RawSample {
+    /// Image file bytes.
+    pub bytes: Vec<u8>,
+    /// Label in the run's class list.
+    pub label: u32,
+    /// Flat sample number in the split.
+    pub index: usize,
+}
+
+/// What the reader delivers for one planned sample, keyed by (shard, member): the sample, or why not.
+pub type Delivery = ((usize, usize), std::result::Result<RawSample, String>);
+
+impl ShardSet {
+    /// Open `<root>/<split>` with the index's own class list (the defining split).
+    pub fn open(root: &Path, split: &str) -> Result<Self> {
+        let index = ShardIndex::load(root)?;
+        let classes = index.classes.clone();
+        Self::from_index(root, split, index, &classes)
+    }
+
+    /// Open `<root>/<split>` with labels numbered by the run's class list. A class of the index that
+    /// is not in the list is an error naming it.
+    pub fn open_with_classes(root: &Path, split: &str, classes: &[String]) -> Result<Self> {
+        Self::from_index(root, split, ShardIndex::load(root)?, classes)
+    }
+
+    fn from_index(root: &Path, split: &str, index: ShardIndex, classes: &[String]) -> Result<Self> {
+        let dir = root.join(split);
+        let Some(shards) = index.splits.get(split).cloned() else {
+            return Err(Error::Format {
+                path: root.join(super::INDEX_FILE),
+                reason: format!("the shard set has no split {split:?}"),
+            });
+        };
+        let label_map = index
+            .classes
+            .iter()
+            .map(|c| {
+                classes.iter().position(|x| x == c).map(|p| p as u32).ok_or_else(|| Error::Format {
+                    path: root.join(super::INDEX_FILE),
+                    reason: format!("class {c:?} is not in the run's class list ({} classes)", classes.len()),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let missing_classes = classes.iter().filter(|c| !index.classes.contains(c)).cloned().collect();
+        let mut first = Vec::with_capacity(shards.shards.len());
+        let mut n = 0;
+        for s in &shards.shards {
+            first.push(n);
+            n += s.samples;
+        }
+        Ok(ShardSet {
+            dir,
+            classes: classes.to_vec(),
+            missing_classes,
+            shards: shards.shards,
+            label_map,
+            first,
+        })
+    }
+
+    /// Total samples.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.samples).sum()
+    }
+
+    /// True when the split has no sample.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sample counts per shard (the plan's input).
+    pub fn counts(&self) -> Vec<usize> {
+        self.shards.iter().map(|s| s.samples).collect()
+    }
+
+    /// Path of shard `i`.
+    pub fn shard_path(&self, i: usize) -> PathBuf {
+        self.dir.join(&self.shards[i].file)
+    }
+
+    /// Read the samples of `plan` (each once, in stream order) and send them on `tx`; returns early
+    /// when the receiver hangs up.
+    pub fn stream(&self, plan: &[Planned], tx: &SyncSender<Delivery>) {
+        // Needed members per shard, shards in the order the stream first reaches them.
+        let mut order: Vec<usize> = Vec::new();
+        let mut needed: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        let mut by_position: Vec<&Planned> = plan.iter().collect();
+        by_position.sort_by_key(|p| p.position);
+        for p in by_position {
+            let members = needed.entry(p.shard).or_insert_with(|| {
+                order.push(p.shard);
+                Vec::new()
+            });
+            if members.last() != Some(&p.member) {
+                members.push(p.member);
+            }
+        }
+        for shard in order {
+            let members = &needed[&shard];
+            if !self.stream_shard(shard, members, tx) {
+                return;
+            }
+        }
+    }
+
+    /// One shard; false when the receiver is gone.
+    fn stream_shard(&self, shard: usize, members: &[usize], tx: &SyncSender<Delivery>) -> bool {
+        let mut want = members.iter().copied().peekable();
+        let mut hung_up = false;
+        let send =
+            |member: usize, r: std::result::Result<RawSample, String>| tx.send(((shard, member), r)).is_ok();
+        let result = walk_tar(&self.shard_path(shard), |member, sample| {
+            // Needed samples the walk has passed were not where the index put them (duplicate keys).
+            while let Some(m) = want.next_if(|&m| m < member) {
+                if !send(m, Err(format!("sample {m} not found in the shard"))) {
+                    hung_up = true;
+                    return Walk::Stop;
+                }
+            }
+            match (want.peek(), sample) {
+                (None, _) => Walk::Stop,
+                (Some(&next), _) if next != member => Walk::Skip,
+                (Some(_), None) => Walk::Read,
+                (Some(_), Some(parsed)) => {
+                    want.next();
+                    let delivered = parsed.and_then(|(bytes, label)| {
+                        let label = *self
+                            .label_map
+                            .get(label as usize)
+                            .ok_or(format!("label {label} out of range"))?;
+                        Ok(RawSample { bytes, label, index: self.first[shard] + member })
+                    });
+                    hung_up = !send(member, delivered);
+                    if hung_up {
+                        Walk::Stop
+                    } else {
+                        Walk::Skip
+                    }
+                }
+            }
+        });
+        if hung_up {
+            return false;
+        }
+        let reason = match result {
+            Ok(_) => "the shard ends early (fewer samples than its index says)".to_string(),
+            Err(e) => e,
+        };
+        want.all(|m| send(m, Err(reason.clone())))
+    }
+}
+
+/// What the tar walk should do with the current sample.
+enum Walk {
+    /// Read its members' data, then call back with the sample.
+    Read,
+    /// Skip its data.
+    Skip,
+    /// Stop the walk.
+    Stop,
+}
+
+type Parsed = std::result::Result<(Vec<u8>, u32), String>;
+
+/// Walk the samples (key groups) of a tar. `visit(member, None)` is asked at each sample's first
+/// member whether to read it; for read samples `visit(member, Some(parsed))` follows at its end.
+/// Returns when `visit` says stop or at the end of the file; `Err` on a broken file.
+fn walk_tar(
+    path: &Path,
+    mut visit: impl FnMut(usize, Option<Parsed>) -> Walk,
+) -> std::result::Result<(), String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("open: {e}"))?;
+    let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, file));
+    let mut member: Option<usize> = None;
+    let mut key = String::new();
+    let mut reading = false;
+    let (mut image, mut label): (Option<Vec<u8>>, Option<String>) = (None, None);
+    let finish = |image: &mut Option<Vec<u8>>, label: &mut Option<String>| -> Parsed {
+        let bytes = image.take().ok_or("no image member")?;
+        let text = label.take().ok_or("no .cls member")?;
+        let label = text.trim().parse::<u32>().map_err(|_| format!("bad .cls {text:?}"))?;
+        Ok((bytes, label))
+    };
+    for entry in archive.entries().map_err(|e| format!("read: {e}"))? {
+        let mut entry = entry.map_err(|e| format!("read: {e}"))?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let name = entry.path().map_err(|e| format!("member name: {e}"))?.to_string_lossy().into_owned();
+        let (dir, base) = name.rsplit_once('/').map_or(("", name.as_str()), |(d, b)| (d, b));
+        let (stem, ext) = base.split_once('.').unwrap_or((base, ""));
+        let this_key = format!("{dir}/{stem}");
+        if member.is_none() || this_key != key {
+            if reading {
+                if let Walk::Stop = visit(member.unwrap_or(0), Some(finish(&mut image, &mut label))) {
+                    return Ok(());
+                }
+            }
+            let m = member.map_or(0, |m| m + 1);
+            member = Some(m);
+            key = this_key;
+            (image, label) = (None, None);
+            reading = match visit(m, None) {
+                Walk::Read => true,
+                Walk::Skip => false,
+                Walk::Stop => return Ok(()),
+            };
+        }
+        if !reading {
+            continue;
+        }
+        let ext = ext.to_ascii_lowercase();
+        if ext == "cls" {
+            let mut s = String::new();
+            entry.read_to_string(&mut s).map_err(|e| format!("read {name}: {e}"))?;
+            label = Some(s);
+        } else if image.is_none() && IMG_EXTENSIONS.contains(&ext.as_str()) {
+            let mut buf = Vec::with_capacity(entry.header().size().unwrap_or(0) as usize);
+            entry.read_to_end(&mut buf).map_err(|e| format!("read {name}: {e}"))?;
+            image = Some(buf);
+        }
+    }
+    if reading {
+        if let Walk::Stop = visit(member.unwrap_or(0), Some(finish(&mut image, &mut label))) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
