@@ -232,3 +232,29 @@ fn torchrun_and_pe_launch_give_the_same_step_losses() {
     assert_eq!(a.len(), 8, "48 images / (2 × 6) per step, 2 epochs");
     assert_eq!(a, b);
 }
+
+#[test]
+fn another_process_count_resumes_at_an_epoch_boundary_and_is_refused_inside_an_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (recipe, run) = resnet_run(dir.path(), "world", 60);
+    let longer = ["--set", "train.epochs=3", "--resume", "--allow-change", "train.epochs"];
+    // 2 processes to the end of epoch 2, then 1 process continues for a third.
+    ok(launch(2).arg("train").arg(&recipe).output().unwrap(), "2 processes");
+    let stdout = ok(pe().arg("train").arg(&recipe).args(longer).output().unwrap(), "1 process resumes");
+    assert!(stdout.contains("resumed from") && stdout.contains("epoch 2"), "{stdout}");
+    assert_eq!(step_losses(&run).len(), 8 + 8, "a third epoch of 48 images / 6 on one process");
+
+    // Stopped inside an epoch by 2 processes: a single process must not continue it.
+    let (recipe, _) = resnet_run(dir.path(), "inside", 60);
+    let stop = ["--set", "train.max_steps=2"];
+    ok(launch(2).arg("train").arg(&recipe).args(stop).output().unwrap(), "2 processes, 2 steps");
+    let out = pe()
+        .arg("train")
+        .arg(&recipe)
+        .args(["--set", "train.max_steps=3", "--resume", "--allow-change", "train.max_steps"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("saved by 2 process(es)") && stderr.contains("this run has 1"), "{stderr}");
+}
