@@ -54,6 +54,10 @@ pub struct AnalyzeArgs {
     /// runs the resolved config as text and an HParams session.
     #[arg(long, value_name = "DIR")]
     pub tensorboard: Option<PathBuf>,
+    /// libtorch intra-op threads (default: libtorch's). On a busy machine 1 is often fastest:
+    /// LAPACK's threads wait on each other when the cores are shared.
+    #[arg(long)]
+    pub threads: Option<i32>,
 }
 
 /// One source resolved to a weights file, a model definition and what its run recorded.
@@ -73,6 +77,9 @@ struct Source {
 pub fn run(args: AnalyzeArgs) -> Result<()> {
     if args.model.len() > 1 && args.model.len() != args.sources.len() {
         bail!("give --model once for all sources or once per source ({} sources)", args.sources.len());
+    }
+    if let Some(threads) = args.threads {
+        tch::set_num_threads(threads);
     }
     let mut reports = Vec::new();
     for (index, input) in args.sources.iter().enumerate() {
