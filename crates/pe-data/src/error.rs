@@ -44,6 +44,9 @@ pub enum Error {
     /// A configuration value is out of range or unknown.
     #[error("data config: {0}")]
     Config(String),
+    /// A loader worker thread ended without delivering its batch (it panicked, or its pool shut down).
+    #[error("a loader worker stopped without delivering its batch")]
+    WorkerStopped,
     /// Too many replacement attempts failed in a row: the dataset is (nearly) all unreadable.
     #[error("{attempts} files in a row were unreadable, last {path}: {reason}")]
     TooManyBadFiles {

@@ -2,6 +2,7 @@
 //! a registry of named presets; parameter/MAC accounting; PyTorch-compatible weight files.
 
 pub mod accounting;
+pub mod error;
 pub mod init;
 pub mod model;
 pub mod registry;
@@ -10,6 +11,7 @@ pub mod vit;
 pub mod weights;
 
 pub use accounting::{Cost, CostSheet};
+pub use error::Error;
 pub use model::{Model, ModelConfig};
 pub use registry::{preset, presets, Preset};
 pub use resnet::{ResNet, ResNetConfig};

@@ -5,6 +5,7 @@ use tch::nn;
 use tch::Tensor;
 
 use crate::accounting::CostSheet;
+use crate::error::Error;
 use crate::resnet::{ResNet, ResNetConfig};
 use crate::vit::{Vit, VitConfig};
 
@@ -17,18 +18,25 @@ pub enum ModelConfig {
 }
 
 impl ModelConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
         match self {
             ModelConfig::Resnet(config) => config.validate(),
             ModelConfig::Vit(config) => config.validate(),
         }
     }
 
+    /// Builds the model under `path`, or says why the config cannot be built.
+    pub fn try_init(&self, path: nn::Path) -> Result<Model, Error> {
+        Ok(match self {
+            ModelConfig::Resnet(config) => Model::Resnet(config.init(path)?),
+            ModelConfig::Vit(config) => Model::Vit(config.init(path)?),
+        })
+    }
+
+    /// [`Self::try_init`] for a config that passed [`Self::validate`], as every config the runner
+    /// resolves has; panics with the validation error otherwise.
     pub fn init(&self, path: nn::Path) -> Model {
-        match self {
-            ModelConfig::Resnet(config) => Model::Resnet(config.init(path)),
-            ModelConfig::Vit(config) => Model::Vit(config.init(path)),
-        }
+        self.try_init(path).unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn num_classes(&self) -> i64 {

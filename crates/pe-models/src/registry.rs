@@ -1,5 +1,6 @@
 //! Named presets: the names TOML recipes and `pe summary` use, with the paper's reported numbers.
 
+use crate::error::Error;
 use crate::model::ModelConfig;
 use crate::resnet::ResNetConfig;
 use crate::vit::VitConfig;
@@ -52,9 +53,9 @@ pub fn presets() -> Vec<Preset> {
 }
 
 /// The config registered under `name`, or an error listing the valid names.
-pub fn preset(name: &str) -> Result<ModelConfig, String> {
-    presets().into_iter().find(|p| p.name == name).map(|p| p.config).ok_or_else(|| {
-        let names: Vec<&str> = presets().iter().map(|p| p.name).collect();
-        format!("unknown model {name:?}; registered models: {}", names.join(", "))
+pub fn preset(name: &str) -> Result<ModelConfig, Error> {
+    presets().into_iter().find(|p| p.name == name).map(|p| p.config).ok_or_else(|| Error::UnknownModel {
+        name: name.to_owned(),
+        registered: presets().iter().map(|p| p.name).collect(),
     })
 }

@@ -9,6 +9,7 @@ use pe_layers::residual::{batch_norm, conv};
 use pe_layers::{BasicBlock, Bottleneck, FirstBlock, PeStage, PeStageConfig, ResidualConfig};
 
 use crate::accounting::{Cost, CostSheet};
+use crate::error::Error;
 use crate::init::torch_default_linear;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,35 +111,39 @@ impl ResNetConfig {
         }
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |reason: String| Err(Error::InvalidConfig { arch: "ResNet", reason });
         if self.layers.is_empty() || self.layers.len() != self.widths.len() {
-            return Err(format!(
+            return invalid(format!(
                 "layers ({}) and widths ({}) must be non-empty and of equal length",
                 self.layers.len(),
                 self.widths.len()
             ));
         }
         if self.layers.contains(&0) {
-            return Err("every stage needs at least one block".into());
+            return invalid("every stage needs at least one block".into());
         }
         for &stage in &self.pe_stages {
             if stage == 0 || stage > self.layers.len() {
-                return Err(format!("pe_stages entry {stage} is not a stage (1..={})", self.layers.len()));
+                return invalid(format!(
+                    "pe_stages entry {stage} is not a stage (1..={})",
+                    self.layers.len()
+                ));
             }
             if self.block != BlockKind::Bottleneck {
-                return Err(
+                return invalid(
                     "pe_stages need block = \"bottleneck\": the paper's W/Wᵀ pair is the 1×1 reduce/expand"
                         .into(),
                 );
             }
             if self.first_block == FirstBlock::Standard && self.layers[stage - 1] < 2 {
-                return Err(format!(
+                return invalid(format!(
                     "stage {stage} has one block; first_block = \"standard\" leaves none to share W"
                 ));
             }
         }
         if self.num_classes < 1 || self.in_channels < 1 || self.stem_channels < 1 {
-            return Err("num_classes, in_channels and stem_channels must be positive".into());
+            return invalid("num_classes, in_channels and stem_channels must be positive".into());
         }
         Ok(())
     }
@@ -151,10 +156,9 @@ impl ResNetConfig {
         self.stage_out(self.layers.len() - 1)
     }
 
-    pub fn init(&self, path: nn::Path) -> ResNet {
-        if let Err(message) = self.validate() {
-            panic!("invalid ResNet config: {message}");
-        }
+    /// Builds the model under `path` after validating the config.
+    pub fn init(&self, path: nn::Path) -> Result<ResNet, Error> {
+        self.validate()?;
         let (kernel, stride) = self.stem_conv();
         let conv1 = conv(&path / "conv1", self.in_channels, self.stem_channels, kernel, stride);
         let bn1 = batch_norm(&path / "bn1", self.stem_channels, false);
@@ -167,7 +171,7 @@ impl ResNetConfig {
             c_in = self.stage_out(index);
         }
         let fc = torch_default_linear(&path / "fc", self.feature_dim(), self.num_classes);
-        ResNet { conv1, bn1, stages, fc, config: self.clone() }
+        Ok(ResNet { conv1, bn1, stages, fc, config: self.clone() })
     }
 
     fn stem_conv(&self) -> (i64, i64) {

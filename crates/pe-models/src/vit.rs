@@ -9,6 +9,7 @@ use pe_layers::{drop_path, init, Activation, Attention, AttentionConfig, DropPat
 use pe_layers::{PeAttention, PeMlp};
 
 use crate::accounting::{Cost, CostSheet};
+use crate::error::Error;
 use crate::init::torch_default_conv;
 
 /// timm's ViT LayerNorm epsilon.
@@ -106,18 +107,22 @@ impl VitConfig {
         self.grid() * self.grid() + 1
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |reason: String| Err(Error::InvalidConfig { arch: "ViT", reason });
         if self.patch_size < 1 || self.img_size % self.patch_size != 0 {
-            return Err(format!(
+            return invalid(format!(
                 "img_size {} must be a multiple of patch_size {}",
                 self.img_size, self.patch_size
             ));
         }
         if self.heads < 1 || self.embed_dim % self.heads != 0 {
-            return Err(format!("embed_dim {} must be divisible by heads {}", self.embed_dim, self.heads));
+            return invalid(format!(
+                "embed_dim {} must be divisible by heads {}",
+                self.embed_dim, self.heads
+            ));
         }
         if self.depth == 0 || self.num_classes < 1 || self.mlp_ratio <= 0.0 {
-            return Err("depth, num_classes and mlp_ratio must be positive".into());
+            return invalid("depth, num_classes and mlp_ratio must be positive".into());
         }
         for (name, p) in [
             ("drop_rate", self.drop_rate),
@@ -125,16 +130,15 @@ impl VitConfig {
             ("drop_path_rate", self.drop_path_rate),
         ] {
             if !(0.0..1.0).contains(&p) {
-                return Err(format!("{name} must be in [0, 1), got {p}"));
+                return invalid(format!("{name} must be in [0, 1), got {p}"));
             }
         }
         Ok(())
     }
 
-    pub fn init(&self, path: nn::Path) -> Vit {
-        if let Err(message) = self.validate() {
-            panic!("invalid ViT config: {message}");
-        }
+    /// Builds the model under `path` after validating the config.
+    pub fn init(&self, path: nn::Path) -> Result<Vit, Error> {
+        self.validate()?;
         let dim = self.embed_dim;
         let patch_embed = torch_default_conv(
             &path / "patch_embed" / "proj",
@@ -152,7 +156,7 @@ impl VitConfig {
             rates.iter().enumerate().map(|(i, &rate)| self.init_block(&blocks_path / i, rate)).collect();
         let norm = layer_norm(&path / "norm", dim);
         let head = init::vit_linear(&path / "head", dim, self.num_classes, true);
-        Vit { patch_embed, cls_token, pos_embed, blocks, norm, head, config: self.clone() }
+        Ok(Vit { patch_embed, cls_token, pos_embed, blocks, norm, head, config: self.clone() })
     }
 
     fn init_block(&self, path: nn::Path, drop_path: f64) -> VitBlock {

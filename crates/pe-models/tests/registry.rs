@@ -6,7 +6,7 @@ use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 /// Parameter counts with head: torchvision/timm's for the baselines, hand counts for PE models
-/// (see DESIGN.md §5 and the README's Models section).
+/// (the README's Models section derives the PE counts).
 const DOCUMENTED: &[(&str, i64)] = &[
     ("resnet18", 11_689_512),
     ("resnet34", 21_797_672),
@@ -116,7 +116,7 @@ fn the_papers_resnet_pe_counts_are_ours_without_head_and_stage_projections() {
 
 #[test]
 fn unknown_names_list_the_registry() {
-    let error = pe_models::preset("resnet51").unwrap_err();
+    let error = pe_models::preset("resnet51").unwrap_err().to_string();
     assert!(error.contains("resnet51") && error.contains("vit_pe_small"), "{error}");
 }
 
@@ -133,8 +133,12 @@ fn configs_round_trip_through_their_serialised_form() {
 fn invalid_configs_are_rejected_with_a_reason() {
     let ModelConfig::Resnet(mut resnet) = pe_models::preset("resnet18").unwrap() else { unreachable!() };
     resnet.pe_stages = vec![2];
-    assert!(resnet.validate().unwrap_err().contains("bottleneck"));
+    assert!(resnet.validate().unwrap_err().to_string().contains("bottleneck"));
     let ModelConfig::Vit(mut vit) = pe_models::preset("deit_small").unwrap() else { unreachable!() };
     vit.heads = 5;
-    assert!(vit.validate().unwrap_err().contains("divisible"));
+    assert!(vit.validate().unwrap_err().to_string().contains("divisible"));
+    // Building an invalid config is an error, not a panic.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let Err(error) = ModelConfig::Vit(vit).try_init(vs.root()) else { panic!("invalid config built") };
+    assert!(matches!(error, pe_models::Error::InvalidConfig { arch: "ViT", .. }), "{error}");
 }

@@ -8,6 +8,15 @@ use clap::{Parser, Subcommand};
 
 use pe_runner::{bench, config, eval_cmd, forward, info, launch_cmd, prepare, run_identity, summary, train};
 
+/// Library messages (`tracing`) go to stderr as `LEVEL target: message`; `RUST_LOG` overrides the
+/// default, which shows our crates' info and above and everyone else's warnings.
+fn log_to_stderr() {
+    let default = "warn,pe_data=info,pe_models=info,pe_layers=info,pe_torch=info,pe_dist=info,pe_runner=info";
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().init();
+}
+
 #[derive(Parser)]
 #[command(
     name = "pe",
@@ -59,6 +68,7 @@ fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
 
 /// Exit codes: 0 success, 1 failure, 2 invalid configuration (nothing started), 130 interrupted.
 fn main() -> ExitCode {
+    log_to_stderr();
     let result = match Cli::parse().command {
         Command::Train(args) => {
             interrupt_flag().and_then(|flag| train::run(args, flag)).map(|outcome| match outcome {

@@ -129,7 +129,7 @@ fn resolve_model(table: &mut Table) -> Result<Option<String>, String> {
     };
     let Some(name) = model.remove("name") else { return Ok(None) };
     let Value::String(name) = name else { return Err("`name` must be a string".into()) };
-    let preset = pe_models::preset(&name)?;
+    let preset = pe_models::preset(&name).map_err(|e| e.to_string())?;
     let Value::Table(mut full) = Value::try_from(&preset).map_err(|e| e.to_string())? else {
         unreachable!("a model config serialises to a table")
     };

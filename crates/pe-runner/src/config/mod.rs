@@ -230,7 +230,7 @@ fn ensure(ok: bool, key: &'static str, message: impl FnOnce() -> String) -> Resu
 impl ExperimentConfig {
     /// Checks every impossible value; the first failure names its key.
     pub fn validate(&self) -> Result<(), Invalid> {
-        self.model.validate().map_err(|message| Invalid { key: "model", message })?;
+        self.model.validate().map_err(|e| Invalid { key: "model", message: e.to_string() })?;
         self.data.validate().map_err(|e| Invalid { key: "data", message: e.to_string() })?;
         let t = &self.train;
         ensure(t.epochs >= 1, "train.epochs", || "must be at least 1".into())?;
