@@ -14,7 +14,13 @@ fn log_to_stderr() {
     let default = "warn,pe_data=info,pe_models=info,pe_layers=info,pe_torch=info,pe_dist=info,pe_runner=info";
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().init();
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .without_time()
+        .init();
 }
 
 #[derive(Parser)]
