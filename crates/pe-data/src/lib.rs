@@ -8,6 +8,7 @@ pub mod config;
 pub mod decode;
 pub mod error;
 pub mod fashion_mnist;
+pub mod imagenet;
 pub mod index;
 pub mod loader;
 pub mod mixup;
