@@ -8,6 +8,7 @@
 //! `image`, and non-JPEG files (PNG, GIF, BMP, WebP) go through `image`. Grayscale and palette inputs
 //! always come out as 3-channel RGB.
 
+use crate::error::SampleError;
 use std::io::Cursor;
 
 /// A decoded image: packed RGB, row-major (`[height, width, 3]`).
@@ -143,7 +144,7 @@ impl Decoder {
     }
 
     /// Read the dimensions without decoding pixels (decodes fully only for exotic formats).
-    pub fn header(&mut self, bytes: &[u8]) -> Result<Header, String> {
+    pub fn header(&mut self, bytes: &[u8]) -> Result<Header, SampleError> {
         match sniff(bytes) {
             Format::Jpeg => {
                 #[cfg(feature = "turbojpeg")]
@@ -153,15 +154,16 @@ impl Decoder {
                     }
                 }
                 let mut d = zune_jpeg::JpegDecoder::new(zune_core::bytestream::ZCursor::new(bytes));
-                d.decode_headers().map_err(|e| format!("jpeg header: {e:?}"))?;
-                let (width, height) = d.dimensions().ok_or("jpeg header: no dimensions")?;
+                d.decode_headers().map_err(|e| SampleError::Header(format!("jpeg: {e:?}")))?;
+                let (width, height) =
+                    d.dimensions().ok_or_else(|| SampleError::Header("jpeg: no dimensions".into()))?;
                 Ok(Header { width, height, format: Format::Jpeg })
             }
             format => {
                 let reader = image::ImageReader::new(Cursor::new(bytes))
                     .with_guessed_format()
-                    .map_err(|e| format!("image header: {e}"))?;
-                let (w, h) = reader.into_dimensions().map_err(|e| format!("image header: {e}"))?;
+                    .map_err(|e| SampleError::Header(e.to_string()))?;
+                let (w, h) = reader.into_dimensions().map_err(|e| SampleError::Header(e.to_string()))?;
                 Ok(Header { width: w as usize, height: h as usize, format })
             }
         }
@@ -170,7 +172,12 @@ impl Decoder {
     /// Decode to RGB at `1/denom` scale (1, 2, 4, 8) into `out`, reusing its allocation. Only
     /// libjpeg-turbo scales; the returned denominator is the one actually applied (1 otherwise), and
     /// `out`'s size is `ceil(width / denom) x ceil(height / denom)`.
-    pub fn decode_into(&mut self, bytes: &[u8], denom: usize, out: &mut RgbImage) -> Result<usize, String> {
+    pub fn decode_into(
+        &mut self,
+        bytes: &[u8],
+        denom: usize,
+        out: &mut RgbImage,
+    ) -> Result<usize, SampleError> {
         let format = sniff(bytes);
         if format == Format::Jpeg {
             #[cfg(feature = "turbojpeg")]
@@ -197,11 +204,12 @@ fn turbo_decode(
     bytes: &[u8],
     denom: usize,
     out: &mut RgbImage,
-) -> Result<usize, String> {
-    let header = t.read_header(bytes).map_err(|e| e.to_string())?;
+) -> Result<usize, SampleError> {
+    let turbo = |e: turbojpeg::Error| SampleError::Decode(e.to_string());
+    let header = t.read_header(bytes).map_err(turbo)?;
     let denom = if matches!(denom, 2 | 4 | 8) { denom } else { 1 };
     let factor = turbojpeg::ScalingFactor::new(1, denom);
-    t.set_scaling_factor(factor).map_err(|e| e.to_string())?;
+    t.set_scaling_factor(factor).map_err(turbo)?;
     let scaled = header.scaled(factor);
     out.reshape(scaled.width, scaled.height);
     let image = turbojpeg::Image {
@@ -211,28 +219,29 @@ fn turbo_decode(
         height: scaled.height,
         format: turbojpeg::PixelFormat::RGB,
     };
-    t.decompress(bytes, image).map_err(|e| e.to_string())?;
+    t.decompress(bytes, image).map_err(turbo)?;
     Ok(denom)
 }
 
-fn zune_decode(bytes: &[u8], out: &mut RgbImage) -> Result<(), String> {
+fn zune_decode(bytes: &[u8], out: &mut RgbImage) -> Result<(), SampleError> {
+    let bad = |what: String| SampleError::Decode(format!("jpeg: {what}"));
     let options = zune_core::options::DecoderOptions::default()
         .jpeg_set_out_colorspace(zune_core::colorspace::ColorSpace::RGB)
         .set_max_width(1 << 15)
         .set_max_height(1 << 15);
     let mut d = zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(bytes), options);
-    d.decode_headers().map_err(|e| format!("{e:?}"))?;
-    let (w, h) = d.dimensions().ok_or("no dimensions")?;
-    let size = d.output_buffer_size().ok_or("no output size")?;
+    d.decode_headers().map_err(|e| bad(format!("{e:?}")))?;
+    let (w, h) = d.dimensions().ok_or_else(|| bad("no dimensions".into()))?;
+    let size = d.output_buffer_size().ok_or_else(|| bad("no output size".into()))?;
     if size != w * h * 3 {
-        return Err(format!("unexpected output size {size} for {w}x{h} RGB"));
+        return Err(bad(format!("unexpected output size {size} for {w}x{h} RGB")));
     }
     out.reshape(w, h);
-    d.decode_into(&mut out.data[..size]).map_err(|e| format!("{e:?}"))
+    d.decode_into(&mut out.data[..size]).map_err(|e| bad(format!("{e:?}")))
 }
 
-fn image_decode(bytes: &[u8], out: &mut RgbImage) -> Result<(), String> {
-    let img = image::load_from_memory(bytes).map_err(|e| e.to_string())?;
+fn image_decode(bytes: &[u8], out: &mut RgbImage) -> Result<(), SampleError> {
+    let img = image::load_from_memory(bytes).map_err(|e| SampleError::Decode(e.to_string()))?;
     let rgb = img.into_rgb8();
     out.width = rgb.width() as usize;
     out.height = rgb.height() as usize;

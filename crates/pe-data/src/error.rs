@@ -59,6 +59,40 @@ pub enum Error {
     },
 }
 
+/// Why one image could not be decoded or transformed; the loader attaches the path, reports the file
+/// and replaces the sample.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    /// The header could not be read (unknown format, truncated file).
+    #[error("image header: {0}")]
+    Header(String),
+    /// The pixels could not be decoded.
+    #[error("decode: {0}")]
+    Decode(String),
+    /// The header announces no pixels.
+    #[error("image has zero size")]
+    ZeroSize,
+    /// The decoder produced another size than the header announced.
+    #[error("header says {}x{} but decoded {}x{}", header.0, header.1, decoded.0, decoded.1)]
+    SizeMismatch {
+        /// Width and height from the header.
+        header: (usize, usize),
+        /// Width and height decoded.
+        decoded: (usize, usize),
+    },
+    /// Resampling failed.
+    #[error("resize: {0}")]
+    Resize(String),
+    /// The caller's output slot does not hold one sample.
+    #[error("output slot has {got} bytes, expected {expected}")]
+    SlotSize {
+        /// Its length.
+        got: usize,
+        /// One sample's length.
+        expected: usize,
+    },
+}
+
 /// Result with the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

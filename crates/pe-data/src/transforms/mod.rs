@@ -14,7 +14,7 @@ pub mod resize;
 
 use crate::config::DataConfig;
 use crate::decode::{scale_denominator, Decoder, DecoderKind, RgbImage};
-use crate::error::Result;
+use crate::error::{Result, SampleError};
 use crate::rng::Rng;
 use erasing::RandomErasing;
 use geometry::Region;
@@ -142,15 +142,21 @@ impl Transform {
     }
 
     /// Decode `bytes`, transform, and write `3 x img_size x img_size` uint8 into `out`.
-    /// Errors are strings: the caller attaches the path and treats the file as bad.
-    pub fn apply(&self, bytes: &[u8], rng: &mut Rng, s: &mut Scratch, out: &mut [u8]) -> Result<(), String> {
+    /// On error the caller attaches the path and treats the file as bad.
+    pub fn apply(
+        &self,
+        bytes: &[u8],
+        rng: &mut Rng,
+        s: &mut Scratch,
+        out: &mut [u8],
+    ) -> Result<(), SampleError> {
         let size = self.img_size;
         if out.len() != self.sample_len() {
-            return Err(format!("output slot has {} bytes, expected {}", out.len(), self.sample_len()));
+            return Err(SampleError::SlotSize { got: out.len(), expected: self.sample_len() });
         }
         let header = s.decoder.header(bytes)?;
         if header.width == 0 || header.height == 0 {
-            return Err("image has zero size".into());
+            return Err(SampleError::ZeroSize);
         }
         let region: Region = match self.mode {
             Mode::Train => {
@@ -163,10 +169,10 @@ impl Transform {
             if self.dct_scaling { scale_denominator(region.width, region.height, size, size) } else { 1 };
         let applied = s.decoder.decode_into(bytes, denom, &mut s.decoded)?;
         if applied == 1 && (s.decoded.width, s.decoded.height) != (header.width, header.height) {
-            return Err(format!(
-                "header says {}x{} but decoded {}x{}",
-                header.width, header.height, s.decoded.width, s.decoded.height
-            ));
+            return Err(SampleError::SizeMismatch {
+                header: (header.width, header.height),
+                decoded: (s.decoded.width, s.decoded.height),
+            });
         }
         // Map the region into the (possibly DCT-scaled) decoded image.
         let sx = s.decoded.width as f64 / header.width as f64;

@@ -6,6 +6,7 @@
 //! source crop box, which lets crop + resize be one pass with no intermediate image.
 
 use crate::decode::RgbImage;
+use crate::error::SampleError;
 use crate::transforms::geometry::Region;
 use fast_image_resize as fir;
 use serde::{Deserialize, Serialize};
@@ -57,21 +58,22 @@ impl Resizer {
         region: Region,
         filter: Filter,
         out: &mut RgbImage,
-    ) -> Result<(), String> {
+    ) -> Result<(), SampleError> {
         if src.width == 0 || src.height == 0 || out.width == 0 || out.height == 0 {
-            return Err("empty image".into());
+            return Err(SampleError::Resize("empty image".into()));
         }
+        let fail = |e: &dyn std::fmt::Display| SampleError::Resize(e.to_string());
         let src_view = fir::images::ImageRef::new(
             src.width as u32,
             src.height as u32,
             src.pixels(),
             fir::PixelType::U8x3,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| fail(&e))?;
         let (w, h) = (out.width as u32, out.height as u32);
         let needed = out.width * out.height * 3;
         let mut dst = fir::images::Image::from_slice_u8(w, h, &mut out.data[..needed], fir::PixelType::U8x3)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| fail(&e))?;
         let alg = fir::ResizeAlg::Convolution(match filter {
             Filter::Bilinear => fir::FilterType::Bilinear,
             Filter::Bicubic => fir::FilterType::CatmullRom,
@@ -82,7 +84,7 @@ impl Resizer {
             region.width,
             region.height,
         );
-        self.inner.resize(&src_view, &mut dst, &opts).map_err(|e| e.to_string())
+        self.inner.resize(&src_view, &mut dst, &opts).map_err(|e| fail(&e))
     }
 }
 
