@@ -5,11 +5,15 @@
 use std::io::IsTerminal;
 use std::path::Path;
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
+use crate::config::load::to_toml;
+use crate::config::ExperimentConfig;
 use crate::metrics::MetricsLog;
-use crate::tensorboard::EventWriter;
+use crate::tensorboard::{EventWriter, HParam};
 
 /// Which stream a record belongs to: TensorBoard tags are `{section}/{name}`, metrics.jsonl records
 /// carry `"type": section`.
@@ -64,6 +68,14 @@ pub trait Observer {
     fn image(&mut self, _tag: &str, _chw: &[u8], _h: usize, _w: usize) -> Result<()> {
         Ok(())
     }
+    /// A weight-space analysis of the model (`logging.analyze_every_epochs`).
+    fn analysis(&mut self, _report: &pe_analyze::Report, _step: u64) -> Result<()> {
+        Ok(())
+    }
+    /// The run ended; `finished` is false when it stopped early (Ctrl-C).
+    fn run_ended(&mut self, _finished: bool) -> Result<()> {
+        Ok(())
+    }
     /// Make everything recorded so far durable (called whenever a checkpoint is published, so a
     /// killed run loses no logged point up to its last checkpoint).
     fn flush(&mut self) -> Result<()> {
@@ -78,9 +90,13 @@ pub struct Observers {
 }
 
 impl Observers {
-    /// TensorBoard events, metrics.jsonl, the console and (on a terminal) a progress bar.
-    pub fn for_run(run_dir: &Path, progress: bool, epochs: u64) -> Result<Self> {
-        let events = EventWriter::create(run_dir).context("creating the TensorBoard event file")?;
+    /// TensorBoard events (starting with the resolved recipe as text and its key values as an
+    /// HParams session), metrics.jsonl, the console and (on a terminal) a progress bar.
+    pub fn for_run(run_dir: &Path, config: &ExperimentConfig) -> Result<Self> {
+        let (progress, epochs) = (config.logging.progress, config.train.epochs as u64);
+        let mut events = EventWriter::create(run_dir).context("creating the TensorBoard event file")?;
+        events.text("config", &format!("```toml\n{}\n```", to_toml(config)), 0)?;
+        events.hparams(&hparams(config)?, METRIC_TAGS)?;
         let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl")).context("opening metrics.jsonl")?;
         let mut sinks: Vec<Box<dyn Observer>> =
             vec![Box::new(TensorBoard(events)), Box::new(Jsonl(metrics)), Box::new(Console)];
@@ -115,9 +131,43 @@ impl Observers {
         self.sinks.iter_mut().try_for_each(|s| s.image(tag, chw, h, w))
     }
 
+    pub fn analysis(&mut self, report: &pe_analyze::Report, step: u64) -> Result<()> {
+        self.sinks.iter_mut().try_for_each(|s| s.analysis(report, step))
+    }
+
+    pub fn run_ended(&mut self, finished: bool) -> Result<()> {
+        self.sinks.iter_mut().try_for_each(|s| s.run_ended(finished))
+    }
+
     pub fn flush(&mut self) -> Result<()> {
         self.sinks.iter_mut().try_for_each(|s| s.flush())
     }
+}
+
+/// The metrics the HParams dashboard shows beside each run's hyper-parameters.
+const METRIC_TAGS: &[&str] = &["eval/acc1", "eval/acc5", "eval/loss", "eval_ema/acc1"];
+
+/// Keys that say where or how fast a run computes, not what: left out of the HParams table.
+const NOT_HPARAMS: &[&str] = &[
+    "name",
+    "logging.",
+    "eval.",
+    "data.root",
+    "data.workers",
+    "data.prefetch",
+    "train.device",
+    "train.threads",
+    "train.dist_",
+    "train.checkpoint_every_steps",
+];
+
+/// The resolved recipe's values as HParams (dotted keys), without the bookkeeping ones.
+fn hparams(config: &ExperimentConfig) -> Result<BTreeMap<String, HParam>> {
+    let mut all = HParam::flatten(&serde_json::to_value(config)?);
+    all.retain(|key, _| {
+        !NOT_HPARAMS.iter().any(|skip| key == skip.trim_end_matches('.') || key.starts_with(skip))
+    });
+    Ok(all)
 }
 
 /// TensorBoard scalars `{section}/{name}` (non-finite values are skipped: a NaN "not measured"
@@ -139,6 +189,14 @@ impl Observer for TensorBoard {
 
     fn image(&mut self, tag: &str, chw: &[u8], h: usize, w: usize) -> Result<()> {
         Ok(self.0.image_chw(tag, chw, h, w, 0)?)
+    }
+
+    fn analysis(&mut self, report: &pe_analyze::Report, step: u64) -> Result<()> {
+        Ok(pe_analyze::log_to_tensorboard(report, &mut self.0, step)?)
+    }
+
+    fn run_ended(&mut self, finished: bool) -> Result<()> {
+        Ok(self.0.hparams_end(finished)?)
     }
 
     fn flush(&mut self) -> Result<()> {

@@ -34,6 +34,7 @@ pub const RESUMABLE_KEYS: &[&str] = &[
     "logging.every_steps",
     "logging.sample_images",
     "logging.progress",
+    "logging.analyze_every_epochs",
 ];
 
 /// Where a run is and what it is called do not change what it computes.

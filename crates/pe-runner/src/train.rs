@@ -182,11 +182,8 @@ impl TrainLoop {
             val_samples: eval_loader.dataset().len(),
         };
         let identity = Identity::new(&config, dataset);
-        let observers = if dist.is_main() {
-            Observers::for_run(&run_dir, config.logging.progress, train.epochs as u64)?
-        } else {
-            Observers::none()
-        };
+        let observers =
+            if dist.is_main() { Observers::for_run(&run_dir, &config)? } else { Observers::none() };
         Ok(Self {
             config,
             dist,
@@ -291,6 +288,7 @@ impl TrainLoop {
                     if let Some(dir) = self.save(false)? {
                         println!("saved {} — rerun the same command to resume", dir.display());
                     }
+                    self.observers.run_ended(false)?;
                     return Ok(Outcome::Interrupted);
                 }
                 EpochEnd::MaxSteps => {
@@ -300,6 +298,7 @@ impl TrainLoop {
                 EpochEnd::Completed => {
                     self.state.epoch += 1;
                     self.state.batch_in_epoch = 0;
+                    self.analyze_if_due(epoch)?;
                     let due = (epoch + 1).is_multiple_of(self.config.eval.every_epochs as u64)
                         || epoch + 1 == epochs;
                     if due {
@@ -310,11 +309,24 @@ impl TrainLoop {
                 }
             }
         }
+        self.observers.run_ended(true)?;
         self.observers.flush()?;
         if self.dist.is_main() {
             self.report(last_eval);
         }
         Ok(Outcome::Finished)
+    }
+
+    /// Every `logging.analyze_every_epochs` epochs, rank 0 logs the weight-space analysis
+    /// (singular-value histograms, ranks, tied-pair overlaps) of the current weights.
+    fn analyze_if_due(&mut self, epoch: u64) -> Result<()> {
+        let every = self.config.logging.analyze_every_epochs as u64;
+        if every == 0 || !(epoch + 1).is_multiple_of(every) || !self.dist.is_main() {
+            return Ok(());
+        }
+        let analysis = pe_analyze::Analysis::new(&self.engine.model)?;
+        let report = analysis.report(&self.config.name, pe_analyze::RunInfo::default(), None)?;
+        self.observers.analysis(&report, self.state.step)
     }
 
     fn report(&self, last: Option<(EvalResult, Option<EvalResult>)>) {

@@ -205,11 +205,20 @@ pub struct LoggingConfig {
     pub sample_images: usize,
     /// Show a progress bar (off when stderr is not a terminal).
     pub progress: bool,
+    /// Write a weight-space analysis (`pe analyze`: spectra, ranks, W/Wᵀ overlaps) to TensorBoard
+    /// every this many epochs; 0 = never.
+    pub analyze_every_epochs: usize,
 }
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        Self { runs_dir: PathBuf::from("runs"), every_steps: 50, sample_images: 8, progress: true }
+        Self {
+            runs_dir: PathBuf::from("runs"),
+            every_steps: 50,
+            sample_images: 8,
+            progress: true,
+            analyze_every_epochs: 0,
+        }
     }
 }
 
