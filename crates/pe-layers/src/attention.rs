@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
+use crate::error::Error;
 use crate::init;
 
 /// Width, heads and regularisation of a self-attention layer.
@@ -26,31 +27,34 @@ impl Default for AttentionConfig {
 }
 
 impl AttentionConfig {
+    fn check(&self) -> Result<(), Error> {
+        if self.heads > 0 && self.dim % self.heads == 0 {
+            Ok(())
+        } else {
+            Err(Error::HeadsDoNotDivide { dim: self.dim, heads: self.heads })
+        }
+    }
+
+    /// Per-head width; `init`/`init_pe` checked that the heads divide `dim`.
     fn head_dim(&self) -> i64 {
-        assert!(
-            self.heads > 0 && self.dim % self.heads == 0,
-            "attention dim {} must be divisible by heads {}",
-            self.dim,
-            self.heads
-        );
         self.dim / self.heads
     }
 
     /// timm's `Attention`: one fused `qkv` linear `[3·dim, dim]` and a `proj` linear.
-    pub fn init(&self, path: nn::Path) -> Attention {
-        self.head_dim();
-        Attention {
+    pub fn init(&self, path: nn::Path) -> Result<Attention, Error> {
+        self.check()?;
+        Ok(Attention {
             qkv: init::vit_linear(&path / "qkv", self.dim, 3 * self.dim, self.qkv_bias),
             proj: init::vit_linear(&path / "proj", self.dim, self.dim, true),
             config: self.clone(),
-        }
+        })
     }
 
     /// The paper's eqs. (1)–(2): two square matrices `W_q`, `W_kv: [dim, dim]`.
-    pub fn init_pe(&self, path: nn::Path) -> PeAttention {
-        self.head_dim();
+    pub fn init_pe(&self, path: nn::Path) -> Result<PeAttention, Error> {
+        self.check()?;
         let bias = |name: &str| self.qkv_bias.then(|| path.zeros(name, &[self.dim]));
-        PeAttention {
+        Ok(PeAttention {
             wq: init::trunc_normal(&path, "wq", &[self.dim, self.dim], init::VIT_STD),
             wkv: init::trunc_normal(&path, "wkv", &[self.dim, self.dim], init::VIT_STD),
             q_bias: bias("q_bias"),
@@ -58,7 +62,7 @@ impl AttentionConfig {
             v_bias: bias("v_bias"),
             proj_bias: path.zeros("proj_bias", &[self.dim]),
             config: self.clone(),
-        }
+        })
     }
 
     /// Scaled dot-product attention over heads, shared by both layouts.

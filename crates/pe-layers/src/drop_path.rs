@@ -2,6 +2,8 @@
 
 use tch::Tensor;
 
+use crate::error::Error;
+
 /// Per-sample drop of a residual branch with probability `prob`, rescaled by `1 / (1 - prob)`
 /// so the expectation is unchanged (timm's `DropPath` with `scale_by_keep=True`).
 /// Identity in eval mode and when `prob` is 0.
@@ -11,9 +13,11 @@ pub struct DropPath {
 }
 
 impl DropPath {
-    pub fn new(prob: f64) -> Self {
-        assert!((0.0..1.0).contains(&prob), "drop-path probability must be in [0, 1), got {prob}");
-        Self { prob }
+    pub fn new(prob: f64) -> Result<Self, Error> {
+        if !(0.0..1.0).contains(&prob) {
+            return Err(Error::DropPathProb(prob));
+        }
+        Ok(Self { prob })
     }
 
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {

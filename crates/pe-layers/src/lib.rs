@@ -13,6 +13,7 @@
 pub mod activation;
 pub mod attention;
 pub mod drop_path;
+pub mod error;
 pub mod init;
 pub mod mlp;
 pub mod pe_stage;
@@ -22,6 +23,7 @@ pub mod stage_shared;
 pub use activation::Activation;
 pub use attention::{Attention, AttentionConfig, PeAttention};
 pub use drop_path::DropPath;
+pub use error::Error;
 pub use mlp::{Mlp, MlpConfig, PeMlp};
 pub use pe_stage::{FirstBlock, PeBottleneck, PeStage, PeStageConfig};
 pub use residual::{BasicBlock, Bottleneck, ConvBn, ResidualConfig};

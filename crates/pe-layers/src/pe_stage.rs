@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
+use crate::error::Error;
 use crate::residual::{batch_norm, conv, ConvBn, ResidualConfig};
 use crate::{Bottleneck, StageShared};
 
@@ -41,8 +42,10 @@ pub struct PeStageConfig {
 impl PeStageConfig {
     /// Builds the stage under `path`: `shared_w`, then `transition.{0,1}` or block `0`
     /// (per [`FirstBlock`]), then PE blocks `k..n` named by their index as torchvision does.
-    pub fn init(&self, path: nn::Path) -> PeStage {
-        assert!(self.blocks >= 1, "a stage needs at least one block");
+    pub fn init(&self, path: nn::Path) -> Result<PeStage, Error> {
+        if self.blocks == 0 {
+            return Err(Error::EmptyStage);
+        }
         let mut first_index = 0;
         let (transition, first) = match self.first_block {
             FirstBlock::Projection => {
@@ -53,7 +56,9 @@ impl PeStageConfig {
                 (transition, None)
             }
             FirstBlock::Standard => {
-                assert!(self.blocks >= 2, "first_block = standard leaves no block to share W with");
+                if self.blocks < 2 {
+                    return Err(Error::NoBlockToShare);
+                }
                 first_index = 1;
                 let block = ResidualConfig {
                     in_channels: self.in_channels,
@@ -71,7 +76,7 @@ impl PeStageConfig {
                 PeBottleneck::new(&path / index, self.width, self.out_channels, self.zero_init_last_bn)
             })
             .collect();
-        PeStage { shared_w, transition, first, blocks }
+        Ok(PeStage { shared_w, transition, first, blocks })
     }
 }
 

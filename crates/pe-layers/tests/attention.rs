@@ -27,21 +27,21 @@ fn explicit_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
 #[test]
 fn parameter_counts_halve_the_weights() {
     let standard = store();
-    config().init(standard.root());
+    config().init(standard.root()).unwrap();
     let pe = store();
-    config().init_pe(pe.root());
+    config().init_pe(pe.root()).unwrap();
     // qkv [3C, C] + 3C, proj [C, C] + C  vs  Wq, Wkv [C, C] + q/k/v/proj biases.
     assert_eq!(trainable_count(&standard), 4 * DIM * DIM + 4 * DIM);
     assert_eq!(trainable_count(&pe), 2 * DIM * DIM + 4 * DIM);
     let no_bias = store();
-    AttentionConfig { qkv_bias: false, ..config() }.init_pe(no_bias.root());
+    AttentionConfig { qkv_bias: false, ..config() }.init_pe(no_bias.root()).unwrap();
     assert_eq!(trainable_count(&no_bias), 2 * DIM * DIM + DIM);
 }
 
 #[test]
 fn standard_attention_matches_the_explicit_formula() {
     let mut vs = store();
-    let attn = config().init(vs.root());
+    let attn = config().init(vs.root()).unwrap();
     to_f64(&mut vs);
     let xs = randn(&[2, 7, DIM]);
     let qkv = xs.apply(&attn.qkv).chunk(3, -1);
@@ -52,7 +52,7 @@ fn standard_attention_matches_the_explicit_formula() {
 #[test]
 fn pe_attention_uses_wq_wkv_wkv_transposed_and_wq_transposed() {
     let mut vs = store();
-    let attn = config().init_pe(vs.root());
+    let attn = config().init_pe(vs.root()).unwrap();
     to_f64(&mut vs);
     for bias in [&attn.q_bias, &attn.k_bias, &attn.v_bias] {
         copy(bias.as_ref().unwrap(), &randn(&[DIM]));
@@ -69,9 +69,9 @@ fn pe_attention_uses_wq_wkv_wkv_transposed_and_wq_transposed() {
 #[test]
 fn pe_attention_equals_attention_with_tied_copies_and_sums_gradients() {
     let mut pe_vs = store();
-    let pe = config().init_pe(pe_vs.root());
+    let pe = config().init_pe(pe_vs.root()).unwrap();
     let mut std_vs = store();
-    let standard = config().init(std_vs.root());
+    let standard = config().init(std_vs.root()).unwrap();
     to_f64(&mut pe_vs);
     to_f64(&mut std_vs);
     for bias in [&pe.q_bias, &pe.k_bias, &pe.v_bias] {
@@ -108,7 +108,7 @@ fn pe_attention_equals_attention_with_tied_copies_and_sums_gradients() {
 fn attention_dropout_only_acts_in_training() {
     let config = AttentionConfig { attn_drop: 0.5, proj_drop: 0.5, ..config() };
     let vs = store();
-    let attn = config.init_pe(vs.root());
+    let attn = config.init_pe(vs.root()).unwrap();
     let xs = Tensor::randn([2, 5, DIM], (Kind::Float, tch::Device::Cpu));
     let eval_a = attn.forward_t(&xs, false);
     let eval_b = attn.forward_t(&xs, false);

@@ -44,7 +44,7 @@ fn standard_block(path: nn::Path) -> Bottleneck {
 #[test]
 fn a_stage_registers_one_shared_w_and_no_per_block_1x1_convs() {
     let vs = store();
-    let stage = stage_config(5).init(vs.root());
+    let stage = stage_config(5).init(vs.root()).unwrap();
     let names: Vec<String> = vs.variables().into_keys().collect();
     let shared: Vec<&String> = names.iter().filter(|n| n.contains("shared_w")).collect();
     assert_eq!(shared, vec!["shared_w"], "exactly one W for the stage");
@@ -57,7 +57,7 @@ fn a_stage_registers_one_shared_w_and_no_per_block_1x1_convs() {
 #[test]
 fn every_block_changes_when_the_shared_w_changes() {
     let vs = store();
-    let stage = stage_config(3).init(vs.root());
+    let stage = stage_config(3).init(vs.root()).unwrap();
     let xs = Tensor::randn([2, C, 6, 6], tch::kind::FLOAT_CPU);
     let before: Vec<Tensor> = stage.blocks.iter().map(|b| b.forward_t(&xs, &stage.shared_w, false)).collect();
     tch::no_grad(|| {
@@ -73,7 +73,7 @@ fn every_block_changes_when_the_shared_w_changes() {
 #[test]
 fn pe_block_equals_a_bottleneck_with_w_and_w_transposed_copied() {
     let mut pe_vs = store();
-    let stage = stage_config(1).init(pe_vs.root());
+    let stage = stage_config(1).init(pe_vs.root()).unwrap();
     let mut std_vs = store();
     let standard = standard_block(std_vs.root());
     to_f64(&mut pe_vs);
@@ -97,7 +97,7 @@ fn pe_block_equals_a_bottleneck_with_w_and_w_transposed_copied() {
 fn shared_w_gradient_sums_over_every_block_of_the_stage() {
     let blocks = 3;
     let mut pe_vs = store();
-    let stage = stage_config(blocks).init(pe_vs.root());
+    let stage = stage_config(blocks).init(pe_vs.root()).unwrap();
     let mut std_vs = store();
     let standards: Vec<Bottleneck> = (0..blocks).map(|i| standard_block(std_vs.root() / i)).collect();
     to_f64(&mut pe_vs);
@@ -124,7 +124,7 @@ fn shared_w_gradient_sums_over_every_block_of_the_stage() {
 fn projection_entrance_changes_channels_and_resolution_before_the_pe_blocks() {
     let vs = store();
     let config = PeStageConfig { in_channels: 8, stride: 2, ..stage_config(2) };
-    let stage = config.init(vs.root());
+    let stage = config.init(vs.root()).unwrap();
     assert!(stage.transition.is_some() && stage.first.is_none());
     assert_eq!(stage.blocks.len(), 2);
     let out = stage.forward_t(&Tensor::randn([2, 8, 8, 8], tch::kind::FLOAT_CPU), false);
@@ -141,7 +141,7 @@ fn standard_entrance_keeps_block_zero_as_a_torchvision_bottleneck() {
     let vs = store();
     let config =
         PeStageConfig { in_channels: 8, stride: 2, first_block: FirstBlock::Standard, ..stage_config(3) };
-    let stage = config.init(vs.root());
+    let stage = config.init(vs.root()).unwrap();
     assert!(stage.transition.is_none() && stage.first.is_some());
     assert_eq!(stage.blocks.len(), 2, "blocks 1 and 2 share W");
     let names = vs.variables();
@@ -156,6 +156,14 @@ fn standard_entrance_keeps_block_zero_as_a_torchvision_bottleneck() {
 #[test]
 fn no_entrance_when_the_stage_keeps_channels_and_resolution() {
     let vs = store();
-    let stage = stage_config(2).init(vs.root());
+    let stage = stage_config(2).init(vs.root()).unwrap();
     assert!(stage.transition.is_none() && stage.first.is_none());
+}
+
+#[test]
+fn impossible_stages_are_errors_not_panics() {
+    let vs = nn::VarStore::new(tch::Device::Cpu);
+    assert_eq!(stage_config(0).init(vs.root()).err(), Some(pe_layers::Error::EmptyStage));
+    let one = PeStageConfig { first_block: FirstBlock::Standard, ..stage_config(1) };
+    assert_eq!(one.init(vs.root()).err(), Some(pe_layers::Error::NoBlockToShare));
 }

@@ -1,4 +1,4 @@
-//! Why a model cannot be built: an unknown registry name or an impossible configuration.
+//! Why a model cannot be built: an unknown registry name, an impossible configuration or a layer's refusal.
 
 /// Errors of the registry and of config validation; the message names what to fix.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -19,4 +19,7 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A layer refused its config (validation catches these first; kept for direct builders).
+    #[error(transparent)]
+    Layer(#[from] pe_layers::Error),
 }

@@ -49,8 +49,46 @@ pub fn presets() -> Vec<Preset> {
         preset("resnet_mini_pe", Resnet(ResNetConfig::resnet_mini(&[1, 2, 3])), None, "resnet_mini with one shared W in each of its 3 stages"),
         preset("vit_mini", Vit(VitConfig::vit_mini()), None, "CPU scale: 28×28 input, patch 4, dim 96, depth 4, 3 heads"),
         preset("vit_pe_mini", Vit(VitConfig::vit_mini().pe()), None, "vit_mini with tied attention + MLP"),
+        preset(
+            "resnet50_matched",
+            Resnet(ResNetConfig::resnet50_matched()),
+            None,
+            "ResNet-50 at width ×53/64 (stage widths 53-424): the parameters of PE¹ and PE², untied",
+        ),
+        preset(
+            "vit_small_matched",
+            Vit(VitConfig::deit_small_matched()),
+            None,
+            "DeiT-S at width 276 (6 heads of 46): the parameters of vit_pe_small, untied",
+        ),
+        preset(
+            "resnet_mini_matched",
+            Resnet(ResNetConfig::resnet_mini_matched()),
+            None,
+            "resnet_mini at width ×7/8 (stage widths 7-28): the parameters of resnet_mini_pe, untied",
+        ),
+        preset(
+            "vit_mini_matched",
+            Vit(VitConfig::vit_mini_matched()),
+            None,
+            "vit_mini at width 69 (3 heads of 23): the parameters of vit_pe_mini, untied",
+        ),
     ]
 }
+
+/// Parameter-matched baselines and the PE model each stands beside, `(matched, pe_twin)`: the same
+/// untied family made narrower to the twin's parameter count with head, within [`MATCH_TOLERANCE`].
+/// They answer whether tying beats simply shrinking (issue 15); one ResNet-50 matches both PE¹ and PE².
+pub const MATCHED_TWINS: &[(&str, &str)] = &[
+    ("resnet50_matched", "resnet50_pe"),
+    ("resnet50_matched", "resnet50_pe_stage34"),
+    ("vit_small_matched", "vit_pe_small"),
+    ("resnet_mini_matched", "resnet_mini_pe"),
+    ("vit_mini_matched", "vit_pe_mini"),
+];
+
+/// How far (relative) a matched baseline's parameter count may sit from its twin's.
+pub const MATCH_TOLERANCE: f64 = 0.02;
 
 /// The config registered under `name`, or an error listing the valid names.
 pub fn preset(name: &str) -> Result<ModelConfig, Error> {

@@ -95,6 +95,24 @@ impl VitConfig {
         }
     }
 
+    /// `vit_mini` narrowed to the parameter count of `vit_mini().pe()` (issue 15: does tying beat
+    /// shrinking?). Depth, heads, patch and MLP ratio stay; only the width changes, so the model is
+    /// the same family scaled down uniformly. With head, an untied ViT of width C at ratio 4 on
+    /// 28×28 patch-4 RGB input (50 tokens, 10 classes) has 4·(12C² + 13C) + 112C + 10 = 48C² + 164C + 10
+    /// parameters; 236,938 (the PE twin) solves to C = 68.6, and the nearest multiple of the 3 heads
+    /// within 2 % is 69 (239,854, +1.23 %; 66 would be −7.2 %).
+    pub fn vit_mini_matched() -> Self {
+        Self { embed_dim: 69, ..Self::vit_mini() }
+    }
+
+    /// DeiT-S narrowed to ViT-PE's (DeiT-S geometry, tied) parameter count, like
+    /// [`VitConfig::vit_mini_matched`]: depth 12, 6 heads, ratio 4, patch 16 at 224 stay. With head,
+    /// 12·(12C² + 13C) + 1969C + 1000 = 144C² + 2125C + 1000 parameters; 11,433,832 solves to
+    /// C = 274.5 and the nearest multiple of 6 within 2 % is 276 (11,556,844, +1.08 %; 270 is −3.2 %).
+    pub fn deit_small_matched() -> Self {
+        Self { embed_dim: 276, ..Self::deit_small() }
+    }
+
     fn hidden(&self) -> i64 {
         (self.embed_dim as f64 * self.mlp_ratio).round() as i64
     }
@@ -152,14 +170,17 @@ impl VitConfig {
         let pos_embed = init::trunc_normal(&path, "pos_embed", &[1, self.tokens(), dim], init::VIT_STD);
         let rates = drop_path::linear_rates(self.drop_path_rate, self.depth);
         let blocks_path = &path / "blocks";
-        let blocks =
-            rates.iter().enumerate().map(|(i, &rate)| self.init_block(&blocks_path / i, rate)).collect();
+        let blocks = rates
+            .iter()
+            .enumerate()
+            .map(|(i, &rate)| self.init_block(&blocks_path / i, rate))
+            .collect::<Result<_, _>>()?;
         let norm = layer_norm(&path / "norm", dim);
         let head = init::vit_linear(&path / "head", dim, self.num_classes, true);
         Ok(Vit { patch_embed, cls_token, pos_embed, blocks, norm, head, config: self.clone() })
     }
 
-    fn init_block(&self, path: nn::Path, drop_path: f64) -> VitBlock {
+    fn init_block(&self, path: nn::Path, drop_path: f64) -> Result<VitBlock, pe_layers::Error> {
         let attention = AttentionConfig {
             dim: self.embed_dim,
             heads: self.heads,
@@ -173,12 +194,12 @@ impl VitConfig {
             activation: Activation::Gelu,
             drop: self.drop_rate,
         };
-        VitBlock {
+        Ok(VitBlock {
             norm1: layer_norm(&path / "norm1", self.embed_dim),
             attn: if self.pe_attention {
-                AnyAttention::Pe(attention.init_pe(&path / "attn"))
+                AnyAttention::Pe(attention.init_pe(&path / "attn")?)
             } else {
-                AnyAttention::Standard(attention.init(&path / "attn"))
+                AnyAttention::Standard(attention.init(&path / "attn")?)
             },
             norm2: layer_norm(&path / "norm2", self.embed_dim),
             mlp: if self.pe_mlp {
@@ -186,8 +207,8 @@ impl VitConfig {
             } else {
                 AnyMlp::Standard(mlp.init(&path / "mlp"))
             },
-            drop_path: DropPath::new(drop_path),
-        }
+            drop_path: DropPath::new(drop_path)?,
+        })
     }
 
     /// Per-layer multiply-accumulates and parameters at this config's `img_size`.
