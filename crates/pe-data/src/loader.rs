@@ -479,8 +479,8 @@ impl Iterator for EpochIter {
             if !self.finished {
                 self.finished = true;
                 if self.shared.opts.report_bad_files && self.report.count > 0 {
-                    eprintln!(
-                        "pe-data: {} epoch {}: {}",
+                    tracing::warn!(
+                        "{} epoch {}: {}",
                         self.shared.location().display(),
                         self.epoch,
                         self.report
@@ -490,8 +490,7 @@ impl Iterator for EpochIter {
             return None;
         };
         self.launch();
-        let result =
-            rx.recv().unwrap_or_else(|_| Err(Error::Config("loader worker stopped unexpectedly".into())));
+        let result = rx.recv().unwrap_or(Err(Error::WorkerStopped));
         if let Ok(b) = &result {
             self.report.count += b.bad_files.len();
             for f in &b.bad_files {
@@ -588,7 +587,7 @@ fn transform_bytes(shared: &Shared, bytes: &[u8], rng: &mut Rng, out: &mut [u8])
         let mut guard = cell.borrow_mut();
         let scratch = guard.get_or_insert_with(|| Scratch::new(shared.transform.decoder));
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            shared.transform.apply(bytes, rng, scratch, out)
+            shared.transform.apply(bytes, rng, scratch, out).map_err(|e| e.to_string())
         }));
         r.unwrap_or_else(|_| {
             // A decoder panicked: its buffers may be inconsistent, so start this thread afresh.
