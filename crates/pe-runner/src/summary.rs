@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
+use pe_models::registry::MATCHED_TWINS;
 use pe_models::{presets, CostSheet, Preset};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -42,21 +43,55 @@ struct Row {
     config: pe_models::ModelConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
     layers: Option<CostSheet>,
+    /// For a parameter-matched baseline, the PE models it was sized to (issue 15).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    twins: Vec<Twin>,
+}
+
+/// A matched baseline's PE twin and the relative parameter difference, so the match is visible
+/// wherever counts are read (the claim table reads it from the JSON).
+#[derive(Debug, Serialize)]
+struct Twin {
+    model: String,
+    params: i64,
+    macs: i64,
+    /// (matched − twin) / twin, in percent, both with head.
+    params_diff_pct: f64,
+}
+
+/// The PE twins of `name` from the registry, counted at the same input size.
+fn twins(name: &str, params: i64, img_size: i64) -> Vec<Twin> {
+    MATCHED_TWINS
+        .iter()
+        .filter(|(matched, _)| *matched == name)
+        .filter_map(|(_, twin)| {
+            let sheet = pe_models::preset(twin).ok()?.costs(img_size);
+            let params_diff_pct = 100.0 * (params - sheet.params()) as f64 / sheet.params() as f64;
+            Some(Twin {
+                model: (*twin).to_owned(),
+                params: sheet.params(),
+                macs: sheet.macs(),
+                params_diff_pct,
+            })
+        })
+        .collect()
 }
 
 fn row(preset: &Preset, img_size: Option<i64>, with_layers: bool) -> Row {
     let img_size = img_size.unwrap_or_else(|| preset.config.default_img_size());
     let sheet = preset.config.costs(img_size);
+    let params = sheet.params();
     Row {
         model: preset.name.to_owned(),
         img_size,
-        params: sheet.params(),
+        params,
         params_without_head: sheet.params_without_head(),
         macs: sheet.macs(),
         paper_params_m: preset.paper_params_m,
         note: preset.note.to_owned(),
         config: preset.config.clone(),
         layers: with_layers.then_some(sheet),
+        twins: twins(preset.name, params, img_size),
     }
 }
 
@@ -104,6 +139,34 @@ fn print_table(rows: &[Row]) {
             for layer in &sheet.layers {
                 println!("    {:<48} {:>12} params {:>16} MACs", layer.name, layer.params, layer.macs);
             }
+        }
+    }
+    print_twins(rows);
+}
+
+/// Each parameter-matched baseline beside the PE model it was sized to.
+fn print_twins(rows: &[Row]) {
+    let matched: Vec<&Row> = rows.iter().filter(|r| !r.twins.is_empty()).collect();
+    if matched.is_empty() {
+        return;
+    }
+    println!("\nparameter-matched baselines (untied, narrower) beside their PE twins, counts with head:");
+    println!(
+        "{:<21} {:>12} {:>8}   {:<21} {:>12} {:>8} {:>8}",
+        "matched", "params", "GMACs", "PE twin", "params", "GMACs", "diff"
+    );
+    for row in matched {
+        for twin in &row.twins {
+            println!(
+                "{:<21} {:>12} {:>8.3}   {:<21} {:>12} {:>8.3} {:>+7.2}%",
+                row.model,
+                row.params,
+                row.macs as f64 / 1e9,
+                twin.model,
+                twin.params,
+                twin.macs as f64 / 1e9,
+                twin.params_diff_pct
+            );
         }
     }
 }
