@@ -17,7 +17,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: help setup build exp data tensorboard summary bench bench-data bench-torch bench-train fmnist-table test fmt fmt-check clippy cargo-test pytest clean
+.PHONY: help setup build exp data tensorboard summary bench bench-data bench-torch bench-train bench-ddp fmnist-table test fmt fmt-check clippy cargo-test pytest clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -76,7 +76,7 @@ cargo-test: setup
 
 # Parity tests drive the debug `pe` that cargo-test built (libtorch does the arithmetic either way).
 pytest: cargo-test
-	PE_BIN=$(CURDIR)/target/debug/pe $(PYTHON) -m pytest -q tests/python crates/pe-torch/tests/python
+	PE_BIN=$(CURDIR)/target/debug/pe $(PYTHON) -m pytest -q tests/python crates/pe-torch/tests/python crates/pe-runner/tests/python
 
 bench: bench-data bench-torch bench-train ## All benchmarks against PyTorch on this machine; results in bench/results/
 
@@ -94,6 +94,9 @@ bench-torch: setup ## pe-torch: fused vs per-tensor optimizer steps, bf16 autoca
 
 bench-train: build ## Train-step time of resnet50(-PE) and deit_small/ViT-PE: Rust vs PyTorch eager, same threads
 	$(PYTHON) bench/train_step.py --pe $(PE) --out bench/results/train_step_cpu.md
+
+bench-ddp: build ## Data-parallel scaling on CPU: 1 vs 2 processes (Gloo), efficiency, all-reduce hidden behind backward
+	$(PYTHON) bench/ddp_bench.py --pe $(PE) --out bench/results/ddp_cpu.md
 
 fmnist-table: build data ## The Fashion-MNIST PE/baseline table (3 seeds each) for README
 	$(PYTHON) bench/fmnist_table.py --pe $(PE) --out bench/results/fmnist.md

@@ -238,7 +238,7 @@ impl Drop for Reducer {
     fn drop(&mut self) {
         // SAFETY: we own the handle (module docs); it is freed once, here.
         if let Err(e) = check(unsafe { pe_dist_reducer_free(self.0.as_ptr()) }) {
-            eprintln!("pe-dist: destroying the Reducer: {e}");
+            tracing::warn!("destroying the Reducer: {e}");
         }
     }
 }
