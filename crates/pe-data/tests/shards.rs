@@ -136,6 +136,7 @@ fn eval_shards_cover_the_split_once_with_the_run_labels() {
     assert_eq!(labels, vec![0, 0, 2, 2]); // val lacks class1 and keeps training's numbering
     let l = Loader::eval_shards(&c, 3, 0, 1, None).unwrap();
     assert_eq!(l.len(), 4);
+    assert_eq!(l.missing_classes(), ["class1"]);
     assert_eq!(l.classes(), ["class0", "class1", "class2"]);
     // A run class list lacking one of the set's classes is an error naming it.
     let err = Loader::eval_shards(&c, 3, 0, 1, Some(&["class0".to_string()])).unwrap_err();

@@ -28,6 +28,9 @@ pub struct SplitShards {
     pub samples: usize,
     /// The shards.
     pub shards: Vec<ShardInfo>,
+    /// Classes of the list with no sample in this split.
+    #[serde(default)]
+    pub missing_classes: Vec<String>,
 }
 
 /// The whole index.

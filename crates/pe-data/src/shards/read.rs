@@ -23,8 +23,7 @@ pub struct ShardSet {
     pub dir: PathBuf,
     /// The run's class list; labels are indices into it.
     pub classes: Vec<String>,
-    /// Classes of the list with no sample in this split (unknown for shards: always empty unless the
-    /// index's list lacks some of them).
+    /// Classes of the run's list with no sample in this split (warn about these).
     pub missing_classes: Vec<String>,
     /// The shards, in file order.
     pub shards: Vec<ShardInfo>,
@@ -80,7 +79,11 @@ impl ShardSet {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let missing_classes = classes.iter().filter(|c| !index.classes.contains(c)).cloned().collect();
+        let missing_classes = classes
+            .iter()
+            .filter(|c| !index.classes.contains(c) || shards.missing_classes.contains(c))
+            .cloned()
+            .collect();
         let mut first = Vec::with_capacity(shards.shards.len());
         let mut n = 0;
         for s in &shards.shards {

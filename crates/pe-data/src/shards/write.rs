@@ -40,8 +40,6 @@ pub struct ShardWriteSummary {
     pub index: ShardIndex,
     /// False when a complete shard set was already there.
     pub written: bool,
-    /// Classes with no sample, per non-defining split.
-    pub missing_classes: Vec<(String, Vec<String>)>,
 }
 
 impl std::fmt::Display for ShardWriteSummary {
@@ -58,13 +56,11 @@ impl std::fmt::Display for ShardWriteSummary {
                 bytes as f64 / 1e6
             )?;
         }
-        for (split, missing) in &self.missing_classes {
-            write!(
-                f,
-                "; warning: {split} has no sample of {} class(es): {}",
-                missing.len(),
-                missing.join(", ")
-            )?;
+        for (split, s) in &self.index.splits {
+            if !s.missing_classes.is_empty() {
+                let (n, names) = (s.missing_classes.len(), s.missing_classes.join(", "));
+                write!(f, "; warning: {split} has no sample of {n} class(es): {names}")?;
+            }
         }
         Ok(())
     }
@@ -79,7 +75,7 @@ pub fn write_shards(
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<ShardWriteSummary> {
     if let Ok(index) = ShardIndex::load(to) {
-        return Ok(ShardWriteSummary { index, written: false, missing_classes: Vec::new() });
+        return Ok(ShardWriteSummary { index, written: false });
     }
     if opts.shard_bytes == 0 {
         return Err(Error::Config("shard size must be > 0".into()));
@@ -89,25 +85,21 @@ pub fn write_shards(
     };
     let train = ImageFolder::open(from, defining, IndexCache::Beside)?;
     let mut index = ShardIndex::new(train.classes.clone());
-    let mut missing_classes = Vec::new();
     for (i, split) in opts.splits.iter().enumerate() {
         let folder = if i == 0 {
             train.clone()
         } else if from.join(split).is_dir() {
-            let f = ImageFolder::open_with_classes(from, split, &index.classes, IndexCache::Beside)?;
-            if !f.missing_classes.is_empty() {
-                missing_classes.push((split.clone(), f.missing_classes.clone()));
-            }
-            f
+            ImageFolder::open_with_classes(from, split, &index.classes, IndexCache::Beside)?
         } else {
             continue;
         };
-        let shards =
+        let mut shards =
             write_split(&folder, &to.join(split), opts, &mut |done, total| progress(split, done, total))?;
+        shards.missing_classes = folder.missing_classes.clone();
         index.splits.insert(split.clone(), shards);
     }
     index.save(to)?;
-    Ok(ShardWriteSummary { index, written: true, missing_classes })
+    Ok(ShardWriteSummary { index, written: true })
 }
 
 /// The tar member key of a sample: its path below the split, extension dropped, no dots.
