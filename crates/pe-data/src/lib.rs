@@ -3,7 +3,9 @@
 //! Data flow: [`index::ImageFolder`] lists `(path, class)` pairs once (cached), [`sampler`] orders an
 //! epoch for one rank, [`loader::Loader`] decodes and augments samples on a rayon pool with
 //! [`transforms::Transform`] into uint8 NCHW [`loader::Batch`]es, and [`mixup::Mixup`] mixes a batch
-//! and produces soft targets. [`fashion_mnist::prepare`] turns Debian's IDX files into an ImageFolder.
+//! and produces soft targets. [`fashion_mnist::prepare`] turns Debian's IDX files into an ImageFolder,
+//! [`imagenet::prepare`] the ImageNet archives, and [`shards`] packs an ImageFolder into tar shards
+//! that the loader streams instead (`Loader::train_shards`).
 pub mod config;
 pub mod decode;
 pub mod error;
