@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -72,17 +72,6 @@ fn launch(nproc: usize) -> Command {
     command
 }
 
-fn ok(out: Output, what: &str) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what}: {:?}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 fn weights(run: &Path) -> Vec<(String, Tensor)> {
     let last = std::fs::canonicalize(run.join("checkpoints/last")).unwrap();
     let mut named = Tensor::read_safetensors(last.join("model.safetensors")).unwrap();
@@ -112,8 +101,8 @@ fn two_processes_on_half_batches_train_like_one_process_on_the_whole_batch() {
         let two = vit_recipe(dir.path(), &data, &runs, 4, accum);
         let single = format!("single_a{accum}");
         let pair = format!("pair_a{accum}");
-        ok(pe().arg("train").arg(&one).args(["--name", &single]).output().unwrap(), "1 process");
-        ok(launch(2).arg("train").arg(&two).args(["--name", &pair]).output().unwrap(), "2 processes");
+        run_ok(pe().arg("train").arg(&one).args(["--name", &single]), "1 process");
+        run_ok(launch(2).arg("train").arg(&two).args(["--name", &pair]), "2 processes");
         let (a, b) = (weights(&runs.join(&single)), weights(&runs.join(&pair)));
         let difference = max_difference(&a, &b);
         assert!(difference <= 1e-5, "accum {accum}: parameters differ by {difference} after 5 steps");
@@ -140,7 +129,7 @@ fn batchnorm_ranks_stay_identical_and_sharded_eval_counts_each_image_once() {
     let (recipe, run) = resnet_run(dir.path(), "bn", 60);
     // Every checkpoint (here every step) checks that both ranks hold bit-identical parameters and
     // BatchNorm statistics, and fails the run otherwise.
-    let stdout = ok(launch(2).arg("train").arg(&recipe).output().unwrap(), "2 processes");
+    let stdout = run_ok(launch(2).arg("train").arg(&recipe), "2 processes");
     assert!(stdout.contains("on 9 images"), "{stdout}");
     let top1 = |text: &str| -> f64 {
         let at =
@@ -148,8 +137,7 @@ fn batchnorm_ranks_stay_identical_and_sharded_eval_counts_each_image_once() {
         text[at..].split('%').next().unwrap().parse().unwrap()
     };
     let last = std::fs::canonicalize(run.join("checkpoints/last")).unwrap();
-    let single =
-        ok(pe().arg("eval").arg(&recipe).arg("--checkpoint").arg(&last).output().unwrap(), "pe eval");
+    let single = run_ok(pe().arg("eval").arg(&recipe).arg("--checkpoint").arg(&last), "pe eval");
     assert!(single.contains("on 9 images"), "{single}");
     assert_eq!(top1(&stdout), top1(&single), "2-process eval vs 1-process eval:\n{stdout}\n{single}");
 }
@@ -180,19 +168,14 @@ fn rank(recipe: &Path, rank: usize, port: u16) -> std::process::Child {
 fn a_killed_rank_fails_the_run_loudly_and_the_rerun_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (reference, reference_run) = resnet_run(dir.path(), "reference", 5);
-    ok(launch(2).arg("train").arg(&reference).output().unwrap(), "uninterrupted");
+    run_ok(launch(2).arg("train").arg(&reference), "uninterrupted");
     let expected = step_losses(&reference_run);
 
     let (recipe, run) = resnet_run(dir.path(), "killed", 5);
     let port = free_port();
     let mut rank0 = rank(&recipe, 0, port);
     let mut rank1 = rank(&recipe, 1, port);
-    let started = Instant::now();
-    while step_losses(&run).len() < 3 {
-        assert!(rank0.try_wait().unwrap().is_none(), "rank 0 ended early");
-        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_steps(&mut rank0, &run, 3);
     rank1.kill().unwrap();
     rank1.wait().unwrap();
     let killed = Instant::now();
@@ -206,13 +189,9 @@ fn a_killed_rank_fails_the_run_loudly_and_the_rerun_resumes_exactly() {
     assert!(stderr.contains("error:") && stderr.contains("rank 0/2") && named, "{stderr}");
     assert!(step_losses(&run).len() < expected.len(), "killed mid-run");
 
-    let stdout = ok(launch(2).arg("train").arg(&recipe).output().unwrap(), "rerun");
+    let stdout = run_ok(launch(2).arg("train").arg(&recipe), "rerun");
     assert!(stdout.contains("resumed from"), "{stdout}");
-    let resumed = step_losses(&run);
-    assert_eq!(resumed.len(), expected.len());
-    for ((step, a), (_, b)) in resumed.iter().zip(&expected) {
-        assert!((a - b).abs() <= 1e-6, "step {step}: resumed {a} vs uninterrupted {b}");
-    }
+    assert_same_losses(&step_losses(&run), &expected);
 }
 
 #[test]
@@ -220,14 +199,10 @@ fn torchrun_and_pe_launch_give_the_same_step_losses() {
     let torchrun = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/torchrun");
     let dir = tempfile::tempdir().unwrap();
     let (recipe, launched) = resnet_run(dir.path(), "launched", 60);
-    ok(launch(2).arg("train").arg(&recipe).output().unwrap(), "pe launch");
-    let out = Command::new(torchrun)
-        .args(["--standalone", "--nproc-per-node", "2", "--no-python", env!("CARGO_BIN_EXE_pe"), "train"])
-        .arg(&recipe)
-        .args(["--name", "torchrun"])
-        .output()
-        .unwrap();
-    ok(out, "torchrun");
+    run_ok(launch(2).arg("train").arg(&recipe), "pe launch");
+    let torchrun_args =
+        ["--standalone", "--nproc-per-node", "2", "--no-python", env!("CARGO_BIN_EXE_pe"), "train"];
+    run_ok(Command::new(torchrun).args(torchrun_args).arg(&recipe).args(["--name", "torchrun"]), "torchrun");
     let (a, b) = (step_losses(&launched), step_losses(&launched.with_file_name("torchrun")));
     assert_eq!(a.len(), 8, "48 images / (2 × 6) per step, 2 epochs");
     assert_eq!(a, b);
@@ -239,15 +214,15 @@ fn another_process_count_resumes_at_an_epoch_boundary_and_is_refused_inside_an_e
     let (recipe, run) = resnet_run(dir.path(), "world", 60);
     let longer = ["--set", "train.epochs=3", "--resume", "--allow-change", "train.epochs"];
     // 2 processes to the end of epoch 2, then 1 process continues for a third.
-    ok(launch(2).arg("train").arg(&recipe).output().unwrap(), "2 processes");
-    let stdout = ok(pe().arg("train").arg(&recipe).args(longer).output().unwrap(), "1 process resumes");
+    run_ok(launch(2).arg("train").arg(&recipe), "2 processes");
+    let stdout = run_ok(pe().arg("train").arg(&recipe).args(longer), "1 process resumes");
     assert!(stdout.contains("resumed from") && stdout.contains("epoch 2"), "{stdout}");
     assert_eq!(step_losses(&run).len(), 8 + 8, "a third epoch of 48 images / 6 on one process");
 
     // Stopped inside an epoch by 2 processes: a single process must not continue it.
     let (recipe, _) = resnet_run(dir.path(), "inside", 60);
     let stop = ["--set", "train.max_steps=2"];
-    ok(launch(2).arg("train").arg(&recipe).args(stop).output().unwrap(), "2 processes, 2 steps");
+    run_ok(launch(2).arg("train").arg(&recipe).args(stop), "2 processes, 2 steps");
     let out = pe()
         .arg("train")
         .arg(&recipe)

@@ -54,18 +54,6 @@ fn overrides(recipe: &Path, data: &Path, runs: &Path, max_steps: u32) -> Vec<Str
     sets.into_iter().flat_map(|set| ["--set".to_owned(), set]).collect()
 }
 
-fn run_pe(command: &mut std::process::Command, what: &str) -> String {
-    let out = command.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what}: exit {:?}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 #[test]
 fn every_shipped_recipe_trains_checkpoints_resumes_and_evaluates() {
     let dir = tempfile::tempdir().unwrap();
@@ -77,7 +65,7 @@ fn every_shipped_recipe_trains_checkpoints_resumes_and_evaluates() {
         let train = |max_steps, extra: &[&str]| {
             let sets = overrides(&recipe, &data, &runs, max_steps);
             let what = format!("{name}: train to step {max_steps}");
-            run_pe(pe().arg("train").arg(&recipe).args(sets).args(extra), &what)
+            run_ok(pe().arg("train").arg(&recipe).args(sets).args(extra), &what)
         };
         train(2, &[]);
         let run = runs.join(&name);
@@ -94,7 +82,7 @@ fn every_shipped_recipe_trains_checkpoints_resumes_and_evaluates() {
         let sets = overrides(&recipe, &data, &runs, 3);
         let mut eval = pe();
         eval.arg("eval").arg(&recipe).arg("--checkpoint").arg(&last).args(sets);
-        let evaluated = run_pe(&mut eval, &format!("{name}: pe eval"));
+        let evaluated = run_ok(&mut eval, &format!("{name}: pe eval"));
         assert!(evaluated.contains("on 9 images"), "{name}: {evaluated}");
     }
 }

@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -99,12 +98,7 @@ fn a_second_process_on_the_same_run_folder_exits_2_naming_the_first() {
     let runs = dir.path().join("runs");
     let recipe = recipe_with_epochs(dir.path(), "busy", &data, &runs, 50);
     let mut first = pe().arg("train").arg(&recipe).stdout(std::process::Stdio::null()).spawn().unwrap();
-    let started = Instant::now();
-    while step_losses(&runs.join("busy")).is_empty() {
-        assert!(first.try_wait().unwrap().is_none(), "the first run ended early");
-        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_steps(&mut first, &runs.join("busy"), 1);
     let second = pe().arg("train").arg(&recipe).output().unwrap();
     first.kill().unwrap();
     first.wait().unwrap();

@@ -4,19 +4,13 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use common::*;
 
 /// Starts `pe train recipe` and returns once `run` has logged `steps` steps (the run still going).
 fn start_and_wait_for_steps(recipe: &Path, run: &Path, steps: usize) -> std::process::Child {
     let mut child = pe().arg("train").arg(recipe).stdout(std::process::Stdio::null()).spawn().unwrap();
-    let started = Instant::now();
-    while step_losses(run).len() < steps {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be stopped");
-        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_steps(&mut child, run, steps);
     child
 }
 
@@ -80,11 +74,7 @@ fn killed_run_resumes_exactly(train: &str, mixing: &str) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("resumed from"), "{stdout}");
-    let resumed = step_losses(&run);
-    assert_eq!(resumed.len(), expected.len());
-    for ((step, a), (_, b)) in resumed.iter().zip(&expected) {
-        assert!((a - b).abs() <= 1e-6, "step {step}: resumed {a} vs uninterrupted {b}");
-    }
+    assert_same_losses(&step_losses(&run), &expected);
 }
 
 #[test]

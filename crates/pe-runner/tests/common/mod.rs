@@ -113,3 +113,30 @@ pub fn step_losses(run_dir: &Path) -> Vec<(u64, f64)> {
     }
     by_step.into_iter().collect()
 }
+
+/// Runs `command` and returns its stdout; fails the test with both streams when it exits non-zero.
+pub fn run_ok(command: &mut std::process::Command, what: &str) -> String {
+    let out = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what}: {:?}\n{stdout}\n{stderr}", out.status);
+    stdout
+}
+
+/// Returns once `run` has logged `steps` steps, failing if `child` ends first or makes no progress.
+pub fn wait_for_steps(child: &mut std::process::Child, run: &Path, steps: usize) {
+    let started = std::time::Instant::now();
+    while step_losses(run).len() < steps {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be stopped");
+        assert!(started.elapsed() < std::time::Duration::from_secs(120), "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// A resumed run's per-step losses equal the uninterrupted run's, step for step, to 1e-6.
+pub fn assert_same_losses(resumed: &[(u64, f64)], uninterrupted: &[(u64, f64)]) {
+    assert_eq!(resumed.len(), uninterrupted.len());
+    for ((step, a), (_, b)) in resumed.iter().zip(uninterrupted) {
+        assert!((a - b).abs() <= 1e-6, "step {step}: resumed {a} vs uninterrupted {b}");
+    }
+}
