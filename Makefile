@@ -17,7 +17,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: help setup build exp data tensorboard summary bench bench-data bench-torch bench-train bench-ddp fmnist-table test fmt fmt-check clippy cargo-test pytest clean
+.PHONY: help setup build exp data tensorboard summary bench bench-data bench-torch bench-train bench-ddp bench-shards fmnist-table test fmt fmt-check clippy cargo-test pytest clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -94,6 +94,13 @@ bench-torch: setup ## pe-torch: fused vs per-tensor optimizer steps, bf16 autoca
 
 bench-train: build ## Train-step time of resnet50(-PE) and deit_small/ViT-PE: Rust vs PyTorch eager, same threads
 	$(PYTHON) bench/train_step.py --pe $(PE) --out bench/results/train_step_cpu.md
+
+bench-shards: build ## Folder vs tar-shard loader img/s and files opened (bench/results/shards.md)
+	$(PYTHON) bench/data/make_photos.py --out data/bench-photos
+	$(PE) prepare shards --from data/bench-photos --to data/bench-photos-shards --shard-mb 8
+	cargo build --release -p pe-data --example shards_bench
+	for w in 1 $$(nproc); do target/release/examples/shards_bench data/bench-photos data/bench-photos-shards train-basic $$w 64 2; done
+	target/release/examples/shards_bench data/bench-photos data/bench-photos-shards eval $$(nproc) 64 2
 
 bench-ddp: build ## Data-parallel scaling on CPU: 1 vs 2 processes (Gloo), efficiency, all-reduce hidden behind backward
 	$(PYTHON) bench/ddp_bench.py --pe $(PE) --out bench/results/ddp_cpu.md

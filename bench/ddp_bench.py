@@ -30,6 +30,7 @@ def main():
     parser.add_argument("--out", default="bench/results/ddp_cpu.md")
     args = parser.parse_args()
     rows = []
+    load_before = os.getloadavg()[0]
     for model in MODELS:
         one = bench(args.pe, model, args.batch, args.steps, 1)
         two = bench(args.pe, model, args.batch, args.steps, 2)
@@ -46,7 +47,9 @@ def main():
         f"(`pe bench`: forward, backward, AdamW) at batch {args.batch} per process, 1 libtorch thread per process, "
         f"{args.steps} timed steps after 3 warm-up steps; 2 processes via `pe launch` reduce gradients with c10d's "
         "Reducer exactly as in training. Efficiency = img/s(2) / (2 × img/s(1)); hidden = the share of the "
-        "all-reduce that overlapped backward (DDP's own logger).",
+        "all-reduce that overlapped backward (DDP's own logger). 2 processes need both cores: other work on the "
+        f"machine lowers the 2-process number first (1-minute load average {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after this run).",
         "",
         "| model | 1 process img/s | 2 processes img/s | scaling efficiency | all-reduce hidden behind backward |",
         "|---|---|---|---|---|",

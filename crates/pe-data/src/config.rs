@@ -79,6 +79,8 @@ pub struct DataConfig {
     pub prefetch: usize,
     /// Repeated augmentation: each image appears this many times per epoch (DeiT: 3; 1 = off).
     pub repeated_aug: usize,
+    /// How the data is stored: an ImageFolder, or tar shards from `pe prepare shards`.
+    pub format: DataFormat,
     /// JPEG decoder.
     pub decoder: DecoderKind,
     /// Let libjpeg-turbo decode at 1/2, 1/4, 1/8 scale when the crop is at least twice the output.
@@ -114,6 +116,7 @@ impl Default for DataConfig {
             workers: 0,
             prefetch: 4,
             repeated_aug: 1,
+            format: DataFormat::Folder,
             decoder: DecoderKind::default(),
             dct_scaling: true,
             mean: IMAGENET_MEAN,
@@ -188,6 +191,18 @@ impl DataConfig {
     pub fn mean_pixel(&self) -> [u8; 3] {
         self.mean.map(|m| (255.0 * m).round().clamp(0.0, 255.0) as u8)
     }
+}
+
+/// How a data set is stored under `root`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// `<root>/<split>/<class>/*.jpg`, one file per image.
+    #[default]
+    Folder,
+    /// `<root>/<split>/NNNNNN.tar` WebDataset shards with an `index.json` (`pe prepare shards`):
+    /// read sequentially, few files opened, for network file systems.
+    Shards,
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ pub mod sampler;
 pub mod shards;
 pub mod transforms;
 
-pub use config::DataConfig;
+pub use config::{DataConfig, DataFormat};
 pub use error::{Error, Result};
 pub use index::{ImageFolder, IndexCache};
 pub use loader::{Batch, Loader, LoaderOptions};

@@ -19,7 +19,7 @@
 //! Host memory: image buffers handed back with [`Loader::recycle`] are reused for later batches.
 //! (Pinned memory needs libtorch's allocator, which this crate deliberately does not link.)
 
-use crate::config::DataConfig;
+use crate::config::{DataConfig, DataFormat};
 use crate::error::{Error, Result};
 use crate::index::{ImageFolder, IndexCache};
 use crate::rng::{Rng, Stream};
@@ -218,14 +218,21 @@ impl Loader {
         })
     }
 
-    /// The training loader of `cfg`: `<root>/<train_split>`, indexed with the cache beside it.
+    /// The training loader of `cfg`: `<root>/<train_split>`, an ImageFolder indexed with the cache
+    /// beside it, or shards when `cfg.format` says so.
     pub fn train(cfg: &DataConfig, batch_size: usize, seed: u64, rank: usize, world: usize) -> Result<Self> {
+        if cfg.format == DataFormat::Shards {
+            return Self::train_shards(cfg, batch_size, seed, rank, world);
+        }
         let ds = ImageFolder::open(&cfg.root, &cfg.train_split, IndexCache::Beside)?;
         Self::new(ds, Transform::train(cfg)?, LoaderOptions::train(cfg, batch_size, seed, rank, world))
     }
 
     /// The evaluation loader of `cfg`: `<root>/<val_split>`.
     pub fn eval(cfg: &DataConfig, batch_size: usize, rank: usize, world: usize) -> Result<Self> {
+        if cfg.format == DataFormat::Shards {
+            return Self::eval_shards(cfg, batch_size, rank, world, None);
+        }
         let ds = ImageFolder::open(&cfg.root, &cfg.val_split, IndexCache::Beside)?;
         Self::new(ds, Transform::eval(cfg)?, LoaderOptions::eval(cfg, batch_size, rank, world))
     }
@@ -240,6 +247,9 @@ impl Loader {
         world: usize,
         classes: &[String],
     ) -> Result<Self> {
+        if cfg.format == DataFormat::Shards {
+            return Self::eval_shards(cfg, batch_size, rank, world, Some(classes));
+        }
         let ds = ImageFolder::open_with_classes(&cfg.root, &cfg.val_split, classes, IndexCache::Beside)?;
         Self::new(ds, Transform::eval(cfg)?, LoaderOptions::eval(cfg, batch_size, rank, world))
     }

@@ -140,7 +140,7 @@ impl TrainLoop {
         let train_loader = Loader::train(&config.data, train.batch_size, train.seed, rank, world)
             .map_err(|e| data_error(&config, e))?;
         // The training split defines the classes; validation folders map through its list.
-        let classes = &train_loader.dataset().classes;
+        let classes = train_loader.classes();
         let eval_loader =
             Loader::eval_with_classes(&config.data, config.eval_batch_size(), rank, world, classes)
                 .map_err(|e| data_error(&config, e))?;
@@ -152,12 +152,12 @@ impl TrainLoop {
                 eval_loader.missing_classes().join(", ")
             );
         }
-        let classes = train_loader.dataset().num_classes() as i64;
+        let classes = train_loader.classes().len() as i64;
         if classes != config.model.num_classes() {
             bail!(
-                "the model has {} classes but {} has {classes} class folders: set model.num_classes = {classes}",
+                "the model has {} classes but {} has {classes} classes: set model.num_classes = {classes}",
                 config.model.num_classes(),
-                train_loader.dataset().dir.display()
+                train_loader.location().display()
             );
         }
         let steps_per_epoch = train_loader.batches_per_epoch() / train.accum_steps;
@@ -177,9 +177,9 @@ impl TrainLoop {
         let mixup = Mixup::from_config(&config.data, classes as usize);
         let dataset = DatasetIdentity {
             root: config.data.root.display().to_string(),
-            classes: train_loader.dataset().classes.clone(),
-            train_samples: train_loader.dataset().len(),
-            val_samples: eval_loader.dataset().len(),
+            classes: train_loader.classes().to_vec(),
+            train_samples: train_loader.len(),
+            val_samples: eval_loader.len(),
         };
         let identity = Identity::new(&config, dataset);
         let observers =
