@@ -24,9 +24,9 @@ use tch::Device;
 /// - vit_mini (depth 4, patch 4 at 28: 50 tokens, 10 classes): patch 48C + C, cls C, pos 50C, norm
 ///   2C, head 10C + 10, so 48C² + 164C + 10. C = 96 gives 458,122; C = 69 gives 228,528 + 11,316 + 10
 ///   = 239,854.
-/// - DeiT-S (depth 12, patch 16 at 224: 197 tokens, 1000 classes): 144C² + (156 + 769 + 1 + 197 + 2
-///   + 1000)C + 1000 = 144C² + 2125C + 1000. C = 384 gives timm's 22,050,664; C = 276 gives
-///   10,969,344 + 586,500 + 1000 = 11,556,844.
+/// - DeiT-S (depth 12, patch 16 at 224: 197 tokens, 1000 classes): blocks 144C² + 156C, then patch
+///   769C, cls C, pos 197C, norm 2C, head 1000C + 1000, so 144C² + 2125C + 1000. C = 384 gives timm's
+///   22,050,664; C = 276 gives 10,969,344 + 586,500 + 1000 = 11,556,844.
 ///
 /// PE twins. A PE ResNet stage (projection entrance) has W (v·4v), the projection c·4v + 8v, and per
 /// block 9v² + 12v. resnet_mini_pe: stem 464, stages 2,176 + 8,192 + 31,744, fc 1,290 = 43,866.
