@@ -104,7 +104,8 @@ def markdown(args, rows):
         f"Fashion-MNIST (60k train / 10k test, 28×28), {schedule}, seeds {' '.join(map(str, args.seeds))}, "
         "this machine's CPU. Params with head and MACs per image from `pe summary`; Δ PE is the difference "
         "to the PE twin's mean; last-epoch change is the mean change of top-1 over the final epoch "
-        "(near 0 when accuracy has stopped moving).",
+        "(near 0 when accuracy has stopped moving; under cosine decay it shrinks by construction, so a "
+        "one-seed run at twice the epochs is the check that the schedule is long enough).",
         "",
         "| family | variant | recipe | params | MMACs | test top-1 (mean ± std) | Δ PE | last-epoch change | wall time per run (s) |",
         "|---|---|---|---|---|---|---|---|---|",
