@@ -2,6 +2,8 @@
 // pe_dist_nccl.cpp: NCCL). See src/ffi.rs for the Rust side.
 #pragma once
 
+#include "pe_shim_guard.h"
+
 #include <c10/util/Exception.h>
 #include <c10/util/intrusive_ptr.h>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
@@ -22,29 +24,7 @@ struct PeGroup {
 
 namespace pe_dist {
 
-inline char *dup_error(const char *msg) {
-  size_t n = std::strlen(msg);
-  char *out = static_cast<char *>(std::malloc(n + 1));
-  if (out != nullptr) {
-    std::memcpy(out, msg, n + 1);
-  }
-  return out;
-}
-
-// Runs `body`; turns any exception into a malloc'd error string (nullptr on success), so that no
-// C++ exception ever unwinds into Rust.
-template <typename F> char *guarded(F &&body) {
-  try {
-    body();
-    return nullptr;
-  } catch (const c10::Error &e) {
-    return dup_error(e.what_without_backtrace());
-  } catch (const std::exception &e) {
-    return dup_error(e.what());
-  } catch (...) {
-    return dup_error("unknown C++ exception");
-  }
-}
+using pe_shim::guarded;
 
 // The store layout torch's init_process_group gives the default group: a "default_pg" prefix over
 // the rendezvous store, then the group name ("0") as a second prefix.

@@ -7,6 +7,8 @@
 // - A tensor list is `(const at::Tensor* const* ptrs, size_t n)`.
 // - Every function returns nullptr on success or a malloc'd, NUL-terminated error message that the
 //   caller must release with `pe_torch_free_error`. C++ exceptions never cross into Rust.
+#include "pe_shim_guard.h"
+
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/detail/CUDAHooksInterface.h>
@@ -23,28 +25,7 @@
 
 namespace {
 
-char *dup_error(const char *msg) {
-  size_t n = std::strlen(msg);
-  char *out = static_cast<char *>(std::malloc(n + 1));
-  if (out != nullptr) {
-    std::memcpy(out, msg, n + 1);
-  }
-  return out;
-}
-
-// Runs `body`; turns any exception into an error string.
-template <typename F> char *guarded(F &&body) {
-  try {
-    body();
-    return nullptr;
-  } catch (const c10::Error &e) {
-    return dup_error(e.what_without_backtrace());
-  } catch (const std::exception &e) {
-    return dup_error(e.what());
-  } catch (...) {
-    return dup_error("unknown C++ exception");
-  }
-}
+using pe_shim::guarded;
 
 std::vector<at::Tensor> to_vec(const at::Tensor *const *ptrs, size_t n) {
   std::vector<at::Tensor> v;
