@@ -52,15 +52,7 @@ namespace {
 
 using pe_dist::guarded;
 
-std::vector<at::Tensor> to_vec(const at::Tensor *const *ptrs, size_t n) {
-  std::vector<at::Tensor> v;
-  v.reserve(n);
-  for (size_t i = 0; i < n; ++i) {
-    TORCH_CHECK(ptrs[i] != nullptr, "null tensor pointer at index ", i);
-    v.push_back(*ptrs[i]);
-  }
-  return v;
-}
+using pe_shim::to_vec;
 
 c10d::ReduceOp reduce_op_of(int code) {
   switch (code) {

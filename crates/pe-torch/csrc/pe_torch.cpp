@@ -27,15 +27,7 @@ namespace {
 
 using pe_shim::guarded;
 
-std::vector<at::Tensor> to_vec(const at::Tensor *const *ptrs, size_t n) {
-  std::vector<at::Tensor> v;
-  v.reserve(n);
-  for (size_t i = 0; i < n; ++i) {
-    TORCH_CHECK(ptrs[i] != nullptr, "null tensor pointer at index ", i);
-    v.push_back(*ptrs[i]);
-  }
-  return v;
-}
+using pe_shim::to_vec;
 
 std::optional<at::Tensor> opt_tensor(const at::Tensor *t) {
   if (t == nullptr || !t->defined()) {
