@@ -17,7 +17,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: help setup build exp data tensorboard summary bench bench-data bench-torch bench-train bench-ddp bench-shards fmnist-table test fmt fmt-check clippy cargo-test pytest clean
+.PHONY: help setup build exp data tensorboard summary bench bench-data bench-torch bench-train bench-ddp bench-shards claim-table fmnist-table test fmt fmt-check clippy cargo-test pytest clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -104,6 +104,12 @@ bench-shards: build ## Folder vs tar-shard loader img/s and files opened (bench/
 
 bench-ddp: build ## Data-parallel scaling on CPU: 1 vs 2 processes (Gloo), efficiency, all-reduce hidden behind backward
 	$(PYTHON) bench/ddp_bench.py --pe $(PE) --out bench/results/ddp_cpu.md
+
+# Does tying beat shrinking? baseline / PE twin / parameter-matched baseline × 3 seeds (~5 h on an idle 2-core CPU).
+CLAIM_EPOCHS ?= 10
+claim-table: build data ## Tying vs shrinking on Fashion-MNIST, 3 seeds: bench/results/claim.{md,json,svg}
+	cargo build --release -p pe-analyze --example claim_figure
+	$(PYTHON) bench/claim_table.py --pe $(PE) --epochs $(CLAIM_EPOCHS) --out bench/results/claim.md
 
 fmnist-table: build data ## The Fashion-MNIST PE/baseline table (3 seeds each) for README
 	$(PYTHON) bench/fmnist_table.py --pe $(PE) --out bench/results/fmnist.md

@@ -15,7 +15,9 @@ fn main() -> pe_analyze::Result<()> {
     println!("libtorch intra-op threads: {}", tch::get_num_threads());
     for name in ["resnet50", "deit_small"] {
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let model = pe_models::preset(name).map_err(|e| tch::TchError::Kind(e.to_string()))?.init(vs.root());
+        let model = pe_models::preset(name)
+            .and_then(|config| config.init(vs.root()))
+            .map_err(|e| tch::TchError::Kind(e.to_string()))?;
         let start = Instant::now();
         let matrices = Matrices::of(&model);
         let extracted = start.elapsed().as_secs_f64();

@@ -10,7 +10,7 @@ use pe_models::{preset, Model};
 fn build(name: &str) -> (nn::VarStore, Model) {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = preset(name).unwrap().init(vs.root());
+    let model = preset(name).unwrap().init(vs.root()).unwrap();
     (vs, model)
 }
 

@@ -26,17 +26,11 @@ impl ModelConfig {
     }
 
     /// Builds the model under `path`, or says why the config cannot be built.
-    pub fn try_init(&self, path: nn::Path) -> Result<Model, Error> {
+    pub fn init(&self, path: nn::Path) -> Result<Model, Error> {
         Ok(match self {
             ModelConfig::Resnet(config) => Model::Resnet(config.init(path)?),
             ModelConfig::Vit(config) => Model::Vit(config.init(path)?),
         })
-    }
-
-    /// [`Self::try_init`] for a config that passed [`Self::validate`], as every config the runner
-    /// resolves has; panics with the validation error otherwise.
-    pub fn init(&self, path: nn::Path) -> Model {
-        self.try_init(path).unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn num_classes(&self) -> i64 {

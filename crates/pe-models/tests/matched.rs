@@ -59,7 +59,7 @@ fn documented(name: &str) -> i64 {
 
 fn built_params(name: &str) -> i64 {
     let vs = nn::VarStore::new(Device::Cpu);
-    pe_models::preset(name).unwrap().init(vs.root());
+    pe_models::preset(name).unwrap().init(vs.root()).unwrap();
     vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
 }
 

@@ -28,7 +28,7 @@ fn every_preset_builds_runs_and_backpropagates_into_every_parameter() {
     for preset in presets() {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
-        let model = preset.config.init(vs.root());
+        let model = preset.config.init(vs.root()).unwrap();
         let size = preset.config.default_img_size();
         let classes = preset.config.num_classes();
         let xs = Tensor::randn([2, preset.config.in_channels(), size, size], (Kind::Float, Device::Cpu));
@@ -50,7 +50,7 @@ fn every_preset_builds_runs_and_backpropagates_into_every_parameter() {
 fn parameter_counts_equal_the_documented_numbers() {
     for &(name, expected) in DOCUMENTED {
         let vs = nn::VarStore::new(Device::Cpu);
-        pe_models::preset(name).unwrap().init(vs.root());
+        pe_models::preset(name).unwrap().init(vs.root()).unwrap();
         assert_eq!(trainable(&vs), expected, "{name}");
     }
 }
@@ -59,7 +59,7 @@ fn parameter_counts_equal_the_documented_numbers() {
 fn cost_sheets_count_exactly_the_registered_parameters() {
     for preset in presets() {
         let vs = nn::VarStore::new(Device::Cpu);
-        preset.config.init(vs.root());
+        preset.config.init(vs.root()).unwrap();
         let sheet = preset.config.costs(preset.config.default_img_size());
         assert_eq!(sheet.params(), trainable(&vs), "{}", preset.name);
         let head = vs
@@ -139,6 +139,6 @@ fn invalid_configs_are_rejected_with_a_reason() {
     assert!(vit.validate().unwrap_err().to_string().contains("divisible"));
     // Building an invalid config is an error, not a panic.
     let vs = nn::VarStore::new(Device::Cpu);
-    let Err(error) = ModelConfig::Vit(vit).try_init(vs.root()) else { panic!("invalid config built") };
+    let Err(error) = ModelConfig::Vit(vit).init(vs.root()) else { panic!("invalid config built") };
     assert!(matches!(error, pe_models::Error::InvalidConfig { arch: "ViT", .. }), "{error}");
 }

@@ -209,7 +209,7 @@ fn file_name(path: &Path) -> String {
 
 fn analyze(source: &Source, args: &AnalyzeArgs) -> Result<Report> {
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = source.model.try_init(vs.root())?;
+    let model = source.model.init(vs.root())?;
     weights::load(&vs, &source.weights)?;
     let analysis = Analysis::new(&model)?;
     let energy = match &args.data {

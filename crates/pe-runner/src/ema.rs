@@ -24,7 +24,7 @@ impl Ema {
         channels_last: bool,
     ) -> anyhow::Result<Self> {
         let mut vs = nn::VarStore::new(source.device());
-        let model = config.try_init(vs.root())?;
+        let model = config.init(vs.root())?;
         if channels_last {
             pe_torch::memory_format::convert_conv_weights_(&vs)?;
         }

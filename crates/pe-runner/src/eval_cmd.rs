@@ -39,7 +39,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         args.checkpoint.clone()
     };
     let vs = nn::VarStore::new(device);
-    let model = config.model.try_init(vs.root())?;
+    let model = config.model.init(vs.root())?;
     weights::load(&vs, &weights_file)?;
     // A checkpoint knows the class list it was trained with; a bare weights file falls back to
     // the validation split's own folders.

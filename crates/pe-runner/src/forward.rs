@@ -58,7 +58,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     tch::manual_seed(args.seed);
     let config = model_config(&args)?;
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = config.try_init(vs.root())?;
+    let model = config.init(vs.root())?;
     if let Some(path) = &args.weights {
         weights::load(&vs, path)?;
     }

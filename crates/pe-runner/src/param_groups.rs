@@ -32,7 +32,7 @@ mod tests {
     #[test]
     fn vit_pe_groups_follow_timms_rule() {
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        preset("vit_pe_mini").unwrap().init(vs.root());
+        preset("vit_pe_mini").unwrap().init(vs.root()).unwrap();
         let groups = split(&vs, &OptimizerConfig::default());
         let no_decay: Vec<&str> = groups.no_decay.iter().map(|(n, _)| n.as_str()).collect();
         assert!(no_decay.contains(&"pos_embed") && no_decay.contains(&"cls_token"));

@@ -95,7 +95,7 @@ impl StepEngine {
     /// and the optimizer, scaler and EMA that go with it.
     pub fn new(config: &EngineConfig, device: Device) -> Result<Self> {
         let vs = nn::VarStore::new(device);
-        let model = config.model.try_init(vs.root())?;
+        let model = config.model.init(vs.root())?;
         let precision = Precision { amp: config.amp, channels_last: config.channels_last };
         if config.channels_last {
             pe_torch::memory_format::convert_conv_weights_(&vs)?;

@@ -7,7 +7,7 @@ use tch::nn;
 
 fn save_model(name: &str, path: &std::path::Path) {
     let vs = nn::VarStore::new(tch::Device::Cpu);
-    let _model = pe_models::preset(name).unwrap().init(vs.root());
+    let _model = pe_models::preset(name).unwrap().init(vs.root()).unwrap();
     pe_models::weights::save(&vs, path).unwrap();
 }
 

@@ -123,7 +123,7 @@ fn ema_matches_timm_model_ema_v3_on_parameters_and_bn_statistics() {
     let f = &fixture()["ema"];
     let config = pe_models::preset("resnet_mini").unwrap();
     let source = nn::VarStore::new(Device::Cpu);
-    config.init(source.root());
+    config.init(source.root()).unwrap();
     let layout = layout(&source);
     let load = |state: &Value| {
         let variables = source.variables();
