@@ -33,12 +33,12 @@ pub const RESUMABLE_KEYS: &[&str] = &[
     "eval.batch_size",
     "logging.every_steps",
     "logging.sample_images",
-    "logging.progress",
     "logging.analyze_every_epochs",
 ];
 
-/// Where a run is and what it is called do not change what it computes.
-const LOCATION_KEYS: &[&str] = &["name", "logging.runs_dir"];
+/// Where a run is, what it is called and whether a progress bar is drawn do not change what it
+/// computes: never part of its identity.
+const NOT_IDENTITY: &[&str] = &["name", "logging.runs_dir", "logging.progress"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Identity {
@@ -97,7 +97,7 @@ impl Identity {
         let missing = || "(unset)".to_owned();
         Ok(keys
             .into_iter()
-            .filter(|key| old.get(*key) != new.get(*key) && !LOCATION_KEYS.contains(&key.as_str()))
+            .filter(|key| old.get(*key) != new.get(*key) && !NOT_IDENTITY.contains(&key.as_str()))
             .map(|key| Change {
                 key: key.clone(),
                 old: old.get(key).cloned().unwrap_or_else(missing),
@@ -107,12 +107,23 @@ impl Identity {
     }
 
     fn flatten(&self) -> Result<BTreeMap<String, String>> {
-        let table: toml::Table = toml::from_str(&self.config).context("parsing a stored resolved recipe")?;
+        let table: toml::Table =
+            toml::from_str(&current_form(&self.config)).context("parsing a stored resolved recipe")?;
         let mut flat = BTreeMap::new();
         flatten_into(&mut flat, "", &toml::Value::Table(table));
         let dataset = toml::Value::try_from(&self.dataset)?;
         flatten_into(&mut flat, "dataset", &dataset);
         Ok(flat)
+    }
+}
+
+/// A stored resolved recipe as this version of `pe` resolves it: keys added since it was written
+/// take their defaults, so an upgrade alone never makes a run "another experiment". A recipe this
+/// version cannot read (a key since removed) is compared as written.
+fn current_form(stored: &str) -> String {
+    match toml::from_str::<ExperimentConfig>(stored) {
+        Ok(config) => to_toml(&config),
+        Err(_) => stored.to_owned(),
     }
 }
 
@@ -225,5 +236,37 @@ impl RunLock {
         write!(file, "{}", std::process::id())?;
         file.flush()?;
         Ok(Self { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(config: String) -> Identity {
+        let dataset = DatasetIdentity {
+            root: "data".into(),
+            classes: vec!["a".into()],
+            train_samples: 1,
+            val_samples: 1,
+        };
+        Identity { config, dataset }
+    }
+
+    #[test]
+    fn a_key_added_since_the_run_was_stored_is_no_change_at_its_default() {
+        let recipe = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../experiments/fmnist_resnet_mini.toml");
+        let config = crate::config::load_experiment(&recipe, &[]).expect("a shipped recipe").config;
+        let current = to_toml(&config);
+        // The same run stored by a version of `pe` that did not know `train.dist_timeout_s`.
+        let stored: String =
+            current.lines().filter(|l| !l.starts_with("dist_timeout_s")).collect::<Vec<_>>().join("\n");
+        assert_ne!(stored, current);
+        assert_eq!(identity(current.clone()).changes_since(&identity(stored.clone())).unwrap(), vec![]);
+        // A real difference still shows.
+        let longer = current.replace("epochs = 2\n", "epochs = 4\n");
+        let changes = identity(longer).changes_since(&identity(stored)).unwrap();
+        assert_eq!(changes.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(), ["train.epochs"]);
     }
 }
