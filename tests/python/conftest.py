@@ -4,7 +4,9 @@ import os
 import pathlib
 import subprocess
 
+import numpy as np
 import pytest
+from PIL import Image
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -18,6 +20,18 @@ def run_pe(*args):
     if result.returncode != 0:
         pytest.fail(f"pe {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stderr}")
     return result
+
+
+def make_image_folder(root, classes=2, per_class=8, side=16, val_per_class=4, seed=0):
+    """An ImageFolder of noisy JPEGs (`root/{train,val}/c<k>/*.jpg`), each class a different brightness."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", per_class), ("val", val_per_class)):
+        for c in range(classes):
+            folder = pathlib.Path(root) / split / f"c{c}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(rng.normal(60 + 120 * c, 20, (side, side, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
 
 
 def save_tensors(path, tensors):

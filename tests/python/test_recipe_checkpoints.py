@@ -3,28 +3,16 @@ computes what `pe eval` computes."""
 
 import json
 
-import numpy as np
 import torch
 import torchvision
 from PIL import Image
 
-from conftest import ROOT, load_tensors, run_pe
-
-
-def make_image_folder(root, classes=3, per_class=6, side=40):
-    rng = np.random.default_rng(1)
-    for split, count in (("train", per_class), ("val", 2)):
-        for c in range(classes):
-            folder = root / split / f"class_{c}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(rng.normal(50 + 70 * c, 25, (side, side, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+from conftest import ROOT, load_tensors, make_image_folder, run_pe
 
 
 def test_channels_last_resnet18_checkpoint_loads_strictly_into_torchvision(tmp_path):
     data, runs = tmp_path / "data", tmp_path / "runs"
-    make_image_folder(data)
+    make_image_folder(data, classes=3, per_class=6, side=40, val_per_class=2, seed=1)
     recipe = ROOT / "experiments" / "resnet18.toml"
     sets = [f'data.root="{data}"', "model.num_classes=3", "data.img_size=32", "train.batch_size=4",
             'train.device="cpu"', 'train.amp="off"', "train.max_steps=2", f'logging.runs_dir="{runs}"',
@@ -55,8 +43,8 @@ def test_channels_last_resnet18_checkpoint_loads_strictly_into_torchvision(tmp_p
         torchvision.transforms.Resize(36), torchvision.transforms.CenterCrop(32),
         torchvision.transforms.PILToTensor()])
     images, labels = [], []
-    for c in range(3):
-        for path in sorted((data / "val" / f"class_{c}").iterdir()):
+    for c, folder in enumerate(sorted((data / "val").iterdir())):
+        for path in sorted(folder.iterdir()):
             images.append(transform(Image.open(path).convert("RGB")))
             labels.append(c)
     x = (torch.stack(images).float() / 255 - mean) / std

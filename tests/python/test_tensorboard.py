@@ -1,23 +1,8 @@
 """A short training run writes event files that the real TensorBoard reads back."""
 
-import pathlib
-
-import numpy as np
-from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import run_pe
-
-
-def make_image_folder(root: pathlib.Path, classes=2, per_class=8, side=16):
-    rng = np.random.default_rng(0)
-    for split, count in (("train", per_class), ("val", 4)):
-        for c in range(classes):
-            folder = root / split / f"c{c}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(rng.normal(60 + 120 * c, 20, (side, side, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+from conftest import make_image_folder, run_pe
 
 
 RECIPE = """

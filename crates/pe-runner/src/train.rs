@@ -441,7 +441,7 @@ impl TrainLoop {
             if every > 0 && self.state.step.is_multiple_of(every) {
                 self.save(false)?;
             }
-            if self.dist.any(self.interrupted.load(Ordering::SeqCst))? {
+            if self.stop_requested(logged)? {
                 return Ok(EpochEnd::Interrupted);
             }
             let max = self.config.train.max_steps as u64;
@@ -463,6 +463,16 @@ impl TrainLoop {
             self.observers.record(&record)?;
         }
         Ok(EpochEnd::Completed)
+    }
+
+    /// Whether Ctrl-C asks the run to stop after this step. With several processes the ranks must
+    /// agree on the step, which costs a collective and a host sync: they agree at logging steps only.
+    fn stop_requested(&self, logged: bool) -> Result<bool> {
+        let pressed = self.interrupted.load(Ordering::SeqCst);
+        if self.dist.world == 1 {
+            return Ok(pressed);
+        }
+        Ok(logged && self.dist.any(pressed)?)
     }
 
     /// One micro-batch to the device, mixed when the recipe mixes, through the engine.
