@@ -101,11 +101,13 @@ pub fn pe() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_pe"))
 }
 
-/// `(step, loss)` of every train record in a run's metrics.jsonl, the last one per step.
+/// `(step, loss)` of every train record in a run's metrics.jsonl, the last one per step. Reads only
+/// whole lines: the run may be writing the file while a test polls it.
 pub fn step_losses(run_dir: &Path) -> Vec<(u64, f64)> {
     let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap_or_default();
+    let whole = &text[..text.rfind('\n').map_or(0, |at| at + 1)];
     let mut by_step = std::collections::BTreeMap::new();
-    for line in text.lines() {
+    for line in whole.lines() {
         let record: serde_json::Value = serde_json::from_str(line).unwrap();
         if record["type"] == "train" {
             by_step.insert(record["step"].as_u64().unwrap(), record["loss"].as_f64().unwrap());
