@@ -11,6 +11,44 @@
 use crate::error::SampleError;
 use std::io::Cursor;
 
+#[cfg(feature = "turbojpeg")]
+mod turbo;
+#[cfg(feature = "turbojpeg")]
+pub use turbo::Window;
+
+/// A pixel window `[x0, x1) x [y0, y1)` of the (scaled) image.
+#[cfg(not(feature = "turbojpeg"))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// First column.
+    pub x0: usize,
+    /// First row.
+    pub y0: usize,
+    /// One past the last column.
+    pub x1: usize,
+    /// One past the last row.
+    pub y1: usize,
+}
+
+/// What [`Decoder::decode_window_into`] produced: the scale applied and where the decoded pixels sit
+/// in the full image at that scale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    /// DCT scaling denominator actually applied (1 unless libjpeg-turbo decoded).
+    pub denom: usize,
+    /// The window of the scaled image that the output holds (the whole image unless cropped).
+    pub window: Window,
+    /// Width of the whole image at this scale.
+    pub full_width: usize,
+    /// Height of the whole image at this scale.
+    pub full_height: usize,
+}
+
+/// A dimension at DCT scale `1 / denom`, rounded up as libjpeg-turbo does (`TJSCALED`).
+pub fn scaled_dim(dim: usize, denom: usize) -> usize {
+    dim.div_ceil(denom.max(1))
+}
+
 /// A decoded image: packed RGB, row-major (`[height, width, 3]`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RgbImage {
@@ -113,7 +151,7 @@ pub fn scale_denominator(crop_w: f64, crop_h: f64, out_w: usize, out_h: usize) -
 pub struct Decoder {
     kind: DecoderKind,
     #[cfg(feature = "turbojpeg")]
-    turbo: Option<turbojpeg::Decompressor>,
+    turbo: Option<turbo::Turbo>,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -127,7 +165,7 @@ impl Decoder {
     pub fn new(kind: DecoderKind) -> Self {
         #[cfg(feature = "turbojpeg")]
         {
-            let turbo = if kind == DecoderKind::Turbo { turbojpeg::Decompressor::new().ok() } else { None };
+            let turbo = if kind == DecoderKind::Turbo { turbo::Turbo::new() } else { None };
             let kind = if kind == DecoderKind::Turbo && turbo.is_none() { DecoderKind::Zune } else { kind };
             Decoder { kind, turbo }
         }
@@ -149,7 +187,7 @@ impl Decoder {
             Format::Jpeg => {
                 #[cfg(feature = "turbojpeg")]
                 if let Some(t) = self.turbo.as_mut() {
-                    if let Ok(h) = t.read_header(bytes) {
+                    if let Ok(h) = t.header(bytes) {
                         return Ok(Header { width: h.width, height: h.height, format: Format::Jpeg });
                     }
                 }
@@ -178,49 +216,52 @@ impl Decoder {
         denom: usize,
         out: &mut RgbImage,
     ) -> Result<usize, SampleError> {
+        Ok(self.decode_window_into(bytes, denom, None, out)?.denom)
+    }
+
+    /// Like [`Decoder::decode_into`], but only `window` (pixels of the image at `1/denom` scale) is
+    /// needed. libjpeg-turbo then decodes just those rows and the iMCU columns covering them, starting
+    /// at or left of `window.x0` (the scaled iMCU width aligns it); the other decoders, and files
+    /// libjpeg-turbo refuses, decode the whole image. Either way the result says which window `out`
+    /// holds, and its pixels equal the same window of a whole-image decode except within a few pixels
+    /// of a window edge that is not an image edge (chroma upsampling there sees the edge); callers pad
+    /// the window for that.
+    pub fn decode_window_into(
+        &mut self,
+        bytes: &[u8],
+        denom: usize,
+        window: Option<Window>,
+        out: &mut RgbImage,
+    ) -> Result<Decoded, SampleError> {
         let format = sniff(bytes);
         if format == Format::Jpeg {
             #[cfg(feature = "turbojpeg")]
             if self.kind == DecoderKind::Turbo {
                 if let Some(t) = self.turbo.as_mut() {
-                    if let Ok(d) = turbo_decode(t, bytes, denom, out) {
-                        return Ok(d);
+                    let denom = if matches!(denom, 2 | 4 | 8) { denom } else { 1 };
+                    if let Ok((window, full_width, full_height)) = t.decode(bytes, denom, window, out) {
+                        return Ok(Decoded { denom, window, full_width, full_height });
                     }
                     // Fall through: zune-jpeg handles CMYK/YCCK and is more lenient with odd files.
                 }
             }
             if self.kind != DecoderKind::Image && zune_decode(bytes, out).is_ok() {
-                return Ok(1);
+                return Ok(whole(out));
             }
         }
         image_decode(bytes, out)?;
-        Ok(1)
+        Ok(whole(out))
     }
 }
 
-#[cfg(feature = "turbojpeg")]
-fn turbo_decode(
-    t: &mut turbojpeg::Decompressor,
-    bytes: &[u8],
-    denom: usize,
-    out: &mut RgbImage,
-) -> Result<usize, SampleError> {
-    let turbo = |e: turbojpeg::Error| SampleError::Decode(e.to_string());
-    let header = t.read_header(bytes).map_err(turbo)?;
-    let denom = if matches!(denom, 2 | 4 | 8) { denom } else { 1 };
-    let factor = turbojpeg::ScalingFactor::new(1, denom);
-    t.set_scaling_factor(factor).map_err(turbo)?;
-    let scaled = header.scaled(factor);
-    out.reshape(scaled.width, scaled.height);
-    let image = turbojpeg::Image {
-        pixels: &mut out.data[..],
-        width: scaled.width,
-        pitch: scaled.width * 3,
-        height: scaled.height,
-        format: turbojpeg::PixelFormat::RGB,
-    };
-    t.decompress(bytes, image).map_err(turbo)?;
-    Ok(denom)
+/// The description of an unscaled, uncropped decode into `out`.
+fn whole(out: &RgbImage) -> Decoded {
+    Decoded {
+        denom: 1,
+        window: Window { x0: 0, y0: 0, x1: out.width, y1: out.height },
+        full_width: out.width,
+        full_height: out.height,
+    }
 }
 
 fn zune_decode(bytes: &[u8], out: &mut RgbImage) -> Result<(), SampleError> {
@@ -250,7 +291,7 @@ fn image_decode(bytes: &[u8], out: &mut RgbImage) -> Result<(), SampleError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn jpeg(w: u32, h: u32, gray: bool) -> Vec<u8> {
@@ -339,5 +380,114 @@ mod tests {
         assert_eq!((out.width, out.height), (51, 30));
         assert_eq!(d.decode_into(&bytes, 8, &mut out).unwrap(), 8);
         assert_eq!((out.width, out.height), (13, 8));
+    }
+
+    /// A photo-like test image: smooth shading, hard edges and fine noise, so that chroma upsampling and
+    /// the IDCT have real work at every window edge.
+    #[cfg(feature = "turbojpeg")]
+    pub(crate) fn textured(w: usize, h: usize, seed: u64) -> Vec<u8> {
+        let mut rng = crate::rng::Rng::keyed(crate::rng::Stream::Sample, &[seed]);
+        let mut px = vec![0u8; w * h * 3];
+        for y in 0..h {
+            for x in 0..w {
+                let (fx, fy) = (x as f64 / w as f64, y as f64 / h as f64);
+                let edge = if (x / 13 + y / 17) % 3 == 0 { 60.0 } else { 0.0 };
+                for c in 0..3 {
+                    let wave = 80.0 * ((fx * (3 + c) as f64 + fy * 5.0) * 6.3).sin();
+                    let v = 110.0 + wave + edge + 30.0 * (rng.f64() - 0.5) + 40.0 * c as f64 * fy;
+                    px[(y * w + x) * 3 + c] = v.clamp(0.0, 255.0) as u8;
+                }
+            }
+        }
+        px
+    }
+
+    /// Encode packed RGB with libjpeg-turbo at quality 90 with the given chroma subsampling
+    /// (`Gray` encodes the luma only).
+    #[cfg(feature = "turbojpeg")]
+    pub(crate) fn encode(px: &[u8], w: usize, h: usize, subsamp: turbojpeg::Subsamp) -> Vec<u8> {
+        let mut c = turbojpeg::Compressor::new().unwrap();
+        c.set_quality(90).unwrap();
+        c.set_subsamp(subsamp).unwrap();
+        let gray: Vec<u8>;
+        let (pixels, pitch, format) = if subsamp == turbojpeg::Subsamp::Gray {
+            gray = px.chunks_exact(3).map(|p| p[1]).collect();
+            (&gray[..], w, turbojpeg::PixelFormat::GRAY)
+        } else {
+            (px, w * 3, turbojpeg::PixelFormat::RGB)
+        };
+        c.compress_to_vec(turbojpeg::Image { pixels, width: w, pitch, height: h, format }).unwrap()
+    }
+
+    /// Window decoding equals whole-image decoding (at the same DCT scale) inside the window, over many
+    /// random windows, sizes (odd ones included), scales and subsamplings. Only pixels within
+    /// `PAD` of a cut that is not an image edge may differ: libjpeg-turbo upsamples chroma as if the cut
+    /// were the image border (observed: only the row or column at the cut itself).
+    #[cfg(feature = "turbojpeg")]
+    #[test]
+    fn window_decode_equals_whole_decode_inside_the_window() {
+        use turbojpeg::Subsamp;
+        const PAD: usize = 2;
+        let mut rng = crate::rng::Rng::keyed(crate::rng::Stream::Sample, &[42]);
+        let mut d = Decoder::new(DecoderKind::Turbo);
+        let (mut whole_img, mut part) = (RgbImage::default(), RgbImage::default());
+        let mut worst = [0usize; 8];
+        for (case, (w, h)) in [(501, 375), (333, 499), (64, 47), (17, 9), (640, 480)].into_iter().enumerate()
+        {
+            let px = textured(w, h, case as u64);
+            for sub in [Subsamp::Sub2x2, Subsamp::None, Subsamp::Gray, Subsamp::Sub2x1] {
+                let bytes = encode(&px, w, h, sub);
+                for denom in [1, 2, 4, 8] {
+                    let got = d.decode_window_into(&bytes, denom, None, &mut whole_img).unwrap();
+                    assert_eq!(got.denom, denom);
+                    let (fw, fh) = (whole_img.width, whole_img.height);
+                    assert_eq!((fw, fh), (scaled_dim(w, denom), scaled_dim(h, denom)));
+                    for _ in 0..25 {
+                        let x0 = rng.below(fw as u64) as usize;
+                        let y0 = rng.below(fh as u64) as usize;
+                        let x1 = x0 + 1 + rng.below((fw - x0) as u64) as usize;
+                        let y1 = y0 + 1 + rng.below((fh - y0) as u64) as usize;
+                        let want = Window { x0, y0, x1, y1 };
+                        let got = d.decode_window_into(&bytes, denom, Some(want), &mut part).unwrap();
+                        let win = got.window;
+                        assert_eq!((got.denom, got.full_width, got.full_height), (denom, fw, fh));
+                        assert!(win.x0 <= x0 && (win.y0, win.x1, win.y1) == (y0, x1, y1), "{want:?} {win:?}");
+                        assert!(x0 - win.x0 < 32, "{want:?} {win:?}");
+                        assert_eq!((part.width, part.height), (win.x1 - win.x0, win.y1 - win.y0));
+                        for y in win.y0..win.y1 {
+                            for x in win.x0..win.x1 {
+                                // Distance to the nearest cut that is not an image edge.
+                                let mut dist = usize::MAX;
+                                if win.x0 > 0 {
+                                    dist = dist.min(x - win.x0);
+                                }
+                                if win.x1 < fw {
+                                    dist = dist.min(win.x1 - 1 - x);
+                                }
+                                if win.y0 > 0 {
+                                    dist = dist.min(y - win.y0);
+                                }
+                                if win.y1 < fh {
+                                    dist = dist.min(win.y1 - 1 - y);
+                                }
+                                let a = &part.data[((y - win.y0) * part.width + x - win.x0) * 3..][..3];
+                                let b = &whole_img.data[(y * fw + x) * 3..][..3];
+                                let diff =
+                                    a.iter().zip(b).map(|(p, q)| p.abs_diff(*q) as usize).max().unwrap();
+                                if diff > 0 {
+                                    let k = dist.min(7);
+                                    worst[k] = worst[k].max(diff);
+                                    assert!(
+                                        dist < PAD,
+                                        "{w}x{h} {sub:?} 1/{denom} {want:?} at ({x}, {y}): {diff}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        eprintln!("max difference by distance to a cut: {worst:?}");
     }
 }

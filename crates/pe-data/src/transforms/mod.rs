@@ -13,7 +13,7 @@ pub mod rand_augment;
 pub mod resize;
 
 use crate::config::DataConfig;
-use crate::decode::{scale_denominator, Decoder, DecoderKind, RgbImage};
+use crate::decode::{scale_denominator, scaled_dim, Decoder, DecoderKind, RgbImage, Window};
 use crate::error::{Result, SampleError};
 use crate::rng::Rng;
 use erasing::RandomErasing;
@@ -57,6 +57,9 @@ pub struct Transform {
     pub decoder: DecoderKind,
     /// Allow DCT-domain downscaling.
     pub dct_scaling: bool,
+    /// Decode only the window the crop reads (libjpeg-turbo). Always on in the pipelines; off only to
+    /// compare against whole-image decoding in tests and benchmarks, as the output is the same.
+    pub window_decode: bool,
 }
 
 /// Per-thread reusable buffers: decoder handle, decoded and resized images, resampler.
@@ -125,6 +128,7 @@ impl Transform {
             erasing: None,
             decoder: cfg.decoder,
             dct_scaling: cfg.dct_scaling,
+            window_decode: true,
         })
     }
 
@@ -167,21 +171,29 @@ impl Transform {
         let filter = self.filter(rng);
         let denom =
             if self.dct_scaling { scale_denominator(region.width, region.height, size, size) } else { 1 };
-        let applied = s.decoder.decode_into(bytes, denom, &mut s.decoded)?;
-        if applied == 1 && (s.decoded.width, s.decoded.height) != (header.width, header.height) {
+        // The region in pixels of the image at 1/denom scale, and the window of those pixels that
+        // resampling it reads: libjpeg-turbo decodes only that window.
+        let (fw, fh) = (scaled_dim(header.width, denom), scaled_dim(header.height, denom));
+        let want = scale_region(region, header.width, header.height, fw, fh);
+        let window = needed_window(want, size, size, filter, fw, fh);
+        let window = self.window_decode.then_some(window);
+        let got = s.decoder.decode_window_into(bytes, denom, window, &mut s.decoded)?;
+        if got.denom == 1 && (got.full_width, got.full_height) != (header.width, header.height) {
             return Err(SampleError::SizeMismatch {
                 header: (header.width, header.height),
-                decoded: (s.decoded.width, s.decoded.height),
+                decoded: (got.full_width, got.full_height),
             });
         }
-        // Map the region into the (possibly DCT-scaled) decoded image.
-        let sx = s.decoded.width as f64 / header.width as f64;
-        let sy = s.decoded.height as f64 / header.height as f64;
+        // Map the region into the decoded window (the decoder may have scaled differently or decoded
+        // the whole image).
+        let region = scale_region(region, header.width, header.height, got.full_width, got.full_height);
+        let (wx, wy) = (got.window.x0 as f64, got.window.y0 as f64);
+        let (left, top) = ((region.left - wx).max(0.0), (region.top - wy).max(0.0));
         let region = Region {
-            left: region.left * sx,
-            top: region.top * sy,
-            width: (region.width * sx).min(s.decoded.width as f64),
-            height: (region.height * sy).min(s.decoded.height as f64),
+            left,
+            top,
+            width: region.width.min(s.decoded.width as f64 - left),
+            height: region.height.min(s.decoded.height as f64 - top),
         };
         s.resized.reshape(size, size);
         s.resizer.resize_region(&s.decoded, region, filter, &mut s.resized)?;
@@ -200,6 +212,44 @@ impl Transform {
             re.apply(out, size, size, rng);
         }
         Ok(())
+    }
+}
+
+/// `region` (pixels of a `width x height` image) in pixels of the same image decoded at `fw x fh`,
+/// clamped to it.
+fn scale_region(region: Region, width: usize, height: usize, fw: usize, fh: usize) -> Region {
+    let (sx, sy) = (fw as f64 / width as f64, fh as f64 / height as f64);
+    Region {
+        left: region.left * sx,
+        top: region.top * sy,
+        width: (region.width * sx).min(fw as f64),
+        height: (region.height * sy).min(fh as f64),
+    }
+}
+
+/// Extra pixels decoded around what the resampler reads. libjpeg-turbo treats a cropped window's edges
+/// like image edges when it upsamples chroma (4:2:0 reaches one chroma sample, two pixels, across), so
+/// the pixels next to a cut differ from a whole-image decode; the pad keeps those out of reach.
+const WINDOW_PAD: usize = 4;
+
+/// The window of an `fw x fh` image that resampling `region` to `out_w x out_h` with `filter` reads:
+/// the region widened by the filter's reach (its support, stretched by the downscale factor as the
+/// antialiasing resampler does), plus [`WINDOW_PAD`], clamped to the image. Outside it no output pixel
+/// has a tap, so decoding only the window gives the same output as decoding everything.
+fn needed_window(region: Region, out_w: usize, out_h: usize, filter: Filter, fw: usize, fh: usize) -> Window {
+    let support = match filter {
+        Filter::Bilinear => 1.0,
+        Filter::Bicubic => 2.0,
+    };
+    let reach = |len: f64, out: usize| support * (len / out as f64).max(1.0);
+    let (rx, ry) = (reach(region.width, out_w), reach(region.height, out_h));
+    let lo = |v: f64| (v.floor().max(0.0) as usize).saturating_sub(WINDOW_PAD);
+    let hi = |v: f64, max: usize| ((v.ceil().max(0.0) as usize) + WINDOW_PAD).min(max);
+    Window {
+        x0: lo(region.left - rx).min(fw.saturating_sub(1)),
+        y0: lo(region.top - ry).min(fh.saturating_sub(1)),
+        x1: hi(region.left + region.width + rx, fw),
+        y1: hi(region.top + region.height + ry, fh),
     }
 }
 
