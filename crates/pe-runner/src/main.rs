@@ -74,6 +74,7 @@ fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
 
 /// Exit codes: 0 success, 1 failure, 2 invalid configuration (nothing started), 130 interrupted.
 fn main() -> ExitCode {
+    pe_torch::allocator::keep_freed_memory();
     log_to_stderr();
     let result = match Cli::parse().command {
         Command::Train(args) => {

@@ -332,3 +332,15 @@ pub(crate) fn cuda_synchronize(index: i64) -> Result<()> {
     // SAFETY: plain integer argument.
     check(unsafe { pe_cuda_synchronize(index) })
 }
+
+/// glibc: serve every block below 2 GiB (the largest value mallopt takes) from the heap and never
+/// trim it, so freed tensors are reused instead of unmapped (see `crate::allocator`). The 32 MiB
+/// ceiling glibc documents applies to its dynamic threshold, not to a value set here.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(crate) fn malloc_keep_freed_memory() -> bool {
+    // SAFETY: mallopt only changes allocator parameters and is thread-safe (it takes the arena lock).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, libc::c_int::MAX) == 1
+            && libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) == 1
+    }
+}

@@ -4,6 +4,7 @@
 //!
 //! Everything takes and returns `tch::Tensor`; the only `unsafe` code is the private `ffi` module.
 mod abi;
+pub mod allocator;
 pub mod autocast;
 pub mod cuda;
 mod ffi;
