@@ -92,8 +92,9 @@ bench-torch: setup ## pe-torch: fused vs per-tensor optimizer steps, bf16 autoca
 	target/release/examples/torch_bench --json target/bench/torch_rust.json
 	$(PYTHON) bench/torch/torch_bench.py --rust-json target/bench/torch_rust.json --json target/bench/torch_pytorch.json
 
-bench-train: build ## Train-step time of resnet50(-PE) and deit_small/ViT-PE: Rust vs PyTorch eager, same threads
+bench-train: build ## Train-step time of resnet50(-PE) and deit_small/ViT-PE: Rust vs PyTorch eager, interleaved, fp32 and bf16+channels_last
 	$(PYTHON) bench/train_step.py --pe $(PE) --out bench/results/train_step_cpu.md
+	$(PYTHON) bench/train_step.py --pe $(PE) --amp bf16 --channels-last --out bench/results/train_step_cpu_bf16.md
 
 bench-shards: build ## Folder vs tar-shard loader img/s and files opened (bench/results/shards.md)
 	$(PYTHON) bench/data/make_photos.py --out data/bench-photos

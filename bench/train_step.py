@@ -1,16 +1,26 @@
-"""Train-step time (forward + backward + AdamW) of the same models in Rust (`pe bench`) and in
-PyTorch eager, on the same machine with the same thread count; prints a table with the ratio.
+"""Train-step time (forward + backward + fused AdamW) of the same models in Rust (`pe bench`) and in
+PyTorch eager, on the same machine with the same threads, autocast and memory format; writes a table
+with the ratio.
 
-    python bench/train_step.py --pe target/release/pe [--threads N] [--out bench/results/train_step_cpu.md]
+    python bench/train_step.py --pe target/release/pe [--threads N] [--steps 20] [--amp bf16]
+        [--channels-last] [--out bench/results/train_step_cpu.md]
+
+The two sides run interleaved: `pe bench --serve` keeps its model warm in its own process and runs
+one step per line it reads, while this script runs PyTorch's steps in between (alternating which
+side goes first), so a busy moment on the machine lands on both. Each side's median step time is
+reported with its 10th-90th percentile spread.
 
 The PE models' PyTorch side is tests/python/pe_reference.py, loaded with the Rust model's own
 initial weights (exported by `pe forward --save-weights`), so both sides compute the same thing.
 """
 
 import argparse
+import contextlib
 import json
 import pathlib
+import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,58 +61,127 @@ def torch_model(pe, name, img_size):
     return model
 
 
-def time_torch(model, batch, img_size, steps, warmup):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)
-    images = torch.randn(batch, 3, img_size, img_size)
-    labels = torch.randint(0, 1000, (batch,))
-    model.train()
+class TorchStep:
+    """PyTorch eager with the settings `pe bench` gets: fused AdamW, bf16 autocast, channels_last."""
 
-    def step():
-        loss = torch.nn.functional.cross_entropy(model(images), labels)
+    def __init__(self, model, batch, img_size, amp, channels_last):
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(memory_format=memory_format)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)
+        self.images = torch.randn(batch, 3, img_size, img_size).to(memory_format=memory_format)
+        with torch.no_grad():
+            classes = model.eval()(self.images[:1]).shape[-1]
+        model.train()
+        self.labels = torch.randint(0, classes, (batch,))
+        self.amp = amp
+
+    def __call__(self):
+        start = time.perf_counter()
+        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if self.amp == "bf16"
+                    else contextlib.nullcontext())
+        with autocast:
+            logits = self.model(self.images)
+        loss = torch.nn.functional.cross_entropy(logits.float(), self.labels)
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return (time.perf_counter() - start) * 1e3
 
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) * 1e3 / steps
+
+class RustStep:
+    """`pe bench --serve`: one step per line written to it, its time read back."""
+
+    def __init__(self, pe, name, batch, img_size, warmup, threads, amp, channels_last):
+        cmd = [pe, "bench", "--model", name, "--batch", str(batch), "--img-size", str(img_size),
+               "--warmup", str(warmup), "--threads", str(threads), "--amp", amp, "--serve"]
+        if channels_last:
+            cmd.append("--channels-last")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert json.loads(self.proc.stdout.readline()) == {"ready": True}, "pe bench did not start"
+
+    def __call__(self):
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())["ms"]
+
+    def finish(self):
+        """Ends the serve loop; returns pe's summary (peak RSS)."""
+        self.proc.stdin.close()
+        summary = json.loads(self.proc.stdout.read())
+        if self.proc.wait() != 0:
+            raise RuntimeError("pe bench failed")
+        return summary
+
+
+def spread(times):
+    q = statistics.quantiles(times, n=10, method="inclusive")
+    return statistics.median(times), q[0], q[-1]
+
+
+def measure(args, name, batch, img_size):
+    rust = RustStep(args.pe, name, batch, img_size, args.warmup, args.threads, args.amp, args.channels_last)
+    torch.manual_seed(0)
+    torch_step = TorchStep(torch_model(args.pe, name, img_size), batch, img_size, args.amp, args.channels_last)
+    for _ in range(args.warmup):
+        torch_step()
+    rust_ms, torch_ms = [], []
+    for i in range(args.steps):
+        # Alternate which side goes first, so neither always runs right after the other.
+        if i % 2 == 0:
+            rust_ms.append(rust())
+            torch_ms.append(torch_step())
+        else:
+            torch_ms.append(torch_step())
+            rust_ms.append(rust())
+    summary = rust.finish()
+    ratios = sorted(r / t for r, t in zip(rust_ms, torch_ms))
+    return {"model": name, "batch": batch, "img": img_size, "rust": spread(rust_ms),
+            "torch": spread(torch_ms), "ratio": statistics.median(rust_ms) / statistics.median(torch_ms),
+            "pair_ratio": spread(ratios), "rust_rss": summary["peak_rss_mb"]}
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--pe", default=str(ROOT / "target" / "release" / "pe"))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--amp", choices=["off", "bf16"], default="off")
+    parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--models", nargs="*", default=MODELS)
+    parser.add_argument("--shapes", nargs="*", default=[f"{b}x{s}" for b, s in SHAPES],
+                        help="batch x image side, e.g. 16x224")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    for batch, img_size in SHAPES:
+    for shape in args.shapes:
+        batch, img_size = (int(v) for v in shape.split("x"))
         for name in args.models:
-            rust = json.loads(subprocess.run(
-                [args.pe, "bench", "--model", name, "--batch", str(batch), "--img-size", str(img_size),
-                 "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)],
-                check=True, capture_output=True, text=True).stdout)
-            torch.manual_seed(0)
-            model = torch_model(args.pe, name, img_size)
-            torch_ms = time_torch(model, batch, img_size, args.steps, args.warmup)
-            rows.append((name, batch, img_size, rust["ms_per_step"], torch_ms, rust["peak_rss_mb"]))
-            print(f"{name:14} b{batch:<4} {img_size}px  rust {rust['ms_per_step']:9.1f} ms  "
-                  f"torch {torch_ms:9.1f} ms  ratio {rust['ms_per_step'] / torch_ms:.3f}", flush=True)
+            row = measure(args, name, batch, img_size)
+            rows.append(row)
+            print(f"{name:14} b{batch:<4} {img_size}px  rust {row['rust'][0]:9.1f} ms  "
+                  f"torch {row['torch'][0]:9.1f} ms  ratio {row['ratio']:.3f}", flush=True)
     torch_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    settings = f"autocast {args.amp}, {'channels_last' if args.channels_last else 'contiguous'}"
     lines = [
-        f"Train step (forward + backward + AdamW), CPU, {args.threads} threads, {args.steps} timed steps "
+        f"Train step (forward + backward + fused AdamW), CPU ({platform.processor() or platform.machine()}), "
+        f"{args.threads} threads, {settings}; {args.steps} steps per side, interleaved with PyTorch's, "
         f"after {args.warmup} warm-up; torch {torch.__version__}.",
         "",
-        "| model | batch | img | Rust ms/step | PyTorch ms/step | ratio Rust/PyTorch | Rust peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|",
+        "Times are medians with the 10th-90th percentile in brackets; `ratio` is median Rust / median "
+        "PyTorch, `paired` the median (10th-90th) of the per-pair ratios.",
+        "",
+        "| model | batch | img | Rust ms/step | PyTorch ms/step | ratio Rust/PyTorch | paired | Rust peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {n} | {b} | {s} | {r:.1f} | {t:.1f} | {r / t:.3f} | {rss:.0f} |" for n, b, s, r, t, rss in rows]
+
+    def cell(stats, digits=1):
+        median, low, high = stats
+        return f"{median:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
+
+    lines += [f"| {r['model']} | {r['batch']} | {r['img']} | {cell(r['rust'])} | {cell(r['torch'])} | "
+              f"**{r['ratio']:.3f}** | {cell(r['pair_ratio'], 3)} | {r['rust_rss']:.0f} |" for r in rows]
     lines += ["", f"PyTorch process peak RSS over all models: {torch_rss:.0f} MB."]
     print("\n".join(lines))
     if args.out:

@@ -1,7 +1,13 @@
 //! `pe bench`: times the training step engine (forward + backward + optimizer step, with the
 //! chosen autocast and memory format) on a registry model and random data, for side-by-side
 //! comparison with PyTorch eager (bench/train_step.py).
+//!
+//! Each step is timed on its own and the median is reported with the spread, so one slow step
+//! (another process, a page-cache flush) does not move the result. With `--serve` the steps are
+//! run one per line read from stdin, so a driver can interleave them with PyTorch's steps and both
+//! sides see the same machine at the same moments.
 
+use std::io::BufRead;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -39,6 +45,15 @@ pub struct BenchArgs {
     /// Conv weights and inputs in channels_last, as `train.channels_last`.
     #[arg(long)]
     channels_last: bool,
+    /// After the warm-up, print `{"ready": true}`, then run one step per line read from stdin and
+    /// print `{"ms": ...}` after each; the summary follows at end of input.
+    #[arg(long)]
+    serve: bool,
+}
+
+/// The `q` quantile (nearest rank) of per-step times; `sorted` is non-empty and ascending.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 /// Peak resident set size of this process in bytes (VmHWM).
@@ -85,33 +100,49 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let images = Tensor::randn([args.batch, config.model.in_channels(), size, size], (Kind::Float, device));
     let labels =
         Targets::Labels(Tensor::randint(config.model.num_classes(), [args.batch], (Kind::Int64, device)));
-    let mut step = || -> Result<()> {
+    let mut step = || -> Result<f64> {
+        let start = Instant::now();
         engine.forward_backward(&images, &labels, true)?;
         engine.optimizer_step(1e-4, false)?;
         if let Device::Cuda(index) = device {
             tch::Cuda::synchronize(index as i64);
         }
-        Ok(())
+        Ok(start.elapsed().as_secs_f64() * 1e3)
     };
     for _ in 0..args.warmup {
         step()?;
     }
-    let start = Instant::now();
-    for _ in 0..args.steps {
-        step()?;
+    let mut times = Vec::new();
+    if args.serve {
+        println!("{}", json!({"ready": true}));
+        for line in std::io::stdin().lock().lines() {
+            line?;
+            let ms = step()?;
+            println!("{}", json!({"ms": ms}));
+            times.push(ms);
+        }
+    } else {
+        for _ in 0..args.steps {
+            times.push(step()?);
+        }
     }
-    let ms = start.elapsed().as_secs_f64() * 1e3 / args.steps as f64;
+    if times.is_empty() {
+        anyhow::bail!("no step was timed (--steps 0, or no line on stdin with --serve)");
+    }
     // DDP's timing is read at the next prepare_for_forward after a synchronised backward.
     engine.forward_backward(&images, &labels, true)?;
     let hidden = engine.allreduce_hidden_share()?;
     if !dist.is_main() {
         return Ok(());
     }
+    times.sort_by(f64::total_cmp);
+    let median = quantile(&times, 0.5);
     let images_per_step = (args.batch as usize * dist.world) as f64;
     let record = json!({"side": "rust", "model": args.model, "batch": args.batch, "img_size": size,
         "amp": args.amp, "channels_last": args.channels_last, "processes": dist.world,
-        "threads": tch::get_num_threads(), "ms_per_step": ms, "img_per_s": images_per_step * 1e3 / ms,
-        "allreduce_hidden_share": hidden,
+        "threads": tch::get_num_threads(), "steps": times.len(), "ms_per_step": median,
+        "ms_p10": quantile(&times, 0.1), "ms_p90": quantile(&times, 0.9),
+        "img_per_s": images_per_step * 1e3 / median, "allreduce_hidden_share": hidden,
         "peak_rss_mb": peak_rss_bytes().map(|b| b as f64 / 1048576.0)});
     println!("{record}");
     Ok(())
