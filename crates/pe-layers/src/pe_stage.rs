@@ -107,10 +107,12 @@ impl PeBottleneck {
 
     /// The output and the hidden activation `G_i(W x)` that `Wᵀ` reads (for weight-space analysis).
     pub fn forward_with_hidden(&self, xs: &Tensor, shared: &StageShared, train: bool) -> (Tensor, Tensor) {
-        let branch = shared.reduce(xs).apply_t(&self.bn1, train).relu();
-        let hidden = branch.apply(&self.conv2).apply_t(&self.bn2, train).relu();
-        let branch = shared.expand(&hidden).apply_t(&self.bn3, train);
-        ((branch + xs).relu(), hidden)
+        let branch = shared.reduce(xs).apply_t(&self.bn1, train).relu_();
+        let hidden = branch.apply(&self.conv2).apply_t(&self.bn2, train).relu_();
+        let mut branch = shared.expand(&hidden).apply_t(&self.bn3, train);
+        // In place, as in `residual::close_residual`: BatchNorm's backward does not read its output.
+        branch += xs;
+        (branch.relu_(), hidden)
     }
 }
 

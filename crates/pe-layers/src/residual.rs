@@ -93,13 +93,15 @@ impl ResidualConfig {
     }
 }
 
-/// Adds the (possibly projected) shortcut to a residual branch and applies the final ReLU.
-fn close_residual(xs: &Tensor, branch: Tensor, downsample: Option<&ConvBn>, train: bool) -> Tensor {
-    let shortcut = match downsample {
-        Some(projection) => projection.forward_t(xs, train),
-        None => xs.shallow_clone(),
+/// Adds the (possibly projected) shortcut to a residual branch and applies the final ReLU, both in
+/// the branch's own memory as torchvision does: `branch` is a BatchNorm output, which BatchNorm's
+/// backward does not read, so overwriting it saves two activation-sized tensors per block.
+fn close_residual(xs: &Tensor, mut branch: Tensor, downsample: Option<&ConvBn>, train: bool) -> Tensor {
+    match downsample {
+        Some(projection) => branch += projection.forward_t(xs, train),
+        None => branch += xs,
     };
-    (branch + shortcut).relu()
+    branch.relu_()
 }
 
 #[derive(Debug)]
@@ -117,8 +119,8 @@ impl Bottleneck {
     /// The output and the hidden activation `G(conv1 x)` that `conv3` reads (for weight-space analysis).
     pub fn forward_with_hidden(&self, xs: &Tensor, train: bool) -> (Tensor, Tensor) {
         // [B, C_in, H, W] -> [B, width, H, W] -> [B, width, H/s, W/s] -> [B, C_out, H/s, W/s]
-        let branch = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu();
-        let hidden = branch.apply(&self.conv2).apply_t(&self.bn2, train).relu();
+        let branch = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu_();
+        let hidden = branch.apply(&self.conv2).apply_t(&self.bn2, train).relu_();
         let branch = hidden.apply(&self.conv3).apply_t(&self.bn3, train);
         (close_residual(xs, branch, self.downsample.as_ref(), train), hidden)
     }
@@ -142,7 +144,7 @@ pub struct BasicBlock {
 impl nn::ModuleT for BasicBlock {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         // [B, C_in, H, W] -> [B, C_out, H/s, W/s]
-        let branch = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu();
+        let branch = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu_();
         let branch = branch.apply(&self.conv2).apply_t(&self.bn2, train);
         close_residual(xs, branch, self.downsample.as_ref(), train)
     }

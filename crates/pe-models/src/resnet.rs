@@ -411,7 +411,7 @@ impl ResNet {
     /// [`ResNet::features`], handing `probe` each bottleneck's hidden activation named
     /// `layer{s}.{b}` as torchvision names the block (see [`Stage::forward_probed`]).
     pub fn features_probed(&self, xs: &Tensor, train: bool, probe: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
-        let mut xs = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu();
+        let mut xs = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu_();
         if self.config.stem == Stem::Imagenet {
             xs = xs.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         }
