@@ -148,7 +148,7 @@ fn main() {
 
     let mut chw = vec![0u8; 3 * size * size];
     row("hwc_to_chw", time(rounds, n, || crops.iter().for_each(|c| hwc_to_chw(c, &mut chw))));
-    let re = RandomErasing { prob: 1.0, mode: cfg.remode, count: 1, mean: cfg.mean, std: cfg.std };
+    let re = RandomErasing::new(1.0, cfg.remode, 1, cfg.mean, cfg.std);
     let us = time(rounds, n, || {
         for _ in 0..n {
             re.apply(&mut chw, size, size, &mut rng);

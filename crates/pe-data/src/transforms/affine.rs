@@ -34,72 +34,241 @@ fn cubic(x: f32) -> f32 {
 }
 
 /// Warp `src` into `out` (same size) with the affine map `m`, filling outside pixels with `fill`.
+///
+/// Speed matters here: RandAugment's rotate/shear/translate are the costliest ops of the DeiT recipe.
+/// The loop is specialised per filter, reads the 2x2 or 4x4 footprint straight from the row slices when
+/// it lies inside the image (the clamped lookup is only for the border), and skips taps whose weight is
+/// exactly zero, which shears and translations have along one axis (`dx` or `dy` is 0). Skipping a zero
+/// tap adds `+0.0` less, and the sums keep their order, so the result is bit-identical to the plain
+/// 16-tap evaluation.
 pub fn warp(src: &RgbImage, m: &Affine, filter: Filter, fill: [u8; 3], out: &mut RgbImage) {
+    if m[0] == 1.0 && m[3] == 0.0 && src.width > 0 && src.height > 0 {
+        return warp_rows(src, m, filter, fill, out);
+    }
+    match filter {
+        Filter::Bilinear => warp_with(src, m, fill, out, bilinear_at),
+        Filter::Bicubic => warp_with(src, m, fill, out, bicubic_at),
+    }
+}
+
+/// The pixel loop shared by both filters: maps each output pixel center to the input, fills outside
+/// pixels, and asks `sample` for the rest with the top-left tap `(x0, y0)` and fractions `(dx, dy)`.
+#[inline(always)]
+fn warp_with(
+    src: &RgbImage,
+    m: &Affine,
+    fill: [u8; 3],
+    out: &mut RgbImage,
+    sample: impl Fn(&[u8], usize, usize, i64, i64, f32, f32) -> [f32; 3],
+) {
     let (w, h) = (src.width, src.height);
     out.reshape(w, h);
     let s = src.pixels();
-    let (wi, hi) = (w as i64, h as i64);
-    // Index of the clamped pixel (x, y): taps beyond the border repeat the edge, as Pillow's XCLIP/YCLIP.
-    let at =
-        |x: i64, y: i64| -> usize { (y.clamp(0, hi - 1) as usize * w + x.clamp(0, wi - 1) as usize) * 3 };
-    for yo in 0..h {
+    for (yo, row) in out.data[..w * h * 3].chunks_exact_mut(w * 3).enumerate() {
         let yf = yo as f64 + 0.5;
         // Row start in input space; stepping x by one adds (m[0], m[3]).
         let (mut xin, mut yin) = (m[0] * 0.5 + m[1] * yf + m[2], m[3] * 0.5 + m[4] * yf + m[5]);
-        for xo in 0..w {
-            let o = (yo * w + xo) * 3;
+        for o in row.chunks_exact_mut(3) {
             let (xi, yi) = (xin, yin);
             xin += m[0];
             yin += m[3];
             if xi < 0.0 || xi >= w as f64 || yi < 0.0 || yi >= h as f64 {
-                out.data[o..o + 3].copy_from_slice(&fill);
+                o.copy_from_slice(&fill);
                 continue;
             }
             let (x, y) = (xi - 0.5, yi - 0.5);
             // x, y >= -0.5 here, so floor is truncation except in [-0.5, 0) (no libm call).
             let (x0, y0) = (if x < 0.0 { -1 } else { x as i64 }, if y < 0.0 { -1 } else { y as i64 });
             let (dx, dy) = ((x - x0 as f64) as f32, (y - y0 as f64) as f32);
-            let mut acc = [0f32; 3];
-            match filter {
-                Filter::Bilinear => {
-                    let taps = [
-                        (at(x0, y0), (1.0 - dx) * (1.0 - dy)),
-                        (at(x0 + 1, y0), dx * (1.0 - dy)),
-                        (at(x0, y0 + 1), (1.0 - dx) * dy),
-                        (at(x0 + 1, y0 + 1), dx * dy),
-                    ];
-                    for (i, wt) in taps {
-                        for c in 0..3 {
-                            acc[c] += wt * s[i + c] as f32;
-                        }
-                    }
-                }
-                Filter::Bicubic => {
-                    let wx = [cubic(dx + 1.0), cubic(dx), cubic(1.0 - dx), cubic(2.0 - dx)];
-                    let wy = [cubic(dy + 1.0), cubic(dy), cubic(1.0 - dy), cubic(2.0 - dy)];
-                    for (j, &wyj) in wy.iter().enumerate() {
-                        let yy = y0 - 1 + j as i64;
-                        let mut row = [0f32; 3];
-                        let interior = x0 >= 1 && x0 + 2 < wi && yy >= 0 && yy < hi;
-                        let base = if interior { at(x0 - 1, yy) } else { 0 };
-                        for (i, &wxi) in wx.iter().enumerate() {
-                            let p = if interior { base + 3 * i } else { at(x0 - 1 + i as i64, yy) };
-                            for c in 0..3 {
-                                row[c] += wxi * s[p + c] as f32;
-                            }
-                        }
-                        for c in 0..3 {
-                            acc[c] += wyj * row[c];
-                        }
-                    }
-                }
-            }
+            let acc = sample(s, w, h, x0, y0, dx, dy);
             // Float-to-int casts saturate, so this rounds and clamps to [0, 255] in one step.
-            for (dst, v) in out.data[o..o + 3].iter_mut().zip(acc) {
+            for (dst, v) in o.iter_mut().zip(acc) {
                 *dst = (v + 0.5) as u8;
             }
         }
     }
+}
+
+/// Maps that keep rows as rows at unit scale (`x_in = x + b y + c`, `y_in = e y + f`: translations
+/// and ShearX): along an output row the input row and the sub-pixel fraction are constant, so every
+/// pixel has the same weights and the taps are contiguous bytes. The interior of each row is then a
+/// few multiply-adds over whole rows, which vectorise; border pixels go through the per-pixel code.
+/// The arithmetic per value is the per-pixel one (same weights, same summation order), except that
+/// the per-pixel loop reaches `x_in` by repeated addition: where that accumulated rounding moves the
+/// fraction by an f32 ulp, a value can round to the neighbouring level.
+fn warp_rows(src: &RgbImage, m: &Affine, filter: Filter, fill: [u8; 3], out: &mut RgbImage) {
+    let (w, h) = (src.width, src.height);
+    out.reshape(w, h);
+    let s = src.pixels();
+    let stride = w * 3;
+    let mut hsum = vec![0f32; stride];
+    let mut acc = vec![0f32; stride];
+    for (yo, orow) in out.data[..h * stride].chunks_exact_mut(stride).enumerate() {
+        let yf = yo as f64 + 0.5;
+        let yi = m[3] * 0.5 + m[4] * yf + m[5];
+        let xs = m[0] * 0.5 + m[1] * yf + m[2];
+        let inside_x = |x: usize| {
+            let xi = xs + x as f64;
+            xi >= 0.0 && xi < w as f64
+        };
+        let x_lo = (0..w).position(inside_x).unwrap_or(w);
+        let x_hi = x_lo + (x_lo..w).take_while(|&x| inside_x(x)).count();
+        if yi < 0.0 || yi >= h as f64 || x_lo == x_hi {
+            orow.chunks_exact_mut(3).for_each(|p| p.copy_from_slice(&fill));
+            continue;
+        }
+        orow[..x_lo * 3].chunks_exact_mut(3).for_each(|p| p.copy_from_slice(&fill));
+        orow[x_hi * 3..].chunks_exact_mut(3).for_each(|p| p.copy_from_slice(&fill));
+        let y = yi - 0.5;
+        let y0 = if y < 0.0 { -1 } else { y as i64 };
+        let dy = (y - y0 as f64) as f32;
+        let xb = xs - 0.5;
+        let k = xb.floor() as i64;
+        let dx = (xb - k as f64) as f32;
+        // Output pixel x reads input columns from x + k - 1 (bicubic) or x + k (bilinear) on.
+        let (lo_tap, hi_tap) = match filter {
+            Filter::Bilinear => (0, 1),
+            Filter::Bicubic => (1, 2),
+        };
+        let a = (lo_tap - k).clamp(x_lo as i64, x_hi as i64) as usize;
+        let b = (w as i64 - 1 - hi_tap - k + 1).clamp(a as i64, x_hi as i64) as usize;
+        let per_pixel = |orow: &mut [u8], x: usize| {
+            let acc = match filter {
+                Filter::Bilinear => bilinear_at(s, w, h, x as i64 + k, y0, dx, dy),
+                Filter::Bicubic => bicubic_at(s, w, h, x as i64 + k, y0, dx, dy),
+            };
+            for (dst, v) in orow[x * 3..x * 3 + 3].iter_mut().zip(acc) {
+                *dst = (v + 0.5) as u8;
+            }
+        };
+        for x in (x_lo..a).chain(b..x_hi) {
+            per_pixel(orow, x);
+        }
+        if a == b {
+            continue;
+        }
+        let n = (b - a) * 3;
+        let row_of = |yy: i64| &s[yy.clamp(0, h as i64 - 1) as usize * stride..][..stride];
+        let acc = &mut acc[..n];
+        acc.fill(0.0);
+        match filter {
+            Filter::Bilinear => {
+                let c0 = ((a as i64 + k) * 3) as usize;
+                let taps = [
+                    (row_of(y0), c0, (1.0 - dx) * (1.0 - dy)),
+                    (row_of(y0), c0 + 3, dx * (1.0 - dy)),
+                    (row_of(y0 + 1), c0, (1.0 - dx) * dy),
+                    (row_of(y0 + 1), c0 + 3, dx * dy),
+                ];
+                for (row, off, wt) in taps {
+                    if wt != 0.0 {
+                        for (a, &v) in acc.iter_mut().zip(&row[off..off + n]) {
+                            *a += wt * v as f32;
+                        }
+                    }
+                }
+            }
+            Filter::Bicubic => {
+                let wx = [cubic(dx + 1.0), cubic(dx), cubic(1.0 - dx), cubic(2.0 - dx)];
+                let wy = [cubic(dy + 1.0), cubic(dy), cubic(1.0 - dy), cubic(2.0 - dy)];
+                let (ja, jb) = if dy == 0.0 { (1, 2) } else { (0, 4) };
+                let (ia, ib) = if dx == 0.0 { (1, 2) } else { (0, 4) };
+                let hsum = &mut hsum[..n];
+                for j in ja..jb {
+                    let row = row_of(y0 - 1 + j as i64);
+                    hsum.fill(0.0);
+                    for (i, &wxi) in wx.iter().enumerate().take(ib).skip(ia) {
+                        let off = ((a as i64 + k - 1 + i as i64) * 3) as usize;
+                        for (hv, &v) in hsum.iter_mut().zip(&row[off..off + n]) {
+                            *hv += wxi * v as f32;
+                        }
+                    }
+                    for (av, &hv) in acc.iter_mut().zip(hsum.iter()) {
+                        *av += wy[j] * hv;
+                    }
+                }
+            }
+        }
+        for (dst, &v) in orow[a * 3..b * 3].iter_mut().zip(acc.iter()) {
+            *dst = (v + 0.5) as u8;
+        }
+    }
+}
+
+/// Index of the clamped pixel (x, y): taps beyond the border repeat the edge, as Pillow's XCLIP/YCLIP.
+#[inline(always)]
+fn clamped(w: usize, h: usize, x: i64, y: i64) -> usize {
+    (y.clamp(0, h as i64 - 1) as usize * w + x.clamp(0, w as i64 - 1) as usize) * 3
+}
+
+#[inline(always)]
+fn bilinear_at(s: &[u8], w: usize, h: usize, x0: i64, y0: i64, dx: f32, dy: f32) -> [f32; 3] {
+    let taps = if x0 >= 0 && y0 >= 0 && x0 + 1 < w as i64 && y0 + 1 < h as i64 {
+        let i = (y0 as usize * w + x0 as usize) * 3;
+        [i, i + 3, i + w * 3, i + w * 3 + 3]
+    } else {
+        [
+            clamped(w, h, x0, y0),
+            clamped(w, h, x0 + 1, y0),
+            clamped(w, h, x0, y0 + 1),
+            clamped(w, h, x0 + 1, y0 + 1),
+        ]
+    };
+    let weights = [(1.0 - dx) * (1.0 - dy), dx * (1.0 - dy), (1.0 - dx) * dy, dx * dy];
+    let mut acc = [0f32; 3];
+    for (i, wt) in taps.into_iter().zip(weights) {
+        if wt != 0.0 {
+            let p: &[u8; 3] = s[i..i + 3].try_into().expect("3 bytes");
+            for c in 0..3 {
+                acc[c] += wt * p[c] as f32;
+            }
+        }
+    }
+    acc
+}
+
+#[inline(always)]
+fn bicubic_at(s: &[u8], w: usize, h: usize, x0: i64, y0: i64, dx: f32, dy: f32) -> [f32; 3] {
+    let wx = [cubic(dx + 1.0), cubic(dx), cubic(1.0 - dx), cubic(2.0 - dx)];
+    let wy = [cubic(dy + 1.0), cubic(dy), cubic(1.0 - dy), cubic(2.0 - dy)];
+    // With a zero fraction only the tap at 0 has a non-zero weight (exactly 1).
+    let (ja, jb) = if dy == 0.0 { (1, 2) } else { (0, 4) };
+    let (ia, ib) = if dx == 0.0 { (1, 2) } else { (0, 4) };
+    if x0 >= 1 && x0 + 3 < w as i64 && y0 - 1 + ja as i64 >= 0 && y0 - 1 + (jb as i64) <= h as i64 {
+        // Inside: each tap is read as 4 lanes (its RGB and the next pixel's R, ignored) so that the
+        // per-channel sums vectorise; lane by lane the arithmetic is the scalar one. `x0 + 3 < w` keeps
+        // that extra byte inside the row.
+        let mut acc = [0f32; 4];
+        for j in ja..jb {
+            let base = ((y0 - 1 + j as i64) as usize * w + x0 as usize - 1) * 3;
+            let taps: &[u8; 13] = s[base..base + 13].try_into().expect("13 bytes");
+            let mut row = [0f32; 4];
+            for i in ia..ib {
+                for c in 0..4 {
+                    row[c] += wx[i] * taps[3 * i + c] as f32;
+                }
+            }
+            for c in 0..4 {
+                acc[c] += wy[j] * row[c];
+            }
+        }
+        return [acc[0], acc[1], acc[2]];
+    }
+    let mut acc = [0f32; 3];
+    for j in ja..jb {
+        let yy = y0 - 1 + j as i64;
+        let mut row = [0f32; 3];
+        for i in ia..ib {
+            let p = clamped(w, h, x0 - 1 + i as i64, yy);
+            for c in 0..3 {
+                row[c] += wx[i] * s[p + c] as f32;
+            }
+        }
+        for c in 0..3 {
+            acc[c] += wy[j] * row[c];
+        }
+    }
+    acc
 }
 
 #[cfg(test)]
@@ -140,5 +309,100 @@ mod tests {
         assert_eq!(&out.data[0..3], &src.data[5 * 3..6 * 3]);
         warp(&src, &rotation(6, 6, 0.0), Filter::Bicubic, [0, 0, 0], &mut out);
         assert_eq!(out, src);
+    }
+
+    /// The plain evaluation every fast path must reproduce bit for bit: all 4 or 16 taps through the
+    /// clamped lookup, summed in the same order.
+    fn warp_plain(src: &RgbImage, m: &Affine, filter: Filter, fill: [u8; 3]) -> RgbImage {
+        let (w, h) = (src.width, src.height);
+        let mut out = RgbImage::new(w, h);
+        for yo in 0..h {
+            let yf = yo as f64 + 0.5;
+            let (mut xin, mut yin) = (m[0] * 0.5 + m[1] * yf + m[2], m[3] * 0.5 + m[4] * yf + m[5]);
+            for xo in 0..w {
+                let o = (yo * w + xo) * 3;
+                let (xi, yi) = (xin, yin);
+                xin += m[0];
+                yin += m[3];
+                if xi < 0.0 || xi >= w as f64 || yi < 0.0 || yi >= h as f64 {
+                    out.data[o..o + 3].copy_from_slice(&fill);
+                    continue;
+                }
+                let (x, y) = (xi - 0.5, yi - 0.5);
+                let (x0, y0) = (x.floor() as i64, y.floor() as i64);
+                let (dx, dy) = ((x - x0 as f64) as f32, (y - y0 as f64) as f32);
+                let at = |x: i64, y: i64| clamped(w, h, x, y);
+                let mut acc = [0f32; 3];
+                let taps: Vec<(usize, f32)> = match filter {
+                    Filter::Bilinear => vec![
+                        (at(x0, y0), (1.0 - dx) * (1.0 - dy)),
+                        (at(x0 + 1, y0), dx * (1.0 - dy)),
+                        (at(x0, y0 + 1), (1.0 - dx) * dy),
+                        (at(x0 + 1, y0 + 1), dx * dy),
+                    ],
+                    Filter::Bicubic => Vec::new(),
+                };
+                for (i, wt) in taps {
+                    for c in 0..3 {
+                        acc[c] += wt * src.data[i + c] as f32;
+                    }
+                }
+                if filter == Filter::Bicubic {
+                    let wx = [cubic(dx + 1.0), cubic(dx), cubic(1.0 - dx), cubic(2.0 - dx)];
+                    let wy = [cubic(dy + 1.0), cubic(dy), cubic(1.0 - dy), cubic(2.0 - dy)];
+                    for (j, wyj) in wy.iter().enumerate() {
+                        let mut row = [0f32; 3];
+                        for (i, wxi) in wx.iter().enumerate() {
+                            let p = at(x0 - 1 + i as i64, y0 - 1 + j as i64);
+                            for c in 0..3 {
+                                row[c] += wxi * src.data[p + c] as f32;
+                            }
+                        }
+                        for c in 0..3 {
+                            acc[c] += wyj * row[c];
+                        }
+                    }
+                }
+                for (dst, v) in out.data[o..o + 3].iter_mut().zip(acc) {
+                    *dst = (v + 0.5) as u8;
+                }
+            }
+        }
+        out
+    }
+
+    /// The specialised paths against the plain evaluation, on random maps of each RandAugment kind:
+    /// bit-identical except where the row path's directly computed `x_in` and the per-pixel loop's
+    /// accumulated one round differently (at most one level, on almost no values).
+    #[test]
+    fn fast_paths_equal_the_plain_evaluation() {
+        let mut rng = crate::rng::Rng::keyed(crate::rng::Stream::Sample, &[9]);
+        let mut out = RgbImage::default();
+        let (mut differ, mut total) = (0, 0);
+        for (w, h, cases) in [(37, 29, 200), (224, 224, 20), (5, 3, 20)] {
+            let mut src = RgbImage::new(w, h);
+            src.data.iter_mut().for_each(|v| *v = rng.below(256) as u8);
+            for k in 0..cases {
+                let f = rng.uniform(-0.3, 0.3);
+                let t = rng.uniform(-0.45, 0.45);
+                let m = match k % 5 {
+                    0 => rotation(w, h, rng.uniform(-30.0, 30.0)),
+                    1 => [1.0, f, 0.0, 0.0, 1.0, 0.0],
+                    2 => [1.0, 0.0, 0.0, f, 1.0, 0.0],
+                    3 => [1.0, 0.0, t * w as f64, 0.0, 1.0, 0.0],
+                    _ => [1.0, 0.0, 0.0, 0.0, 1.0, t * h as f64],
+                };
+                for filter in [Filter::Bilinear, Filter::Bicubic] {
+                    warp(&src, &m, filter, [1, 2, 3], &mut out);
+                    let want = warp_plain(&src, &m, filter, [1, 2, 3]);
+                    for (a, b) in out.data.iter().zip(&want.data) {
+                        assert!(a.abs_diff(*b) <= 1, "{w}x{h} case {k} {filter:?}: {a} vs {b}");
+                        differ += (a != b) as usize;
+                    }
+                    total += out.data.len();
+                }
+            }
+        }
+        assert!(differ * 10_000 < total, "{differ} of {total} differ");
     }
 }

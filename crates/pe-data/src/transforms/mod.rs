@@ -102,13 +102,8 @@ impl Transform {
             interpolation: cfg.interpolation,
         });
         let color_jitter = (cfg.color_jitter > 0.0 && rand_augment.is_none()).then_some(cfg.color_jitter);
-        let erasing = (cfg.reprob > 0.0).then_some(RandomErasing {
-            prob: cfg.reprob,
-            mode: cfg.remode,
-            count: cfg.recount,
-            mean: cfg.mean,
-            std: cfg.std,
-        });
+        let erasing = (cfg.reprob > 0.0)
+            .then(|| RandomErasing::new(cfg.reprob, cfg.remode, cfg.recount, cfg.mean, cfg.std));
         Ok(Transform { mode: Mode::Train, rand_augment, color_jitter, erasing, ..Self::eval(cfg)? })
     }
 
