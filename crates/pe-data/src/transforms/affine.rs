@@ -4,6 +4,10 @@
 //! output pixels whose source falls outside the image get the fill colour, and inside it the
 //! bilinear/bicubic taps clamp to the border, as in Pillow's `Geometry.c`.
 
+// Tap loops index weights and pixels by tap position (`wx[i]`, `taps[3 * i + c]`), which reads closer
+// to the filter's definition than zipped iterators.
+#![allow(clippy::needless_range_loop)]
+
 use crate::decode::RgbImage;
 use crate::transforms::resize::Filter;
 
