@@ -102,7 +102,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Targets::Labels(Tensor::randint(config.model.num_classes(), [args.batch], (Kind::Int64, device)));
     let mut step = || -> Result<f64> {
         let start = Instant::now();
-        engine.forward_backward(&images, &labels, true)?;
+        // As in training, the loss stays on the device (no sync inside the timed step).
+        let _loss = engine.forward_backward(&images, &labels, true)?;
         engine.optimizer_step(1e-4, false)?;
         if let Device::Cuda(index) = device {
             tch::Cuda::synchronize(index as i64);
@@ -130,7 +131,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         anyhow::bail!("no step was timed (--steps 0, or no line on stdin with --serve)");
     }
     // DDP's timing is read at the next prepare_for_forward after a synchronised backward.
-    engine.forward_backward(&images, &labels, true)?;
+    let _loss = engine.forward_backward(&images, &labels, true)?;
+    engine.check_losses_finite()?;
     let hidden = engine.allreduce_hidden_share()?;
     if !dist.is_main() {
         return Ok(());

@@ -88,6 +88,9 @@ pub struct StepEngine {
     label_smoothing: f64,
     clip_grad: f64,
     grad_sync: Option<Box<dyn GradSync>>,
+    /// Device-side "every loss since the last [`StepEngine::check_losses_finite`] was finite":
+    /// reading each loss on the host would cost a device sync per micro-batch.
+    losses_finite: Tensor,
 }
 
 impl StepEngine {
@@ -119,6 +122,7 @@ impl StepEngine {
             label_smoothing: config.label_smoothing,
             clip_grad: config.optimizer.clip_grad,
             grad_sync: None,
+            losses_finite: Tensor::from(true).to_device(device),
         })
     }
 
@@ -129,8 +133,10 @@ impl StepEngine {
 
     /// One micro-batch: forward under autocast, loss, backward of `loss / accum_steps` (scaled
     /// under fp16). `reduce` is false for the micro-batches of an accumulation step that precede
-    /// the last one. `images` are normalised (and mixed) float [B, 3, H, W]. Returns the loss value.
-    pub fn forward_backward(&mut self, images: &Tensor, targets: &Targets, reduce: bool) -> Result<f64> {
+    /// the last one. `images` are normalised (and mixed) float [B, 3, H, W]. Returns the loss, a
+    /// detached scalar still on the device: nothing here waits for the device, so a GPU can run
+    /// ahead of the host. Its finiteness is recorded on the device for `check_losses_finite`.
+    pub fn forward_backward(&mut self, images: &Tensor, targets: &Targets, reduce: bool) -> Result<Tensor> {
         let images = self.precision.input(images.shallow_clone())?;
         let sync = if reduce { self.grad_sync.as_mut() } else { None };
         let sync = match sync {
@@ -148,13 +154,11 @@ impl StepEngine {
             Targets::Soft(targets) => soft_target_cross_entropy(&logits, targets),
             Targets::Labels(labels) => cross_entropy(&logits, labels, self.label_smoothing),
         };
-        let value = loss.double_value(&[]);
-        if !value.is_finite() {
-            bail!("the loss is {value}");
-        }
+        self.losses_finite = self.losses_finite.logical_and(&loss.detach().isfinite());
         if let Some(sync) = sync {
             sync.before_backward(&loss)?;
         }
+        let value = loss.detach();
         let scaled = loss / self.accum_steps as f64;
         // f_backward: a failed gradient all-reduce (a rank died) surfaces here as an error.
         match &self.scaler {
@@ -162,6 +166,18 @@ impl StepEngine {
             None => scaled.f_backward()?,
         }
         Ok(value)
+    }
+
+    /// Fails if any loss since the previous check was NaN or infinite (one device sync). The
+    /// training loop checks at logging steps and before every checkpoint, so a checkpoint never
+    /// holds weights that a non-finite loss has updated.
+    pub fn check_losses_finite(&mut self) -> Result<()> {
+        let finite = bool::try_from(&self.losses_finite)?;
+        let _ = self.losses_finite.fill_(1);
+        if !finite {
+            bail!("the loss became NaN or infinite");
+        }
+        Ok(())
     }
 
     /// Unscale, clip, step at `lr` (unless fp16 overflowed), EMA, scaler update, zero grads.

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use pe_data::{Loader, Mixup};
+use tch::Tensor;
 
 use crate::batch::{self, Normalizer};
 use crate::checkpoint::{self, Checkpoints, TrainState};
@@ -117,6 +118,8 @@ struct TrainLoop {
     checkpoints: Checkpoints,
     observers: Observers,
     interrupted: Arc<AtomicBool>,
+    /// The step at which the losses were last checked to be finite (see `check_losses_finite`).
+    losses_checked_at: u64,
 }
 
 impl TrainLoop {
@@ -200,6 +203,7 @@ impl TrainLoop {
             checkpoints,
             observers,
             interrupted,
+            losses_checked_at: 0,
         })
     }
 
@@ -257,11 +261,13 @@ impl TrainLoop {
         }
         self.engine.restore_checkpoint(dir, state.scaler.as_ref())?;
         self.state = TrainState { world, ..state };
+        self.losses_checked_at = self.state.step;
         Ok(())
     }
 
     /// Publishes a checkpoint (rank 0) and makes every logged point durable with it.
     fn save(&mut self, best: bool) -> Result<Option<PathBuf>> {
+        self.check_losses_finite()?;
         self.dist.sync_buffers(&self.engine)?;
         self.dist.check_in_sync(&self.engine)?;
         if !self.dist.is_main() {
@@ -399,7 +405,8 @@ impl TrainLoop {
 
     fn run_batches(&mut self, epoch: u64, start: u64, batches: u64, accum: u64) -> Result<EpochEnd> {
         let mut window = Window::start();
-        let mut step_loss = 0.0;
+        // The step's loss, summed on the device over its micro-batches; only for logged steps.
+        let mut step_loss: Option<Tensor> = None;
         let mut iter = self.train_loader.epoch_from(epoch, start as usize);
         let mut waiting_since = Instant::now();
         for batch in iter.by_ref() {
@@ -414,17 +421,20 @@ impl TrainLoop {
                 self.log_sample_images(&batch)?;
             }
             let last_micro_batch = (batch.index + 1).is_multiple_of(accum);
+            let logged = (self.state.step + 1).is_multiple_of(self.config.logging.every_steps as u64);
             let loss = self.forward_backward(&batch, last_micro_batch).with_context(|| {
                 format!("at step {} (epoch {}, batch {})", self.state.step, batch.epoch + 1, batch.index)
             })?;
-            step_loss += loss / accum as f64;
+            if logged {
+                let share = loss / accum as f64;
+                step_loss = Some(step_loss.map_or_else(|| share.shallow_clone(), |sum| sum + &share));
+            }
             window.images += batch.n;
             self.train_loader.recycle(batch.images);
             if !last_micro_batch {
                 waiting_since = Instant::now();
                 continue;
             }
-            let logged = (self.state.step + 1).is_multiple_of(self.config.logging.every_steps as u64);
             let lr = self.schedule.lr(self.state.step as usize);
             let report = self.engine.optimizer_step(lr, logged)?;
             if report.skipped {
@@ -433,10 +443,10 @@ impl TrainLoop {
             self.state.step += 1;
             self.state.batch_in_epoch = batch.index + 1;
             self.observers.stepped(self.state.batch_in_epoch / accum);
-            if logged {
-                self.log_step(epoch, step_loss, lr, report.grad_norm, &mut window)?;
+            if let Some(loss) = step_loss.take() {
+                self.check_losses_finite()?;
+                self.log_step(epoch, loss.double_value(&[]), lr, report.grad_norm, &mut window)?;
             }
-            step_loss = 0.0;
             let every = self.config.train.checkpoint_every_steps as u64;
             if every > 0 && self.state.step.is_multiple_of(every) {
                 self.save(false)?;
@@ -465,6 +475,21 @@ impl TrainLoop {
         Ok(EpochEnd::Completed)
     }
 
+    /// Fails, naming the steps, if a loss since the last check was NaN or infinite. Checked at
+    /// logging steps and before each checkpoint rather than per micro-batch, which would make the
+    /// host wait for the device every step; weights a bad loss updated are never saved.
+    fn check_losses_finite(&mut self) -> Result<()> {
+        let (from, to) = (self.losses_checked_at, self.state.step);
+        self.engine.check_losses_finite().with_context(|| {
+            format!(
+                "between step {from} and step {to} (the last checkpoint predates it; a lower optimizer.lr, \
+                 optimizer.clip_grad or train.amp = \"bf16\" may help)"
+            )
+        })?;
+        self.losses_checked_at = to;
+        Ok(())
+    }
+
     /// Whether Ctrl-C asks the run to stop after this step. With several processes the ranks must
     /// agree on the step, which costs a collective and a host sync: they agree at logging steps only.
     fn stop_requested(&self, logged: bool) -> Result<bool> {
@@ -476,7 +501,7 @@ impl TrainLoop {
     }
 
     /// One micro-batch to the device, mixed when the recipe mixes, through the engine.
-    fn forward_backward(&mut self, batch: &pe_data::Batch, reduce: bool) -> Result<f64> {
+    fn forward_backward(&mut self, batch: &pe_data::Batch, reduce: bool) -> Result<Tensor> {
         let device = self.engine.device;
         let (images, labels) = batch::to_device(batch, device);
         let images = self.normalizer.apply(&images);

@@ -146,3 +146,26 @@ fn bf16_and_fp16_autocast_train_end_to_end() {
         }
     }
 }
+
+#[test]
+fn a_diverging_run_stops_at_the_next_check_naming_the_steps_and_saves_nothing_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_image_folder(&data, 3, 12, 4, 20);
+    let runs = dir.path().join("runs");
+    let recipe = tiny_recipe(dir.path(), "diverges", &data, &runs, "", "");
+    // AdamW moves every weight by about lr per step: at 1e30 the logits overflow within steps.
+    let out = pe()
+        .arg("train")
+        .arg(&recipe)
+        .args(["--set", "optimizer.lr=1e30", "--set", "schedule.warmup_epochs=0"])
+        .args(["--set", "train.checkpoint_every_steps=2", "--set", "logging.every_steps=4"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the loss became NaN or infinite"), "{stderr}");
+    // The first check after step 0 is the checkpoint at step 2.
+    assert!(stderr.contains("between step 0 and step 2"), "{stderr}");
+    assert!(!runs.join("diverges/checkpoints/last").exists(), "no checkpoint holds diverged weights");
+}
