@@ -192,17 +192,18 @@ impl Transform {
         };
         s.resized.reshape(size, size);
         s.resizer.resize_region(&s.decoded, region, filter, &mut s.resized)?;
+        // The flip is folded into the final HWC -> CHW copy; colour ops commute with it, and
+        // RandAugment carries it out itself before a geometric op.
+        let mut flip = false;
         if self.mode == Mode::Train {
-            if rng.f64() < self.hflip {
-                flip_horizontal(&mut s.resized);
-            }
+            flip = rng.f64() < self.hflip;
             if let Some(ra) = &self.rand_augment {
-                ra.apply(&mut s.resized, rng, &mut s.tmp, &mut s.buf);
+                ra.apply_after_flip(&mut s.resized, &mut flip, rng, &mut s.tmp, &mut s.buf);
             } else if let Some(v) = self.color_jitter {
                 jitter::color_jitter(&mut s.resized, v, rng);
             }
         }
-        hwc_to_chw(&s.resized, out);
+        hwc_to_chw_flip(&s.resized, out, flip);
         if let Some(re) = &self.erasing {
             re.apply(out, size, size, rng);
         }
@@ -264,13 +265,33 @@ pub fn flip_horizontal(img: &mut RgbImage) {
 
 /// Packed HWC → planar CHW.
 pub fn hwc_to_chw(img: &RgbImage, out: &mut [u8]) {
-    let plane = img.width * img.height;
-    let (r, rest) = out.split_at_mut(plane);
+    hwc_to_chw_flip(img, out, false);
+}
+
+/// Packed HWC → planar CHW, mirrored left-right when `flip` is set. Row by row with the three output
+/// rows as slices, so the loop carries no bounds checks; the mirror costs nothing here.
+pub fn hwc_to_chw_flip(img: &RgbImage, out: &mut [u8], flip: bool) {
+    let (w, h) = (img.width, img.height);
+    if w == 0 || h == 0 {
+        return;
+    }
+    let plane = w * h;
+    let (r, rest) = out[..3 * plane].split_at_mut(plane);
     let (g, b) = rest.split_at_mut(plane);
-    for (i, p) in img.pixels().chunks_exact(3).enumerate() {
-        r[i] = p[0];
-        g[i] = p[1];
-        b[i] = p[2];
+    for (y, src) in img.pixels().chunks_exact(w * 3).enumerate() {
+        let span = y * w..(y + 1) * w;
+        let (r, g, b) = (&mut r[span.clone()], &mut g[span.clone()], &mut b[span]);
+        let px = src.chunks_exact(3);
+        let dst = r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut());
+        if flip {
+            for (((r, g), b), p) in dst.zip(px.rev()) {
+                (*r, *g, *b) = (p[0], p[1], p[2]);
+            }
+        } else {
+            for (((r, g), b), p) in dst.zip(px) {
+                (*r, *g, *b) = (p[0], p[1], p[2]);
+            }
+        }
     }
 }
 

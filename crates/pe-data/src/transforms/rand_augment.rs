@@ -206,6 +206,23 @@ pub struct RandAugment {
 impl RandAugment {
     /// Apply to `img` (in place; `tmp` and `scratch` are reusable buffers).
     pub fn apply(&self, img: &mut RgbImage, rng: &mut Rng, tmp: &mut RgbImage, scratch: &mut Vec<u8>) {
+        let mut flip = false;
+        self.apply_after_flip(img, &mut flip, rng, tmp, scratch);
+    }
+
+    /// Apply to `img` as if it had been mirrored first when `*flip` is set. Every op but the
+    /// geometric ones commutes with a horizontal mirror exactly (LUTs, per-pixel blends, whole-image
+    /// statistics and the symmetric sharpening kernel), so the mirror is only carried out, and `*flip`
+    /// cleared, before a rotate, shear or translate; otherwise the caller can still fold it into its
+    /// final copy. Same output as flipping first, one full pass over the image less.
+    pub fn apply_after_flip(
+        &self,
+        img: &mut RgbImage,
+        flip: &mut bool,
+        rng: &mut Rng,
+        tmp: &mut RgbImage,
+        scratch: &mut Vec<u8>,
+    ) {
         let p = &self.policy;
         for _ in 0..p.num_layers {
             let op = p.ops[rng.below(p.ops.len() as u64) as usize];
@@ -219,6 +236,12 @@ impl RandAugment {
                 m = rng.gauss(m, p.magnitude_std);
             }
             let m = m.clamp(0.0, p.magnitude_max);
+            let geometric =
+                matches!(op, Op::Rotate | Op::ShearX | Op::ShearY | Op::TranslateXRel | Op::TranslateYRel);
+            if geometric && *flip {
+                crate::transforms::flip_horizontal(img);
+                *flip = false;
+            }
             self.apply_op(op, m, img, rng, tmp, scratch);
         }
     }
@@ -391,5 +414,47 @@ mod tests {
             .count();
         // P(no op applied) = 0.25, plus a few no-op draws: most images change.
         assert!((25..50).contains(&changed), "{changed}");
+    }
+
+    /// Deferring the flip past the colour ops gives exactly what flipping first gives, for every op.
+    #[test]
+    fn deferred_flip_equals_flipping_first() {
+        let (mut tmp, mut s) = (RgbImage::default(), Vec::new());
+        let ra = rand_augment("rand-m9-mstd0.5-inc1-n3-p0.9");
+        let mut src = RgbImage::new(29, 23);
+        let mut rng = Rng::keyed(Stream::Sample, &[3]);
+        src.data.iter_mut().for_each(|v| *v = rng.below(256) as u8);
+        for key in 0..300 {
+            let mut want = src.clone();
+            crate::transforms::flip_horizontal(&mut want);
+            ra.apply(&mut want, &mut Rng::keyed(Stream::Sample, &[key]), &mut tmp, &mut s);
+            let mut got = src.clone();
+            let mut flip = true;
+            ra.apply_after_flip(
+                &mut got,
+                &mut flip,
+                &mut Rng::keyed(Stream::Sample, &[key]),
+                &mut tmp,
+                &mut s,
+            );
+            if flip {
+                crate::transforms::flip_horizontal(&mut got);
+            }
+            assert_eq!(got, want, "key {key}");
+        }
+        // Each single op too, at a fixed magnitude.
+        for op in RAND_INCREASING_TRANSFORMS.iter().chain(&RAND_TRANSFORMS) {
+            let mut want = src.clone();
+            crate::transforms::flip_horizontal(&mut want);
+            ra.apply_op(*op, 7.0, &mut want, &mut Rng::keyed(Stream::Sample, &[1]), &mut tmp, &mut s);
+            let mut got = src.clone();
+            ra.apply_op(*op, 7.0, &mut got, &mut Rng::keyed(Stream::Sample, &[1]), &mut tmp, &mut s);
+            crate::transforms::flip_horizontal(&mut got);
+            // (Geometric ops need not commute; apply_after_flip never defers past them.)
+            let geometric =
+                matches!(op, Op::Rotate | Op::ShearX | Op::ShearY | Op::TranslateXRel | Op::TranslateYRel);
+            // (Geometric ops need not commute; apply_after_flip never defers past them.)
+            assert!(geometric || got == want, "{op:?}");
+        }
     }
 }

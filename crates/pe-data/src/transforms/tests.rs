@@ -178,3 +178,20 @@ fn window_decode_matches_whole_image_decode_through_the_pipeline() {
     }
     assert!((changed as f64) < 1e-3 * total as f64, "{changed} of {total} values differ");
 }
+
+#[test]
+fn chw_copy_with_flip_mirrors_each_row() {
+    let mut img = RgbImage::new(5, 3);
+    img.data.iter_mut().enumerate().for_each(|(i, v)| *v = i as u8);
+    let (mut a, mut b) = (vec![0u8; 45], vec![0u8; 45]);
+    hwc_to_chw(&img, &mut a);
+    hwc_to_chw_flip(&img, &mut b, true);
+    for c in 0..3 {
+        for y in 0..3 {
+            for x in 0..5 {
+                assert_eq!(a[c * 15 + y * 5 + x], img.data[(y * 5 + x) * 3 + c]);
+                assert_eq!(b[c * 15 + y * 5 + x], a[c * 15 + y * 5 + 4 - x]);
+            }
+        }
+    }
+}
