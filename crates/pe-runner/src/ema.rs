@@ -4,13 +4,16 @@ use tch::{nn, Tensor};
 
 use pe_models::{Model, ModelConfig};
 
-/// The averaged model, evaluated separately from the trained one (timm's `ModelEmaV2`).
+/// The averaged model, evaluated separately from the trained one (timm's `ModelEmaV3`).
 pub struct Ema {
     pub vs: nn::VarStore,
     pub model: Model,
     pub decay: f64,
-    /// (EMA variable, trained variable) by name, paired once so each step only does arithmetic.
-    pairs: Vec<(Tensor, Tensor)>,
+    /// Float EMA variables and the trained ones they follow, in the same order, paired once so
+    /// each step is one multi-tensor lerp.
+    averaged: (Vec<Tensor>, Vec<Tensor>),
+    /// Integer variables (BN's batch counters): copied, not averaged.
+    copied: Vec<(Tensor, Tensor)>,
 }
 
 impl Ema {
@@ -31,23 +34,30 @@ impl Ema {
         vs.copy(source)?;
         vs.freeze();
         let sources = source.variables();
-        let pairs =
-            vs.variables().into_iter().map(|(name, ema)| (ema, sources[&name].shallow_clone())).collect();
-        Ok(Self { vs, model, decay, pairs })
+        let (mut averaged, mut copied) = ((Vec::new(), Vec::new()), Vec::new());
+        for (name, ema) in vs.variables() {
+            let current = sources[&name].shallow_clone();
+            if ema.is_floating_point() {
+                averaged.0.push(ema);
+                averaged.1.push(current);
+            } else {
+                copied.push((ema, current));
+            }
+        }
+        Ok(Self { vs, model, decay, averaged, copied })
     }
 
-    /// One EMA step over every variable: parameters are averaged, BN statistics too (as timm).
-    pub fn update(&mut self) {
+    /// One EMA step over every variable, `ema += (1 − decay)·(model − ema)`: parameters and BN
+    /// statistics are averaged (as timm), counters copied.
+    pub fn update(&mut self) -> pe_torch::Result<()> {
+        let ema: Vec<&Tensor> = self.averaged.0.iter().collect();
+        let current: Vec<&Tensor> = self.averaged.1.iter().collect();
+        pe_torch::foreach::lerp_(&ema, &current, 1.0 - self.decay)?;
         tch::no_grad(|| {
-            for (ema, current) in &self.pairs {
-                let mut ema = ema.shallow_clone();
-                if ema.is_floating_point() {
-                    ema *= self.decay;
-                    ema += current * (1.0 - self.decay);
-                } else {
-                    ema.copy_(current);
-                }
+            for (ema, current) in &self.copied {
+                ema.shallow_clone().copy_(current);
             }
         });
+        Ok(())
     }
 }

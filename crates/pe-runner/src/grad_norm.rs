@@ -2,22 +2,20 @@
 
 use tch::{Kind, Tensor};
 
-/// The global L2 norm of `grads`; when `max_norm > 0`, scales them in place to at most `max_norm`
-/// (by `max_norm / (norm + 1e-6)`, as PyTorch, and only when the norm exceeds it).
-pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> f64 {
+/// The global L2 norm of `grads` as a 0-dim float tensor on their device; when `max_norm > 0`,
+/// scales them in place by `min(1, max_norm / (norm + 1e-6))`, as PyTorch does. Nothing is read
+/// back to the host: per-tensor norms and the scaling are multi-tensor kernels, so clipping costs
+/// a handful of launches and no device sync (read the norm only when it is logged).
+pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> pe_torch::Result<Tensor> {
     if grads.is_empty() {
-        return 0.0;
+        return Ok(Tensor::zeros([], (Kind::Float, tch::Device::Cpu)));
     }
-    let norms: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).norm()).collect();
-    let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
-    if max_norm > 0.0 && total > max_norm {
-        let coef = max_norm / (total + 1e-6);
-        tch::no_grad(|| {
-            for g in grads {
-                let mut g = g.shallow_clone();
-                g *= coef;
-            }
-        });
+    let refs: Vec<&Tensor> = grads.iter().collect();
+    let norms = pe_torch::foreach::norm(&refs)?;
+    let total = Tensor::stack(&norms, 0).norm();
+    if max_norm > 0.0 {
+        let factor = (max_norm / (&total + 1e-6)).clamp_max(1.0);
+        pe_torch::foreach::mul_(&refs, &factor)?;
     }
-    total
+    Ok(total)
 }

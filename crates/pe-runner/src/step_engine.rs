@@ -70,7 +70,7 @@ pub trait GradSync {
 /// The result of an optimizer step.
 #[derive(Debug, Clone, Copy)]
 pub struct StepReport {
-    /// Global gradient L2 norm (after unscaling), NaN when neither clipping nor asked for.
+    /// Global gradient L2 norm (after unscaling, before clipping), NaN unless asked for.
     pub grad_norm: f64,
     /// fp16 gradients overflowed: the update was skipped (the scaler shrinks its scale).
     pub skipped: bool,
@@ -181,8 +181,8 @@ impl StepEngine {
     }
 
     /// Unscale, clip, step at `lr` (unless fp16 overflowed), EMA, scaler update, zero grads.
-    /// The global gradient norm costs a reduction and a host sync: computed only when clipping or
-    /// when `want_grad_norm`.
+    /// Clipping stays on the device; reading the global gradient norm costs a host sync, so it
+    /// is read only when `want_grad_norm`.
     pub fn optimizer_step(&mut self, lr: f64, want_grad_norm: bool) -> Result<StepReport> {
         let grads = self.optimizer.grads();
         let skipped = match &mut self.scaler {
@@ -190,17 +190,21 @@ impl StepEngine {
             None => false,
         };
         let clip = self.clip_grad;
-        let grad_norm = if clip > 0.0 || want_grad_norm { clip_grad_norm(&grads, clip) } else { f64::NAN };
+        let grad_norm = if clip > 0.0 || want_grad_norm { Some(clip_grad_norm(&grads, clip)?) } else { None };
         if !skipped {
             self.optimizer.step(lr)?;
             if let Some(ema) = &mut self.ema {
-                ema.update();
+                ema.update()?;
             }
         }
         if let Some(scaler) = &mut self.scaler {
             scaler.update()?;
         }
         self.optimizer.zero_grad()?;
+        let grad_norm = match grad_norm {
+            Some(norm) if want_grad_norm => norm.double_value(&[]),
+            _ => f64::NAN,
+        };
         Ok(StepReport { grad_norm, skipped })
     }
 

@@ -213,6 +213,39 @@ char *pe_fused_sgd(const at::Tensor *const *params, const at::Tensor *const *gra
 }
 
 // ---------------------------------------------------------------------------------------------
+// Multi-tensor (`torch._foreach_*`) kernels: one launch per list chunk instead of one or two per
+// tensor, the way torch.nn.utils.clip_grad_norm_ and timm's ModelEmaV3 call them.
+
+// `torch._foreach_lerp_(selfs, ends, weight)`: selfs[i] += weight * (ends[i] - selfs[i]).
+char *pe_foreach_lerp_(const at::Tensor *const *selfs, const at::Tensor *const *ends, size_t n,
+                       double weight) {
+  return guarded([&] {
+    c10::AutoGradMode no_grad(false);
+    auto a = to_vec(selfs, n);
+    at::_foreach_lerp_(a, to_vec(ends, n), weight);
+  });
+}
+
+// `torch._foreach_norm(tensors, 2, dtype=float32)`: each tensor's L2 norm, written to out[0..n).
+char *pe_foreach_norm(const at::Tensor *const *tensors, size_t n, at::Tensor **out) {
+  return guarded([&] {
+    auto norms = at::_foreach_norm(to_vec(tensors, n), 2, at::kFloat);
+    for (size_t i = 0; i < n; ++i) {
+      out[i] = new at::Tensor(std::move(norms[i]));
+    }
+  });
+}
+
+// `torch._foreach_mul_(tensors, factor)` with a 0-dim tensor factor: no host read of the factor.
+char *pe_foreach_mul_(const at::Tensor *const *tensors, size_t n, const at::Tensor *factor) {
+  return guarded([&] {
+    c10::AutoGradMode no_grad(false);
+    auto list = to_vec(tensors, n);
+    at::_foreach_mul_(list, *factor);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
 // CUDA utilities, reached through libtorch's device-generic hooks and allocator interface so the
 // shim needs no CUDA headers and links on CPU-only builds.
 

@@ -72,6 +72,14 @@ extern "C" {
         found_inf: TensorPtr,
     ) -> *mut c_char;
 
+    fn pe_foreach_lerp_(
+        selfs: *const TensorPtr,
+        ends: *const TensorPtr,
+        n: usize,
+        weight: f64,
+    ) -> *mut c_char;
+    fn pe_foreach_norm(tensors: *const TensorPtr, n: usize, out: *mut *mut C_tensor) -> *mut c_char;
+    fn pe_foreach_mul_(tensors: *const TensorPtr, n: usize, factor: TensorPtr) -> *mut c_char;
     fn pe_cuda_device_count(out: *mut i64) -> *mut c_char;
     fn pe_cuda_set_device(index: i64) -> *mut c_char;
     fn pe_cuda_current_device(out: *mut i64) -> *mut c_char;
@@ -190,6 +198,29 @@ pub(crate) fn set_data(t: &Tensor, new_data: &Tensor) -> Result<()> {
 pub(crate) fn reset_grad(t: &Tensor) -> Result<()> {
     // SAFETY: `t` is borrowed for the call; the shim drops its `.grad` reference.
     check(unsafe { pe_reset_grad(t.as_ptr()) })
+}
+
+pub(crate) fn foreach_lerp_(selfs: &[&Tensor], ends: &[&Tensor], weight: f64) -> Result<()> {
+    if selfs.len() != ends.len() {
+        return Err(Error::Torch(format!("foreach_lerp_: {} tensors vs {} ends", selfs.len(), ends.len())));
+    }
+    let (a, b) = (ptrs(selfs), ptrs(ends));
+    // SAFETY: `a` and `b` hold `a.len()` valid tensor pointers each, borrowed for the call.
+    check(unsafe { pe_foreach_lerp_(a.as_ptr(), b.as_ptr(), a.len(), weight) })
+}
+
+pub(crate) fn foreach_norm(tensors: &[&Tensor]) -> Result<Vec<Tensor>> {
+    let p = ptrs(tensors);
+    let mut out = vec![ptr::null_mut(); p.len()];
+    // SAFETY: `p` holds valid borrowed pointers; `out` has room for one owned tensor per input.
+    check(unsafe { pe_foreach_norm(p.as_ptr(), p.len(), out.as_mut_ptr()) })?;
+    out.into_iter().map(owned).collect()
+}
+
+pub(crate) fn foreach_mul_(tensors: &[&Tensor], factor: &Tensor) -> Result<()> {
+    let p = ptrs(tensors);
+    // SAFETY: `p` holds `p.len()` valid tensor pointers and `factor` is borrowed for the call.
+    check(unsafe { pe_foreach_mul_(p.as_ptr(), p.len(), factor.as_ptr()) })
 }
 
 /// Arguments of one `_fused_adamw_` call: equal-length lists on one device and dtype.

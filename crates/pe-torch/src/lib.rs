@@ -8,6 +8,7 @@ pub mod allocator;
 pub mod autocast;
 pub mod cuda;
 mod ffi;
+pub mod foreach;
 pub mod memory_format;
 pub mod optim;
 pub mod scaler;
