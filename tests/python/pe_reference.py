@@ -25,9 +25,8 @@ class PeAttention(nn.Module):
         k = x @ self.wkv.t() + self.k_bias
         v = x @ self.wkv + self.v_bias
         split = lambda t: t.reshape(b, n, self.heads, c // self.heads).transpose(1, 2)
-        q, k, v = split(q), split(k), split(v)
-        attn = (q @ k.transpose(-2, -1) / (c // self.heads) ** 0.5).softmax(-1)
-        out = (attn @ v).transpose(1, 2).reshape(b, n, c)
+        # PyTorch's fused attention, as timm's Attention calls it (fused_attn).
+        out = F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(b, n, c)
         return out @ self.wq + self.proj_bias
 
 
