@@ -49,6 +49,9 @@ pub fn warp(src: &RgbImage, m: &Affine, filter: Filter, fill: [u8; 3], out: &mut
     if m[0] == 1.0 && m[3] == 0.0 && src.width > 0 && src.height > 0 {
         return warp_rows(src, m, filter, fill, out);
     }
+    if m[0] == 1.0 && m[1] == 0.0 && m[4] == 1.0 && src.width > 0 && src.height > 0 {
+        return warp_columns(src, m, filter, fill, out);
+    }
     match filter {
         Filter::Bilinear => warp_with(src, m, fill, out, bilinear_at),
         Filter::Bicubic => warp_with(src, m, fill, out, bicubic_at),
@@ -195,6 +198,76 @@ fn warp_rows(src: &RgbImage, m: &Affine, filter: Filter, fill: [u8; 3], out: &mu
         }
         for (dst, &v) in orow[a * 3..b * 3].iter_mut().zip(acc.iter()) {
             *dst = (v + 0.5) as u8;
+        }
+    }
+}
+
+/// ShearY (`x_in = x + c`, `y_in = d x + y + f`): along an output column the sub-pixel fraction and
+/// the row offset are constant, so the vertical weights are computed once per column instead of once
+/// per pixel; with `c` a whole number of pixels the horizontal taps reduce to the one column. Same
+/// caveat as [`warp_rows`] on the directly computed `y_in`.
+fn warp_columns(src: &RgbImage, m: &Affine, filter: Filter, fill: [u8; 3], out: &mut RgbImage) {
+    let (w, h) = (src.width, src.height);
+    // `x_in - 0.5 = x + c` must have a zero fraction for the one-column shortcut.
+    if m[2].fract() != 0.0 {
+        return match filter {
+            Filter::Bilinear => warp_with(src, m, fill, out, bilinear_at),
+            Filter::Bicubic => warp_with(src, m, fill, out, bicubic_at),
+        };
+    }
+    out.reshape(w, h);
+    let s = src.pixels();
+    let stride = w * 3;
+    let shift = m[2] as i64;
+    // Per output column: source column (or None: outside), y_in at output row 0, integer row offset
+    // of the first tap relative to the output row, and the vertical weights.
+    struct Col {
+        xs: Option<usize>,
+        y_in0: f64,
+        k: i64,
+        wy: [f32; 4],
+    }
+    let cols: Vec<Col> = (0..w)
+        .map(|x| {
+            let xi = m[0] * (x as f64 + 0.5) + m[2];
+            let xs = (xi >= 0.0 && xi < w as f64).then_some((x as i64 + shift) as usize);
+            let y_in0 = m[3] * (x as f64 + 0.5) + m[4] * 0.5 + m[5];
+            let y = y_in0 - 0.5;
+            let k = y.floor() as i64;
+            let dy = (y - k as f64) as f32;
+            let wy = match filter {
+                Filter::Bilinear => [1.0 - dy, dy, 0.0, 0.0],
+                Filter::Bicubic => [cubic(dy + 1.0), cubic(dy), cubic(1.0 - dy), cubic(2.0 - dy)],
+            };
+            Col { xs, y_in0, k, wy }
+        })
+        .collect();
+    // Bilinear taps rows k, k+1; bicubic k-1 .. k+2.
+    let (first, taps) = match filter {
+        Filter::Bilinear => (0i64, 2usize),
+        Filter::Bicubic => (-1i64, 4usize),
+    };
+    for (yo, orow) in out.data[..h * stride].chunks_exact_mut(stride).enumerate() {
+        for (col, o) in cols.iter().zip(orow.chunks_exact_mut(3)) {
+            let yi = col.y_in0 + yo as f64;
+            let Some(xs) = col.xs.filter(|_| yi >= 0.0 && yi < h as f64) else {
+                o.copy_from_slice(&fill);
+                continue;
+            };
+            let top = yo as i64 + col.k + first;
+            let mut acc = [0f32; 3];
+            for (j, &wt) in col.wy[..taps].iter().enumerate() {
+                if wt != 0.0 {
+                    let row = (top + j as i64).clamp(0, h as i64 - 1) as usize;
+                    let p: &[u8; 3] = s[row * stride + xs * 3..][..3].try_into().expect("3 bytes");
+                    for c in 0..3 {
+                        acc[c] += wt * p[c] as f32;
+                    }
+                }
+            }
+            for (dst, v) in o.iter_mut().zip(acc) {
+                *dst = (v + 0.5) as u8;
+            }
         }
     }
 }
