@@ -125,11 +125,18 @@ pub struct PeAttention {
 impl PeAttention {
     /// The output and the attended tokens `x̂` that `W_qᵀ` reads (for weight-space analysis).
     pub fn forward_with_hidden(&self, xs: &Tensor, train: bool) -> (Tensor, Tensor) {
-        // [B, N, C] -> [B, N, C] each; `linear(x, A)` computes x Aᵀ, i.e. A applied to each token.
-        let q = xs.linear(&self.wq, self.q_bias.as_ref());
-        let k = xs.linear(&self.wkv, self.k_bias.as_ref());
-        let v = xs.linear(&self.wkv.tr(), self.v_bias.as_ref());
-        let mixed = self.config.attend(&q, &k, &v, train);
+        // `linear(x, A)` computes x Aᵀ, i.e. A applied to each token. The three projections run as
+        // one GEMM over the stacked [W_q; W_kv; W_kvᵀ] ([3C, C], a small copy of the two
+        // parameters per call): one large matrix product uses the cores better than three, and
+        // autograd routes each block's gradient back to W_q, W_kv and (transposed) W_kv.
+        // [B, N, C] -> [B, N, 3C] -> 3 x [B, N, C]
+        let stacked = Tensor::cat(&[&self.wq, &self.wkv, &self.wkv.tr()], 0);
+        // `init_pe` creates the three biases together or none of them.
+        let biases: Option<Vec<&Tensor>> =
+            [&self.q_bias, &self.k_bias, &self.v_bias].into_iter().map(Option::as_ref).collect();
+        let bias = biases.map(|b| Tensor::cat(&b, 0));
+        let qkv = xs.linear(&stacked, bias.as_ref()).chunk(3, -1);
+        let mixed = self.config.attend(&qkv[0], &qkv[1], &qkv[2], train);
         // [B, N, C] -> W_qᵀ x̂ + b
         let out = mixed.linear(&self.wq.tr(), Some(&self.proj_bias)).dropout(self.config.proj_drop, train);
         (out, mixed)

@@ -88,10 +88,7 @@ fn pe_attention_equals_attention_with_tied_copies_and_sums_gradients() {
     let (pe_out, std_out) = (pe.forward_t(&xs, true), standard.forward_t(&xs, true));
     assert_close(&pe_out, &std_out, 1e-10, "output");
 
-    tch::manual_seed(3);
-    backward_random(&pe_out);
-    tch::manual_seed(3);
-    backward_random(&std_out);
+    backward_same_random(&pe_out, &std_out);
     let qkv_grad = standard.qkv.ws.grad().chunk(3, 0);
     let qkv_bias_grad = standard.qkv.bs.as_ref().unwrap().grad().chunk(3, 0);
     // W_q is used for Q and (transposed) for the output projection.

@@ -44,10 +44,7 @@ fn pe_mlp_equals_mlp_whose_fc1_is_w_and_fc2_is_w_transposed() {
         let (pe_out, std_out) = (pe.forward_t(&xs, true), standard.forward_t(&xs, true));
         assert_close(&pe_out, &std_out, 1e-10, &format!("{activation:?} output"));
 
-        tch::manual_seed(7);
-        backward_random(&pe_out);
-        tch::manual_seed(7);
-        backward_random(&std_out);
+        backward_same_random(&pe_out, &std_out);
         // One W used twice: its gradient is the sum of the gradients of both uses.
         let summed = standard.fc1.ws.grad() + standard.fc2.ws.grad().tr();
         assert_close(&pe.weight.grad(), &summed, 1e-5, "grad W");

@@ -84,10 +84,7 @@ fn pe_block_equals_a_bottleneck_with_w_and_w_transposed_copied() {
     let pe_out = stage.forward_t(&xs, true);
     let std_out = standard.forward_t(&xs, true);
     assert_close(&pe_out, &std_out, 1e-10, "output");
-    tch::manual_seed(5);
-    backward_random(&pe_out);
-    tch::manual_seed(5);
-    backward_random(&std_out);
+    backward_same_random(&pe_out, &std_out);
     let summed = standard.conv1.ws.grad().view([WIDTH, C]) + standard.conv3.ws.grad().view([C, WIDTH]).tr();
     assert_close(&stage.shared_w.weight.grad(), &summed, 1e-5, "grad W");
     assert_close(&stage.blocks[0].conv2.ws.grad(), &standard.conv2.ws.grad(), 1e-5, "grad conv2");
@@ -109,10 +106,7 @@ fn shared_w_gradient_sums_over_every_block_of_the_stage() {
     let pe_out = stage.forward_t(&xs, true);
     let std_out = standards.iter().fold(xs.shallow_clone(), |h, block| block.forward_t(&h, true));
     assert_close(&pe_out, &std_out, 1e-10, "stage output");
-    tch::manual_seed(9);
-    backward_random(&pe_out);
-    tch::manual_seed(9);
-    backward_random(&std_out);
+    backward_same_random(&pe_out, &std_out);
     let summed = standards
         .iter()
         .map(|b| b.conv1.ws.grad().view([WIDTH, C]) + b.conv3.ws.grad().view([C, WIDTH]).tr())

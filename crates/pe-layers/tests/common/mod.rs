@@ -32,10 +32,13 @@ pub fn assert_close(a: &Tensor, b: &Tensor, tol: f64, what: &str) {
     assert!(diff <= tol, "{what}: max abs diff {diff:e} > {tol:e}");
 }
 
-/// Backpropagates a random linear functional of `out`, so every output element matters.
-pub fn backward_random(out: &Tensor) {
-    let weights = Tensor::randn_like(out);
-    (out * weights).sum(Kind::Double).backward();
+/// Backpropagates one random linear functional of both outputs, so every output element matters
+/// and both sides get the same upstream gradient. (Drawing it once matters: re-seeding before
+/// each side races with the other tests of the binary, which share libtorch's generator.)
+pub fn backward_same_random(a: &Tensor, b: &Tensor) {
+    let weights = Tensor::randn_like(a);
+    (a * &weights).sum(Kind::Double).backward();
+    (b * &weights).sum(Kind::Double).backward();
 }
 
 pub fn randn(shape: &[i64]) -> Tensor {
