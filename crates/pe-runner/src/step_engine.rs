@@ -159,7 +159,8 @@ impl StepEngine {
             sync.before_backward(&loss)?;
         }
         let value = loss.detach();
-        let scaled = loss / self.accum_steps as f64;
+        // Without accumulation the division would be one more kernel forward and backward.
+        let scaled = if self.accum_steps > 1 { loss / self.accum_steps as f64 } else { loss };
         // f_backward: a failed gradient all-reduce (a rank died) surfaces here as an error.
         match &self.scaler {
             Some(scaler) => scaler.scale_loss(&scaled).f_backward()?,
