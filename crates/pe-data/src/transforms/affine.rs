@@ -53,8 +53,12 @@ pub fn warp(src: &RgbImage, m: &Affine, filter: Filter, fill: [u8; 3], out: &mut
         return warp_columns(src, m, filter, fill, out);
     }
     match filter {
-        Filter::Bilinear => warp_with(src, m, fill, out, bilinear_at),
-        Filter::Bicubic => warp_with(src, m, fill, out, bicubic_at),
+        Filter::Bilinear => {
+            warp_with(src, m, fill, out, |s, w, h, x0, y0, dx, dy| bilinear_at(s, w, h, x0, y0, dx, dy))
+        }
+        Filter::Bicubic => {
+            warp_with(src, m, fill, out, |s, w, h, x0, y0, dx, dy| bicubic_at(s, w, h, x0, y0, dx, dy))
+        }
     }
 }
 
@@ -211,8 +215,12 @@ fn warp_columns(src: &RgbImage, m: &Affine, filter: Filter, fill: [u8; 3], out: 
     // `x_in - 0.5 = x + c` must have a zero fraction for the one-column shortcut.
     if m[2].fract() != 0.0 {
         return match filter {
-            Filter::Bilinear => warp_with(src, m, fill, out, bilinear_at),
-            Filter::Bicubic => warp_with(src, m, fill, out, bicubic_at),
+            Filter::Bilinear => {
+                warp_with(src, m, fill, out, |s, w, h, x0, y0, dx, dy| bilinear_at(s, w, h, x0, y0, dx, dy))
+            }
+            Filter::Bicubic => {
+                warp_with(src, m, fill, out, |s, w, h, x0, y0, dx, dy| bicubic_at(s, w, h, x0, y0, dx, dy))
+            }
         };
     }
     out.reshape(w, h);
@@ -306,21 +314,23 @@ fn bilinear_at(s: &[u8], w: usize, h: usize, x0: i64, y0: i64, dx: f32, dy: f32)
 
 #[inline(always)]
 fn bicubic_at(s: &[u8], w: usize, h: usize, x0: i64, y0: i64, dx: f32, dy: f32) -> [f32; 3] {
-    let wx = [cubic(dx + 1.0), cubic(dx), cubic(1.0 - dx), cubic(2.0 - dx)];
-    let wy = [cubic(dy + 1.0), cubic(dy), cubic(1.0 - dy), cubic(2.0 - dy)];
-    // With a zero fraction only the tap at 0 has a non-zero weight (exactly 1).
-    let (ja, jb) = if dy == 0.0 { (1, 2) } else { (0, 4) };
-    let (ia, ib) = if dx == 0.0 { (1, 2) } else { (0, 4) };
-    if x0 >= 1 && x0 + 3 < w as i64 && y0 - 1 + ja as i64 >= 0 && y0 - 1 + (jb as i64) <= h as i64 {
-        // Inside: each tap is read as 4 lanes (its RGB and the next pixel's R, ignored) so that the
-        // per-channel sums vectorise; lane by lane the arithmetic is the scalar one. `x0 + 3 < w` keeps
-        // that extra byte inside the row.
+    if x0 >= 1 && x0 + 3 < w as i64 && y0 >= 1 && y0 + 2 < h as i64 {
+        // Inside: all 16 taps in fixed loops, each tap read as 4 lanes (its RGB and the next pixel's R,
+        // ignored) so that the per-channel sums vectorise; `x0 + 3 < w` keeps that byte in the row.
+        // Lane by lane the arithmetic is the scalar one. The weights use the kernel's piece for each
+        // tap's known distance (dx, dy in [0, 1)), skipping `cubic`'s branches; at the piece
+        // boundaries both pieces give zero, and zero-weight taps add exactly nothing.
+        let a = -0.5f32;
+        let near = |x: f32| ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0;
+        let far = |x: f32| (((x - 5.0) * x + 8.0) * x - 4.0) * a;
+        let wx = [far(dx + 1.0), near(dx), near(1.0 - dx), far(2.0 - dx)];
+        let wy = [far(dy + 1.0), near(dy), near(1.0 - dy), far(2.0 - dy)];
         let mut acc = [0f32; 4];
-        for j in ja..jb {
+        for j in 0..4 {
             let base = ((y0 - 1 + j as i64) as usize * w + x0 as usize - 1) * 3;
             let taps: &[u8; 13] = s[base..base + 13].try_into().expect("13 bytes");
             let mut row = [0f32; 4];
-            for i in ia..ib {
+            for i in 0..4 {
                 for c in 0..4 {
                     row[c] += wx[i] * taps[3 * i + c] as f32;
                 }
@@ -331,6 +341,11 @@ fn bicubic_at(s: &[u8], w: usize, h: usize, x0: i64, y0: i64, dx: f32, dy: f32) 
         }
         return [acc[0], acc[1], acc[2]];
     }
+    let wx = [cubic(dx + 1.0), cubic(dx), cubic(1.0 - dx), cubic(2.0 - dx)];
+    let wy = [cubic(dy + 1.0), cubic(dy), cubic(1.0 - dy), cubic(2.0 - dy)];
+    // With a zero fraction only the tap at 0 has a non-zero weight (exactly 1).
+    let (ja, jb) = if dy == 0.0 { (1, 2) } else { (0, 4) };
+    let (ia, ib) = if dx == 0.0 { (1, 2) } else { (0, 4) };
     let mut acc = [0f32; 3];
     for j in ja..jb {
         let yy = y0 - 1 + j as i64;
