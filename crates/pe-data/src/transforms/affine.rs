@@ -53,12 +53,8 @@ pub fn warp(src: &RgbImage, m: &Affine, filter: Filter, fill: [u8; 3], out: &mut
         return warp_columns(src, m, filter, fill, out);
     }
     match filter {
-        Filter::Bilinear => {
-            warp_with(src, m, fill, out, |s, w, h, x0, y0, dx, dy| bilinear_at(s, w, h, x0, y0, dx, dy))
-        }
-        Filter::Bicubic => {
-            warp_with(src, m, fill, out, |s, w, h, x0, y0, dx, dy| bicubic_at(s, w, h, x0, y0, dx, dy))
-        }
+        Filter::Bilinear => warp_with(src, m, fill, out, bilinear_at),
+        Filter::Bicubic => warp_with(src, m, fill, out, bicubic_at),
     }
 }
 
@@ -215,12 +211,8 @@ fn warp_columns(src: &RgbImage, m: &Affine, filter: Filter, fill: [u8; 3], out: 
     // `x_in - 0.5 = x + c` must have a zero fraction for the one-column shortcut.
     if m[2].fract() != 0.0 {
         return match filter {
-            Filter::Bilinear => {
-                warp_with(src, m, fill, out, |s, w, h, x0, y0, dx, dy| bilinear_at(s, w, h, x0, y0, dx, dy))
-            }
-            Filter::Bicubic => {
-                warp_with(src, m, fill, out, |s, w, h, x0, y0, dx, dy| bicubic_at(s, w, h, x0, y0, dx, dy))
-            }
+            Filter::Bilinear => warp_with(src, m, fill, out, bilinear_at),
+            Filter::Bicubic => warp_with(src, m, fill, out, bicubic_at),
         };
     }
     out.reshape(w, h);
