@@ -1,9 +1,13 @@
-//! Decoder measurement: `image` vs zune-jpeg vs libjpeg-turbo (full and DCT-scaled), one thread.
+//! Decoder measurement: `image` vs zune-jpeg vs libjpeg-turbo (full, DCT-scaled and window), one thread.
 //!
 //! Usage: `cargo run --release -p pe-data --example decode_bench -- <folder with JPEGs> [seconds per case]`.
-//! Files are read into memory first, so this times decoding only (to packed RGB).
+//! Files are read into memory first, so this times decoding only (to packed RGB). The window rows decode
+//! only a crop: a RandomResizedCrop box (torchvision's default scale/ratio, one fixed draw per file) or
+//! the eval center crop (Resize 256 + CenterCrop 224), as the pipelines do.
 
-use pe_data::decode::{Decoder, DecoderKind, RgbImage};
+use pe_data::decode::{Decoder, DecoderKind, RgbImage, Window};
+use pe_data::rng::{Rng, Stream};
+use pe_data::transforms::geometry;
 use std::time::{Duration, Instant};
 
 fn collect(dir: &std::path::Path, out: &mut Vec<Vec<u8>>) {
@@ -44,15 +48,32 @@ fn main() {
         files.iter().map(Vec::len).sum::<usize>() as f64 / files.len() as f64 / 1024.0
     });
     println!("{:<28} {:>10} {:>12}", "decoder", "img/s", "Mpixel/s");
-    let cases: Vec<(&str, DecoderKind, usize)> = vec![
-        ("image::load_from_memory", DecoderKind::Image, 1),
-        ("zune-jpeg", DecoderKind::Zune, 1),
-        ("turbojpeg 1/1", DecoderKind::Turbo, 1),
-        ("turbojpeg 1/2", DecoderKind::Turbo, 2),
-        ("turbojpeg 1/4", DecoderKind::Turbo, 4),
-        ("turbojpeg 1/8", DecoderKind::Turbo, 8),
+    println!("(Mpixel/s counts the whole image's pixels, also for the window rows)");
+    // Per file: the RRC box and the eval crop as pixel windows (full-scale decode).
+    let mut rng = Rng::keyed(Stream::Sample, &[0]);
+    let mut hd = Decoder::new(DecoderKind::Zune);
+    let (mut rrc, mut eval) = (Vec::new(), Vec::new());
+    for f in &files {
+        let h = hd.header(f).expect("header");
+        let b = geometry::random_resized_crop(h.width, h.height, [0.08, 1.0], [0.75, 4.0 / 3.0], &mut rng);
+        rrc.push(Window { x0: b.left, y0: b.top, x1: b.left + b.width, y1: b.top + b.height });
+        let r = geometry::eval_region(h.width, h.height, 224, 0.875);
+        let (x0, y0) = (r.left.floor() as usize, r.top.floor() as usize);
+        let x1 = ((r.left + r.width).ceil() as usize).min(h.width);
+        let y1 = ((r.top + r.height).ceil() as usize).min(h.height);
+        eval.push(Window { x0, y0, x1, y1 });
+    }
+    let cases: Vec<(&str, DecoderKind, usize, Option<&[Window]>)> = vec![
+        ("image::load_from_memory", DecoderKind::Image, 1, None),
+        ("zune-jpeg", DecoderKind::Zune, 1, None),
+        ("turbojpeg 1/1", DecoderKind::Turbo, 1, None),
+        ("turbojpeg 1/1, RRC window", DecoderKind::Turbo, 1, Some(&rrc)),
+        ("turbojpeg 1/1, eval window", DecoderKind::Turbo, 1, Some(&eval)),
+        ("turbojpeg 1/2", DecoderKind::Turbo, 2, None),
+        ("turbojpeg 1/4", DecoderKind::Turbo, 4, None),
+        ("turbojpeg 1/8", DecoderKind::Turbo, 8, None),
     ];
-    for (name, kind, denom) in cases {
+    for (name, kind, denom, windows) in cases {
         let mut d = Decoder::new(kind);
         if d.kind() != kind {
             println!("{name:<28} (not built: enable the turbojpeg feature)");
@@ -62,8 +83,9 @@ fn main() {
         let start = Instant::now();
         let mut n = 0usize;
         while start.elapsed() < Duration::from_secs_f64(secs) {
-            for f in &files {
-                d.decode_into(f, denom, &mut out).expect("decode");
+            for (i, f) in files.iter().enumerate() {
+                let window = windows.map(|w| w[i]);
+                d.decode_window_into(f, denom, window, &mut out).expect("decode");
                 n += 1;
             }
         }
