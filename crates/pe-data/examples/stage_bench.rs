@@ -174,6 +174,23 @@ fn main() {
         });
         row(name, us);
     }
+    // Eval's resample on its own: Resize(256) + CenterCrop(224) as one region, bilinear.
+    let eval_regions: Vec<Region> =
+        decoded.iter().map(|im| geometry::eval_region(im.width, im.height, size, 0.875)).collect();
+    let full: Vec<RgbImage> = files
+        .iter()
+        .map(|f| {
+            let mut im = RgbImage::default();
+            dec.decode_into(f, 1, &mut im).expect("decode");
+            im
+        })
+        .collect();
+    let us = time(rounds, n, || {
+        for ((im, r), out) in full.iter().zip(&eval_regions).zip(crops.iter_mut()) {
+            resizer.resize_region(im, *r, Filter::Bilinear, out).expect("resize");
+        }
+    });
+    row("resize eval region (Bilinear)", us);
     let t = Transform::eval(&DataConfig::default()).expect("config");
     let mut s = Scratch::new(DecoderKind::Turbo);
     let mut out = vec![0u8; t.sample_len()];

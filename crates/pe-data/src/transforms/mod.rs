@@ -269,7 +269,8 @@ pub fn hwc_to_chw(img: &RgbImage, out: &mut [u8]) {
 }
 
 /// Packed HWC → planar CHW, mirrored left-right when `flip` is set. Row by row with the three output
-/// rows as slices, so the loop carries no bounds checks; the mirror costs nothing here.
+/// rows as slices, so the loop carries no bounds checks; the mirror costs nothing here. (A 16-pixel
+/// block version with fixed-size arrays measured slower.)
 pub fn hwc_to_chw_flip(img: &RgbImage, out: &mut [u8], flip: bool) {
     let (w, h) = (img.width, img.height);
     if w == 0 || h == 0 {

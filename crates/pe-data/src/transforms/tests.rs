@@ -181,16 +181,21 @@ fn window_decode_matches_whole_image_decode_through_the_pipeline() {
 
 #[test]
 fn chw_copy_with_flip_mirrors_each_row() {
-    let mut img = RgbImage::new(5, 3);
-    img.data.iter_mut().enumerate().for_each(|(i, v)| *v = i as u8);
-    let (mut a, mut b) = (vec![0u8; 45], vec![0u8; 45]);
-    hwc_to_chw(&img, &mut a);
-    hwc_to_chw_flip(&img, &mut b, true);
-    for c in 0..3 {
-        for y in 0..3 {
-            for x in 0..5 {
-                assert_eq!(a[c * 15 + y * 5 + x], img.data[(y * 5 + x) * 3 + c]);
-                assert_eq!(b[c * 15 + y * 5 + x], a[c * 15 + y * 5 + 4 - x]);
+    // Widths below, at and across the 16-pixel blocks.
+    for (w, h) in [(5, 3), (16, 2), (37, 4), (224, 3)] {
+        let mut img = RgbImage::new(w, h);
+        img.data.iter_mut().enumerate().for_each(|(i, v)| *v = (i * 7 % 251) as u8);
+        let n = 3 * w * h;
+        let (mut a, mut b) = (vec![0u8; n], vec![0u8; n]);
+        hwc_to_chw(&img, &mut a);
+        hwc_to_chw_flip(&img, &mut b, true);
+        let p = w * h;
+        for c in 0..3 {
+            for y in 0..h {
+                for x in 0..w {
+                    assert_eq!(a[c * p + y * w + x], img.data[(y * w + x) * 3 + c]);
+                    assert_eq!(b[c * p + y * w + x], a[c * p + y * w + w - 1 - x]);
+                }
             }
         }
     }
