@@ -525,6 +525,24 @@ impl Drop for EpochIter {
 
 thread_local! {
     static SCRATCH: RefCell<Option<Scratch>> = const { RefCell::new(None) };
+    /// The file bytes of the sample being read on this thread, reused so that a read costs no
+    /// allocation (and no fresh pages) per file.
+    static FILE_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Read all of `path` into this thread's file buffer and hand the bytes to `f`.
+fn with_file_bytes<T>(path: &std::path::Path, f: impl FnOnce(&[u8]) -> T) -> std::io::Result<T> {
+    use std::io::Read;
+    FILE_BUF.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        buf.clear();
+        let mut file = std::fs::File::open(path)?;
+        if let Ok(meta) = file.metadata() {
+            buf.reserve(meta.len() as usize);
+        }
+        file.read_to_end(&mut buf)?;
+        Ok(f(&buf))
+    })
 }
 
 struct SampleOut {
@@ -615,9 +633,9 @@ fn load_file(shared: &Shared, ds: &ImageFolder, epoch: u64, slot: Slot, out: &mu
     for attempt in 0..MAX_ATTEMPTS {
         let (path, label) = &ds.samples[index];
         let mut rng = Rng::keyed(Stream::Sample, &[seed, epoch, slot.position, attempt]);
-        let result = std::fs::read(path)
+        let result = with_file_bytes(path, |bytes| transform_bytes(shared, bytes, &mut rng, out))
             .map_err(|e| format!("read: {e}"))
-            .and_then(|bytes| transform_bytes(shared, &bytes, &mut rng, out));
+            .and_then(|r| r);
         match result {
             Ok(()) => return Ok(SampleOut { label: *label as i64, index, bad }),
             Err(reason) => {
