@@ -269,8 +269,7 @@ pub fn hwc_to_chw(img: &RgbImage, out: &mut [u8]) {
 }
 
 /// Packed HWC → planar CHW, mirrored left-right when `flip` is set. Row by row with the three output
-/// rows as slices, so the loop carries no bounds checks; the mirror costs nothing here. (A 16-pixel
-/// block version with fixed-size arrays measured slower.)
+/// rows as slices, so the loop carries no bounds checks; the mirror costs nothing here.
 pub fn hwc_to_chw_flip(img: &RgbImage, out: &mut [u8], flip: bool) {
     let (w, h) = (img.width, img.height);
     if w == 0 || h == 0 {
@@ -279,9 +278,30 @@ pub fn hwc_to_chw_flip(img: &RgbImage, out: &mut [u8], flip: bool) {
     let plane = w * h;
     let (r, rest) = out[..3 * plane].split_at_mut(plane);
     let (g, b) = rest.split_at_mut(plane);
-    for (y, src) in img.pixels().chunks_exact(w * 3).enumerate() {
-        let span = y * w..(y + 1) * w;
-        let (r, g, b) = (&mut r[span.clone()], &mut g[span.clone()], &mut b[span]);
+    let src = img.pixels();
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        #[allow(unsafe_code)]
+        // SAFETY: the CPU supports AVX2 (checked just above), the only requirement of the call.
+        unsafe {
+            planes_avx2(src, w, r, g, b, flip)
+        };
+        return;
+    }
+    planes(src, w, r, g, b, flip);
+}
+
+/// The body of [`hwc_to_chw_flip`]. Baseline x86-64 (SSE2) has no byte shuffle, so the compiler
+/// leaves this stride-3 deinterleave scalar (~7 % of the eval pipeline); compiled for AVX2 it
+/// becomes shuffles. Plain Rust either way, same result.
+#[inline(always)]
+fn planes(src: &[u8], w: usize, r: &mut [u8], g: &mut [u8], b: &mut [u8], flip: bool) {
+    for (((src, r), g), b) in src
+        .chunks_exact(w * 3)
+        .zip(r.chunks_exact_mut(w))
+        .zip(g.chunks_exact_mut(w))
+        .zip(b.chunks_exact_mut(w))
+    {
         let px = src.chunks_exact(3);
         let dst = r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut());
         if flip {
@@ -294,6 +314,12 @@ pub fn hwc_to_chw_flip(img: &RgbImage, out: &mut [u8], flip: bool) {
             }
         }
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn planes_avx2(src: &[u8], w: usize, r: &mut [u8], g: &mut [u8], b: &mut [u8], flip: bool) {
+    planes(src, w, r, g, b, flip)
 }
 
 #[cfg(test)]
