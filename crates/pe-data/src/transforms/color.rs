@@ -129,6 +129,17 @@ pub fn brightness(img: &mut RgbImage, f: f32) {
 
 /// `ImageEnhance.Color(img).enhance(f)`: blend with the image's own grayscale (saturation).
 pub fn color(img: &mut RgbImage, f: f32) {
+    crate::transforms::avx2_dispatch!(color_impl, color_avx2, img, f)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn color_avx2(img: &mut RgbImage, f: f32) {
+    color_impl(img, f)
+}
+
+#[inline(always)]
+fn color_impl(img: &mut RgbImage, f: f32) {
     let n = img.width * img.height * 3;
     for p in img.data[..n].chunks_exact_mut(3) {
         let l = luma(p) as f32;
@@ -158,6 +169,17 @@ pub fn contrast(img: &mut RgbImage, f: f32) {
 /// the rounding and the blend vectorise; `smooth = floor(s / 13 + 0.5)` is a truncating cast since
 /// the value is positive, which avoids a libm `floor` call per byte.
 pub fn sharpness(img: &mut RgbImage, f: f32, scratch: &mut Vec<u8>) {
+    crate::transforms::avx2_dispatch!(sharpness_impl, sharpness_avx2, img, f, scratch)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn sharpness_avx2(img: &mut RgbImage, f: f32, scratch: &mut Vec<u8>) {
+    sharpness_impl(img, f, scratch)
+}
+
+#[inline(always)]
+fn sharpness_impl(img: &mut RgbImage, f: f32, scratch: &mut Vec<u8>) {
     let (w, h) = (img.width, img.height);
     if w < 3 || h < 3 {
         return;

@@ -12,6 +12,26 @@ pub mod jitter;
 pub mod rand_augment;
 pub mod resize;
 
+/// Call `$f($args)` compiled for AVX2 (through the `#[target_feature]` twin `$f_avx2`) when the CPU
+/// has it, else the baseline build. Why: the workspace builds for baseline x86-64 (SSE2), where the
+/// compiler cannot use byte shuffles or 256-bit lanes, and the pixel loops of the transforms are
+/// written so that it vectorises them given those. The twins are the same Rust code; Rust never
+/// contracts float multiply-adds, so the results are bit-identical either way.
+macro_rules! avx2_dispatch {
+    ($f:ident, $f_avx2:ident, $($arg:expr),*) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                #[allow(unsafe_code)]
+                // SAFETY: the CPU supports AVX2 (checked just above), the only requirement of the call.
+                return unsafe { $f_avx2($($arg),*) };
+            }
+        }
+        $f($($arg),*)
+    }};
+}
+pub(crate) use avx2_dispatch;
+
 use crate::config::DataConfig;
 use crate::decode::{scale_denominator, scaled_dim, Decoder, DecoderKind, RgbImage, Window};
 use crate::error::{Result, SampleError};
@@ -278,17 +298,7 @@ pub fn hwc_to_chw_flip(img: &RgbImage, out: &mut [u8], flip: bool) {
     let plane = w * h;
     let (r, rest) = out[..3 * plane].split_at_mut(plane);
     let (g, b) = rest.split_at_mut(plane);
-    let src = img.pixels();
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        #[allow(unsafe_code)]
-        // SAFETY: the CPU supports AVX2 (checked just above), the only requirement of the call.
-        unsafe {
-            planes_avx2(src, w, r, g, b, flip)
-        };
-        return;
-    }
-    planes(src, w, r, g, b, flip);
+    avx2_dispatch!(planes, planes_avx2, img.pixels(), w, r, g, b, flip)
 }
 
 /// The body of [`hwc_to_chw_flip`]. Baseline x86-64 (SSE2) has no byte shuffle, so the compiler
