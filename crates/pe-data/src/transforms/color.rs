@@ -315,4 +315,24 @@ mod tests {
             }
         }
     }
+
+    /// The AVX2 twins (what the public functions run here, if the CPU has AVX2) and the baseline
+    /// builds agree bit for bit.
+    #[test]
+    fn avx2_twins_equal_baseline_builds() {
+        let mut rng = crate::rng::Rng::keyed(crate::rng::Stream::Sample, &[22]);
+        let mut base = RgbImage::new(45, 19);
+        base.data.iter_mut().for_each(|v| *v = rng.below(256) as u8);
+        let mut s = Vec::new();
+        for f in [0.1f32, 0.77, 1.6] {
+            let (mut a, mut b) = (base.clone(), base.clone());
+            sharpness(&mut a, f, &mut s);
+            sharpness_impl(&mut b, f, &mut s);
+            assert_eq!(a, b);
+            let (mut a, mut b) = (base.clone(), base.clone());
+            color(&mut a, f);
+            color_impl(&mut b, f);
+            assert_eq!(a, b);
+        }
+    }
 }

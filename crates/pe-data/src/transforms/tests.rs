@@ -189,6 +189,17 @@ fn chw_copy_with_flip_mirrors_each_row() {
         let (mut a, mut b) = (vec![0u8; n], vec![0u8; n]);
         hwc_to_chw(&img, &mut a);
         hwc_to_chw_flip(&img, &mut b, true);
+        // The baseline build (the dispatch above may have run the AVX2 twin) gives the same bytes.
+        let (mut a0, mut b0) = (vec![0u8; n], vec![0u8; n]);
+        {
+            let (r, rest) = a0.split_at_mut(w * h);
+            let (g, bl) = rest.split_at_mut(w * h);
+            planes(&img.data, w, r, g, bl, false);
+            let (r, rest) = b0.split_at_mut(w * h);
+            let (g, bl) = rest.split_at_mut(w * h);
+            planes(&img.data, w, r, g, bl, true);
+        }
+        assert_eq!((&a0, &b0), (&a, &b));
         let p = w * h;
         for c in 0..3 {
             for y in 0..h {
