@@ -242,6 +242,12 @@ impl Decoder {
                     if let Ok((window, full_width, full_height)) = t.decode(bytes, denom, window, out) {
                         return Ok(Decoded { denom, window, full_width, full_height });
                     }
+                    // A file that decodes whole but not in part still gets libjpeg-turbo.
+                    if window.is_some() {
+                        if let Ok((window, full_width, full_height)) = t.decode(bytes, denom, None, out) {
+                            return Ok(Decoded { denom, window, full_width, full_height });
+                        }
+                    }
                     // Fall through: zune-jpeg handles CMYK/YCCK and is more lenient with odd files.
                 }
             }
@@ -406,7 +412,13 @@ pub(crate) mod tests {
     /// (`Gray` encodes the luma only).
     #[cfg(feature = "turbojpeg")]
     pub(crate) fn encode(px: &[u8], w: usize, h: usize, subsamp: turbojpeg::Subsamp) -> Vec<u8> {
+        encode_with(px, w, h, subsamp, false)
+    }
+
+    #[cfg(feature = "turbojpeg")]
+    fn encode_with(px: &[u8], w: usize, h: usize, subsamp: turbojpeg::Subsamp, progressive: bool) -> Vec<u8> {
         let mut c = turbojpeg::Compressor::new().unwrap();
+        c.set_progressive(progressive).unwrap();
         c.set_quality(90).unwrap();
         c.set_subsamp(subsamp).unwrap();
         let gray: Vec<u8>;
@@ -489,5 +501,27 @@ pub(crate) mod tests {
             }
         }
         eprintln!("max difference by distance to a cut: {worst:?}");
+    }
+
+    /// Progressive files take the window path too (libjpeg-turbo buffers all scans, then crops),
+    /// with the same pixels inside the window.
+    #[cfg(feature = "turbojpeg")]
+    #[test]
+    fn progressive_window_decode_matches_whole_decode() {
+        let (w, h) = (203, 151);
+        let bytes = encode_with(&textured(w, h, 7), w, h, turbojpeg::Subsamp::Sub2x2, true);
+        let mut d = Decoder::new(DecoderKind::Turbo);
+        let (mut whole_img, mut part) = (RgbImage::default(), RgbImage::default());
+        d.decode_window_into(&bytes, 1, None, &mut whole_img).unwrap();
+        let want = Window { x0: 50, y0: 40, x1: 150, y1: 120 };
+        let got = d.decode_window_into(&bytes, 1, Some(want), &mut part).unwrap();
+        let win = got.window;
+        assert_eq!((win.x0, win.y0, win.x1, win.y1), (48, 40, 150, 120));
+        for y in win.y0 + 1..win.y1 - 1 {
+            for x in win.x0 + 1..win.x1 - 1 {
+                let a = &part.data[((y - win.y0) * part.width + x - win.x0) * 3..][..3];
+                assert_eq!(a, &whole_img.data[(y * w + x) * 3..][..3], "({x}, {y})");
+            }
+        }
     }
 }
