@@ -17,6 +17,7 @@ initial weights (exported by `pe forward --save-weights`), so both sides compute
 import argparse
 import contextlib
 import json
+import os
 import pathlib
 import platform
 import resource
@@ -113,6 +114,22 @@ class RustStep:
         return summary
 
 
+def proc_counters(pid):
+    """(minor page faults, user s, system s) of process `pid`, from /proc/<pid>/stat."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[7]), int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def self_counters():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_minflt, usage.ru_utime, usage.ru_stime
+
+
+def delta(after, before):
+    return tuple(a - b for a, b in zip(after, before))
+
+
 def spread(times):
     q = statistics.quantiles(times, n=10, method="inclusive")
     return statistics.median(times), q[0], q[-1]
@@ -125,19 +142,34 @@ def measure(args, name, batch, img_size):
     for _ in range(args.warmup):
         torch_step()
     rust_ms, torch_ms = [], []
+    # Page faults and user/system CPU time of each side's timed steps: the profile that shows
+    # where a difference comes from (the kernel zeroing freshly mapped pages shows up as system time).
+    torch_counters = (0, 0.0, 0.0)
+    rust_before = proc_counters(rust.proc.pid)
+
+    def timed_torch_step():
+        nonlocal torch_counters
+        before = self_counters()
+        ms = torch_step()
+        torch_counters = tuple(t + d for t, d in zip(torch_counters, delta(self_counters(), before)))
+        return ms
+
     for i in range(args.steps):
         # Alternate which side goes first, so neither always runs right after the other.
         if i % 2 == 0:
             rust_ms.append(rust())
-            torch_ms.append(torch_step())
+            torch_ms.append(timed_torch_step())
         else:
-            torch_ms.append(torch_step())
+            torch_ms.append(timed_torch_step())
             rust_ms.append(rust())
+    rust_counters = delta(proc_counters(rust.proc.pid), rust_before)
     summary = rust.finish()
     ratios = sorted(r / t for r, t in zip(rust_ms, torch_ms))
     return {"model": name, "batch": batch, "img": img_size, "rust": spread(rust_ms),
             "torch": spread(torch_ms), "ratio": statistics.median(rust_ms) / statistics.median(torch_ms),
-            "pair_ratio": spread(ratios), "rust_rss": summary["peak_rss_mb"]}
+            "pair_ratio": spread(ratios), "rust_rss": summary["peak_rss_mb"],
+            "faults": (rust_counters[0] / args.steps, torch_counters[0] / args.steps),
+            "sys_share": tuple(c[2] / max(c[1] + c[2], 1e-9) for c in (rust_counters, torch_counters))}
 
 
 def main():
@@ -172,8 +204,12 @@ def main():
         "Times are medians with the 10th-90th percentile in brackets; `ratio` is median Rust / median "
         "PyTorch, `paired` the median (10th-90th) of the per-pair ratios.",
         "",
-        "| model | batch | img | Rust ms/step | PyTorch ms/step | ratio Rust/PyTorch | paired | Rust peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "Page faults per step and the share of CPU time spent in the kernel (system time) are each "
+        "side's own, over its timed steps.",
+        "",
+        "| model | batch | img | Rust ms/step | PyTorch ms/step | ratio Rust/PyTorch | paired | "
+        "page faults/step Rust / PyTorch | kernel CPU share Rust / PyTorch | Rust peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(stats, digits=1):
@@ -181,7 +217,8 @@ def main():
         return f"{median:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
 
     lines += [f"| {r['model']} | {r['batch']} | {r['img']} | {cell(r['rust'])} | {cell(r['torch'])} | "
-              f"**{r['ratio']:.3f}** | {cell(r['pair_ratio'], 3)} | {r['rust_rss']:.0f} |" for r in rows]
+              f"**{r['ratio']:.3f}** | {cell(r['pair_ratio'], 3)} | {r['faults'][0]:,.0f} / {r['faults'][1]:,.0f} | "
+              f"{r['sys_share'][0]:.1%} / {r['sys_share'][1]:.1%} | {r['rust_rss']:.0f} |" for r in rows]
     lines += ["", f"PyTorch process peak RSS over all models: {torch_rss:.0f} MB."]
     print("\n".join(lines))
     if args.out:
