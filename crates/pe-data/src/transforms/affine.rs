@@ -78,6 +78,33 @@ fn warp_with<const BICUBIC: bool>(src: &RgbImage, m: &Affine, fill: [u8; 3], out
     let (w, h) = (src.width, src.height);
     out.reshape(w, h);
     let s = src.pixels();
+    // Bicubic reads 16 taps per pixel: widen the image to f32 RGBx once, so that a tap is one 4-lane
+    // load instead of four byte loads and conversions (the same f32 values, so the same sums).
+    F32_SRC.with(|cell| {
+        let mut f = cell.borrow_mut();
+        if BICUBIC {
+            f.clear();
+            f.extend(s.chunks_exact(3).flat_map(|p| [p[0] as f32, p[1] as f32, p[2] as f32, 0.0]));
+        }
+        warp_rows_general::<BICUBIC>(s, &f, w, h, m, fill, out);
+    });
+}
+
+thread_local! {
+    /// [`warp_with`]'s widened copy of the source, kept per thread so a warp allocates nothing.
+    static F32_SRC: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[inline(always)]
+fn warp_rows_general<const BICUBIC: bool>(
+    s: &[u8],
+    fsrc: &[f32],
+    w: usize,
+    h: usize,
+    m: &Affine,
+    fill: [u8; 3],
+    out: &mut RgbImage,
+) {
     for (yo, row) in out.data[..w * h * 3].chunks_exact_mut(w * 3).enumerate() {
         let yf = yo as f64 + 0.5;
         // Row start in input space; stepping x by one adds (m[0], m[3]).
@@ -95,7 +122,7 @@ fn warp_with<const BICUBIC: bool>(src: &RgbImage, m: &Affine, fill: [u8; 3], out
             let (x0, y0) = (if x < 0.0 { -1 } else { x as i64 }, if y < 0.0 { -1 } else { y as i64 });
             let (dx, dy) = ((x - x0 as f64) as f32, (y - y0 as f64) as f32);
             let acc = if BICUBIC {
-                bicubic_at(s, w, h, x0, y0, dx, dy)
+                bicubic_f32_at(s, fsrc, w, h, x0, y0, dx, dy)
             } else {
                 bilinear_at(s, w, h, x0, y0, dx, dy)
             };
@@ -315,6 +342,35 @@ fn bilinear_at(s: &[u8], w: usize, h: usize, x0: i64, y0: i64, dx: f32, dy: f32)
         }
     }
     acc
+}
+
+/// [`bicubic_at`] reading the interior taps from the f32 RGBx copy `f` of `s`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn bicubic_f32_at(s: &[u8], f: &[f32], w: usize, h: usize, x0: i64, y0: i64, dx: f32, dy: f32) -> [f32; 3] {
+    if x0 >= 1 && x0 + 2 < w as i64 && y0 >= 1 && y0 + 2 < h as i64 {
+        let a = -0.5f32;
+        let near = |x: f32| ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0;
+        let far = |x: f32| (((x - 5.0) * x + 8.0) * x - 4.0) * a;
+        let wx = [far(dx + 1.0), near(dx), near(1.0 - dx), far(2.0 - dx)];
+        let wy = [far(dy + 1.0), near(dy), near(1.0 - dy), far(2.0 - dy)];
+        let mut acc = [0f32; 4];
+        for j in 0..4 {
+            let base = ((y0 - 1 + j as i64) as usize * w + x0 as usize - 1) * 4;
+            let taps: &[f32; 16] = f[base..base + 16].try_into().expect("16 floats");
+            let mut row = [0f32; 4];
+            for i in 0..4 {
+                for c in 0..4 {
+                    row[c] += wx[i] * taps[4 * i + c];
+                }
+            }
+            for c in 0..4 {
+                acc[c] += wy[j] * row[c];
+            }
+        }
+        return [acc[0], acc[1], acc[2]];
+    }
+    bicubic_at(s, w, h, x0, y0, dx, dy)
 }
 
 #[inline(always)]
