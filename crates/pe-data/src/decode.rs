@@ -3,7 +3,8 @@
 //! Why three: the decoder is the pipeline's hot spot, so `examples/decode_bench.rs` measures `image`'s
 //! decoder, zune-jpeg called directly and libjpeg-turbo (`turbojpeg` feature). libjpeg-turbo wins and can
 //! also decode at 1/2, 1/4 or 1/8 scale in the DCT domain, which RandomResizedCrop and the eval resize
-//! use whenever the crop is at least twice the output size (see [`scale_denominator`]). The others stay
+//! use whenever the crop is at least twice the output size (see [`scale_denominator`]), and can decode
+//! just the window a crop reads ([`Decoder::decode_window_into`], via `turbo.rs`). The others stay
 //! as fallbacks: whatever libjpeg-turbo refuses (CMYK, odd markers) is retried with zune-jpeg through
 //! `image`, and non-JPEG files (PNG, GIF, BMP, WebP) go through `image`. Grayscale and palette inputs
 //! always come out as 3-channel RGB.
