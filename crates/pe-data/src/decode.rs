@@ -234,6 +234,9 @@ impl Decoder {
         window: Option<Window>,
         out: &mut RgbImage,
     ) -> Result<Decoded, SampleError> {
+        // Only libjpeg-turbo scales or crops.
+        #[cfg(not(feature = "turbojpeg"))]
+        let _ = (denom, window);
         let format = sniff(bytes);
         if format == Format::Jpeg {
             #[cfg(feature = "turbojpeg")]
