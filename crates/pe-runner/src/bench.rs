@@ -10,7 +10,7 @@
 use std::io::BufRead;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
@@ -128,11 +128,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
     if times.is_empty() {
-        anyhow::bail!("no step was timed (--steps 0, or no line on stdin with --serve)");
+        bail!("no step was timed (--steps 0, or no line on stdin with --serve)");
     }
     // DDP's timing is read at the next prepare_for_forward after a synchronised backward.
     let _loss = engine.forward_backward(&images, &labels, true)?;
-    engine.check_losses_finite()?;
+    if !engine.losses_were_finite()? {
+        bail!("the loss became NaN or infinite during the benchmark");
+    }
     let hidden = engine.allreduce_hidden_share()?;
     if !dist.is_main() {
         return Ok(());

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
 
@@ -169,16 +169,13 @@ impl StepEngine {
         Ok(value)
     }
 
-    /// Fails if any loss since the previous check was NaN or infinite (one device sync). The
-    /// training loop checks at logging steps and before every checkpoint, so a checkpoint never
-    /// holds weights that a non-finite loss has updated.
-    pub fn check_losses_finite(&mut self) -> Result<()> {
+    /// Whether every loss since the previous call was finite (one device sync). The training loop
+    /// asks at logging steps and before every checkpoint, so a checkpoint never holds weights that
+    /// a non-finite loss has updated.
+    pub fn losses_were_finite(&mut self) -> Result<bool> {
         let finite = bool::try_from(&self.losses_finite)?;
         let _ = self.losses_finite.fill_(1);
-        if !finite {
-            bail!("the loss became NaN or infinite");
-        }
-        Ok(())
+        Ok(finite)
     }
 
     /// Unscale, clip, step at `lr` (unless fp16 overflowed), EMA, scaler update, zero grads.

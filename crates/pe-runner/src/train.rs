@@ -480,12 +480,13 @@ impl TrainLoop {
     /// host wait for the device every step; weights a bad loss updated are never saved.
     fn check_losses_finite(&mut self) -> Result<()> {
         let (from, to) = (self.losses_checked_at, self.state.step);
-        self.engine.check_losses_finite().with_context(|| {
-            format!(
-                "between step {from} and step {to} (the last checkpoint predates it; a lower optimizer.lr, \
-                 optimizer.clip_grad or train.amp = \"bf16\" may help)"
-            )
-        })?;
+        if !self.engine.losses_were_finite()? {
+            bail!(
+                "the loss became NaN or infinite between step {from} and step {to}; the last checkpoint \
+                 holds the weights from before (a lower optimizer.lr, optimizer.clip_grad or \
+                 train.amp = \"bf16\" may help)"
+            );
+        }
         self.losses_checked_at = to;
         Ok(())
     }
