@@ -5,35 +5,19 @@
 //! only a crop: a RandomResizedCrop box (torchvision's default scale/ratio, one fixed draw per file) or
 //! the eval center crop (Resize 256 + CenterCrop 224), as the pipelines do.
 
+mod common;
+
 use pe_data::decode::{Decoder, DecoderKind, RgbImage, Window};
 use pe_data::rng::{Rng, Stream};
 use pe_data::transforms::geometry;
 use std::time::{Duration, Instant};
-
-fn collect(dir: &std::path::Path, out: &mut Vec<Vec<u8>>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
-    let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            collect(&p, out);
-        } else if p
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("jpeg") || e.eq_ignore_ascii_case("jpg"))
-        {
-            if let Ok(b) = std::fs::read(&p) {
-                out.push(b);
-            }
-        }
-    }
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dir = args.get(1).map(String::as_str).unwrap_or("data/bench-photos");
     let secs: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3.0);
     let mut files = Vec::new();
-    collect(std::path::Path::new(dir), &mut files);
+    common::collect(std::path::Path::new(dir), &mut files);
     if files.is_empty() {
         eprintln!("no JPEG files under {dir} (run bench/data/make_photos.py)");
         std::process::exit(1);

@@ -7,6 +7,8 @@
 //! are listed one by one at magnitude 9; with DeiT's policy an image pays about one op on average
 //! (2 layers x p 0.5), so the mean of the op rows is what RandAugment costs per image.
 
+mod common;
+
 use pe_data::config::DataConfig;
 use pe_data::decode::{scale_denominator, Decoder, DecoderKind, RgbImage};
 use pe_data::rng::{Rng, Stream};
@@ -17,24 +19,6 @@ use pe_data::transforms::resize::{Filter, Interpolation, Resizer};
 use pe_data::transforms::{flip_horizontal, hwc_to_chw, Scratch};
 use pe_data::Transform;
 use std::time::Instant;
-
-fn collect(dir: &std::path::Path, out: &mut Vec<Vec<u8>>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
-    let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            collect(&p, out);
-        } else if p
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("jpeg") || e.eq_ignore_ascii_case("jpg"))
-        {
-            if let Ok(b) = std::fs::read(&p) {
-                out.push(b);
-            }
-        }
-    }
-}
 
 /// Best (minimum) of `rounds` runs of `f` over `n` items, in microseconds per item: the minimum is the
 /// least disturbed by the other processes on a shared machine.
@@ -53,7 +37,7 @@ fn main() {
     let dir = args.get(1).map(String::as_str).unwrap_or("data/bench-photos");
     let rounds: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3);
     let mut files = Vec::new();
-    collect(std::path::Path::new(dir), &mut files);
+    common::collect(std::path::Path::new(dir), &mut files);
     if files.is_empty() {
         eprintln!("no JPEG files under {dir} (run bench/data/make_photos.py)");
         std::process::exit(1);

@@ -14,11 +14,8 @@ use std::io::Cursor;
 
 #[cfg(feature = "turbojpeg")]
 mod turbo;
-#[cfg(feature = "turbojpeg")]
-pub use turbo::Window;
 
 /// A pixel window `[x0, x1) x [y0, y1)` of the (scaled) image.
-#[cfg(not(feature = "turbojpeg"))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
     /// First column.

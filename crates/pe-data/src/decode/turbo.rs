@@ -8,6 +8,7 @@
 //! with buffer sizes checked in Rust before the call.
 #![allow(unsafe_code)]
 
+use super::Window;
 use crate::error::SampleError;
 use std::ffi::{c_int, CStr};
 use turbojpeg::raw;
@@ -22,19 +23,6 @@ pub struct TurboHeader {
     /// iMCU width in pixels at full scale (8, 16 or 32), or `None` for a sampling layout TurboJPEG
     /// cannot classify (such files decode whole, never cropped).
     pub mcu_width: Option<usize>,
-}
-
-/// A pixel window `[x0, x1) x [y0, y1)` of the scaled image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Window {
-    /// First column.
-    pub x0: usize,
-    /// First row.
-    pub y0: usize,
-    /// One past the last column.
-    pub x1: usize,
-    /// One past the last row.
-    pub y1: usize,
 }
 
 /// `TJSCALED`: a dimension at scale `1 / denom`, rounded up.

@@ -344,16 +344,23 @@ fn bilinear_at(s: &[u8], w: usize, h: usize, x0: i64, y0: i64, dx: f32, dy: f32)
     acc
 }
 
+/// The four bicubic (a = -0.5) weights of the taps at distances `1 + d, d, 1 - d, 2 - d` for a
+/// fraction `d` in [0, 1): each from the kernel's piece for that distance, skipping `cubic`'s
+/// branches (at the piece boundaries both pieces give zero).
+#[inline(always)]
+fn bicubic_taps(d: f32) -> [f32; 4] {
+    let a = -0.5f32;
+    let near = |x: f32| ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0;
+    let far = |x: f32| (((x - 5.0) * x + 8.0) * x - 4.0) * a;
+    [far(d + 1.0), near(d), near(1.0 - d), far(2.0 - d)]
+}
+
 /// [`bicubic_at`] reading the interior taps from the f32 RGBx copy `f` of `s`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn bicubic_f32_at(s: &[u8], f: &[f32], w: usize, h: usize, x0: i64, y0: i64, dx: f32, dy: f32) -> [f32; 3] {
     if x0 >= 1 && x0 + 2 < w as i64 && y0 >= 1 && y0 + 2 < h as i64 {
-        let a = -0.5f32;
-        let near = |x: f32| ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0;
-        let far = |x: f32| (((x - 5.0) * x + 8.0) * x - 4.0) * a;
-        let wx = [far(dx + 1.0), near(dx), near(1.0 - dx), far(2.0 - dx)];
-        let wy = [far(dy + 1.0), near(dy), near(1.0 - dy), far(2.0 - dy)];
+        let (wx, wy) = (bicubic_taps(dx), bicubic_taps(dy));
         let mut acc = [0f32; 4];
         for j in 0..4 {
             let base = ((y0 - 1 + j as i64) as usize * w + x0 as usize - 1) * 4;
@@ -378,14 +385,8 @@ fn bicubic_at(s: &[u8], w: usize, h: usize, x0: i64, y0: i64, dx: f32, dy: f32) 
     if x0 >= 1 && x0 + 3 < w as i64 && y0 >= 1 && y0 + 2 < h as i64 {
         // Inside: all 16 taps in fixed loops, each tap read as 4 lanes (its RGB and the next pixel's R,
         // ignored) so that the per-channel sums vectorise; `x0 + 3 < w` keeps that byte in the row.
-        // Lane by lane the arithmetic is the scalar one. The weights use the kernel's piece for each
-        // tap's known distance (dx, dy in [0, 1)), skipping `cubic`'s branches; at the piece
-        // boundaries both pieces give zero, and zero-weight taps add exactly nothing.
-        let a = -0.5f32;
-        let near = |x: f32| ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0;
-        let far = |x: f32| (((x - 5.0) * x + 8.0) * x - 4.0) * a;
-        let wx = [far(dx + 1.0), near(dx), near(1.0 - dx), far(2.0 - dx)];
-        let wy = [far(dy + 1.0), near(dy), near(1.0 - dy), far(2.0 - dy)];
+        // Lane by lane the arithmetic is the scalar one; zero-weight taps add exactly nothing.
+        let (wx, wy) = (bicubic_taps(dx), bicubic_taps(dy));
         let mut acc = [0f32; 4];
         for j in 0..4 {
             let base = ((y0 - 1 + j as i64) as usize * w + x0 as usize - 1) * 3;
