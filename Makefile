@@ -82,7 +82,7 @@ bench: bench-data bench-torch bench-train ## All benchmarks against PyTorch on t
 
 bench-data: build ## pe-data vs torchvision DataLoader+PIL (train/eval pipelines, img/s per worker) and JPEG decoders
 	$(PYTHON) bench/data/make_photos.py --out data/bench-photos
-	cargo build --release -p pe-data --example pipeline_bench --example decode_bench
+	cargo build --release -p pe-data --example pipeline_bench --example decode_bench --example stage_bench
 	target/release/examples/decode_bench data/bench-photos 3
 	$(PYTHON) bench/data/compare.py --bin target/release/examples/pipeline_bench --root data/bench-photos --workers 1 $$(nproc)
 
