@@ -2,10 +2,10 @@
 //!
 //! libtorch's CPU allocator is plain `malloc`. glibc serves blocks above `M_MMAP_THRESHOLD` (at
 //! most 32 MiB, adjusted dynamically) with a fresh `mmap` and returns them with `munmap` on free,
-//! so every activation of every step is faulted in page by page and zeroed by the kernel again:
-//! `perf stat` counted 0.86 M page faults per ResNet-50 step (batch 16 at 224 px), a third of the
-//! step's CPU time spent in the kernel. Keeping freed blocks in the heap (no mmap threshold, no
-//! trimming) lets the next step reuse them. The cost is a higher, flat resident set: the process
+//! so every activation of every step is faulted in page by page and zeroed by the kernel again: a
+//! ResNet-50 step at batch 16, 224 px takes ~735,000 page faults and spends a quarter of its CPU
+//! time in the kernel (bench/results/train_step_cpu.md). Keeping freed blocks in the heap (no mmap
+//! threshold, no trimming) lets the next step reuse them: ~1,900 faults. The cost is a higher, flat resident set: the process
 //! keeps its peak. Users who set glibc's own `MALLOC_MMAP_THRESHOLD_`/`MALLOC_TRIM_THRESHOLD_` or
 //! `GLIBC_TUNABLES` keep their settings.
 
