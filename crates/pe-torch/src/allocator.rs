@@ -6,8 +6,8 @@
 //! ResNet-50 step at batch 16, 224 px takes ~735,000 page faults and spends a quarter of its CPU
 //! time in the kernel (bench/results/train_step_cpu.md). Keeping freed blocks in the heap (no mmap
 //! threshold, no trimming) lets the next step reuse them: ~1,900 faults. The cost is memory: the
-//! resident set stays at its peak, which fragmentation raises (README gives numbers). Users who set glibc's own `MALLOC_MMAP_THRESHOLD_`/`MALLOC_TRIM_THRESHOLD_` or
-//! `GLIBC_TUNABLES` keep their settings.
+//! resident set stays at its peak, which fragmentation raises (README gives numbers). Users who set
+//! glibc's own `MALLOC_MMAP_THRESHOLD_`/`MALLOC_TRIM_THRESHOLD_` or `GLIBC_TUNABLES` keep theirs.
 
 /// Makes glibc keep freed memory for reuse (see the module doc); false when nothing changed (off
 /// glibc, or the user configured malloc through the environment).
