@@ -9,9 +9,10 @@ pub struct Ema {
     pub vs: nn::VarStore,
     pub model: Model,
     pub decay: f64,
-    /// Float EMA variables and the trained ones they follow, in the same order, paired once so
+    /// Float EMA variables, and the trained ones they follow in the same order: paired once, so
     /// each step is one multi-tensor lerp.
-    averaged: (Vec<Tensor>, Vec<Tensor>),
+    averaged: Vec<Tensor>,
+    followed: Vec<Tensor>,
     /// Integer variables (BN's batch counters): copied, not averaged.
     copied: Vec<(Tensor, Tensor)>,
 }
@@ -34,24 +35,24 @@ impl Ema {
         vs.copy(source)?;
         vs.freeze();
         let sources = source.variables();
-        let (mut averaged, mut copied) = ((Vec::new(), Vec::new()), Vec::new());
+        let (mut averaged, mut followed, mut copied) = (Vec::new(), Vec::new(), Vec::new());
         for (name, ema) in vs.variables() {
             let current = sources[&name].shallow_clone();
             if ema.is_floating_point() {
-                averaged.0.push(ema);
-                averaged.1.push(current);
+                averaged.push(ema);
+                followed.push(current);
             } else {
                 copied.push((ema, current));
             }
         }
-        Ok(Self { vs, model, decay, averaged, copied })
+        Ok(Self { vs, model, decay, averaged, followed, copied })
     }
 
     /// One EMA step over every variable, `ema += (1 − decay)·(model − ema)`: parameters and BN
     /// statistics are averaged (as timm), counters copied.
     pub fn update(&mut self) -> pe_torch::Result<()> {
-        let ema: Vec<&Tensor> = self.averaged.0.iter().collect();
-        let current: Vec<&Tensor> = self.averaged.1.iter().collect();
+        let ema: Vec<&Tensor> = self.averaged.iter().collect();
+        let current: Vec<&Tensor> = self.followed.iter().collect();
         pe_torch::foreach::lerp_(&ema, &current, 1.0 - self.decay)?;
         tch::no_grad(|| {
             for (ema, current) in &self.copied {

@@ -88,7 +88,7 @@ pub struct StepEngine {
     label_smoothing: f64,
     clip_grad: f64,
     grad_sync: Option<Box<dyn GradSync>>,
-    /// Device-side "every loss since the last [`StepEngine::check_losses_finite`] was finite":
+    /// Device-side "every loss since the last [`StepEngine::losses_were_finite`] was finite":
     /// reading each loss on the host would cost a device sync per micro-batch.
     losses_finite: Tensor,
 }
@@ -135,7 +135,7 @@ impl StepEngine {
     /// under fp16). `reduce` is false for the micro-batches of an accumulation step that precede
     /// the last one. `images` are normalised (and mixed) float [B, 3, H, W]. Returns the loss, a
     /// detached scalar still on the device: nothing here waits for the device, so a GPU can run
-    /// ahead of the host. Its finiteness is recorded on the device for `check_losses_finite`.
+    /// ahead of the host. Its finiteness is recorded on the device for `losses_were_finite`.
     pub fn forward_backward(&mut self, images: &Tensor, targets: &Targets, reduce: bool) -> Result<Tensor> {
         let images = self.precision.input(images.shallow_clone())?;
         let sync = if reduce { self.grad_sync.as_mut() } else { None };
@@ -154,11 +154,11 @@ impl StepEngine {
             Targets::Soft(targets) => soft_target_cross_entropy(&logits, targets),
             Targets::Labels(labels) => cross_entropy(&logits, labels, self.label_smoothing),
         };
-        self.losses_finite = self.losses_finite.logical_and(&loss.detach().isfinite());
+        let value = loss.detach();
+        self.losses_finite = self.losses_finite.logical_and(&value.isfinite());
         if let Some(sync) = sync {
             sync.before_backward(&loss)?;
         }
-        let value = loss.detach();
         // Without accumulation the division would be one more kernel forward and backward.
         let scaled = if self.accum_steps > 1 { loss / self.accum_steps as f64 } else { loss };
         // f_backward: a failed gradient all-reduce (a rank died) surfaces here as an error.
