@@ -64,6 +64,15 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Peak CUDA memory the caching allocator handed out on `device` (what PyTorch's
+/// `torch.cuda.max_memory_allocated` reports), in MiB; `None` on the CPU.
+fn cuda_peak_mb(device: Device) -> Result<Option<f64>> {
+    Ok(match device {
+        Device::Cuda(index) => Some(pe_torch::cuda::max_memory_allocated(index)? as f64 / 1048576.0),
+        _ => None,
+    })
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.threads > 0 {
         tch::set_num_threads(args.threads);
@@ -105,9 +114,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         // As in training, the loss stays on the device (no sync inside the timed step).
         let _loss = engine.forward_backward(&images, &labels, true)?;
         engine.optimizer_step(1e-4, false)?;
-        if let Device::Cuda(index) = device {
-            tch::Cuda::synchronize(index as i64);
-        }
+        pe_torch::cuda::synchronize_device(device)?;
         Ok(start.elapsed().as_secs_f64() * 1e3)
     };
     for _ in 0..args.warmup {
@@ -147,7 +154,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "threads": tch::get_num_threads(), "steps": times.len(), "ms_per_step": median,
         "ms_p10": quantile(&times, 0.1), "ms_p90": quantile(&times, 0.9),
         "img_per_s": images_per_step * 1e3 / median, "allreduce_hidden_share": hidden,
-        "peak_rss_mb": peak_rss_bytes().map(|b| b as f64 / 1048576.0)});
+        "peak_rss_mb": peak_rss_bytes().map(|b| b as f64 / 1048576.0),
+        "cuda_peak_mb": cuda_peak_mb(device)?});
     println!("{record}");
     Ok(())
 }
