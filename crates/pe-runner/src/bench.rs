@@ -78,6 +78,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         tch::set_num_threads(args.threads);
     }
     let device = crate::device::resolve(&args.device)?;
+    if device.is_cuda() {
+        // As `pe train` does: cuDNN picks the fastest convolution algorithms for the fixed shapes.
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
     let mut model = pe_models::preset(&args.model).map_err(anyhow::Error::msg)?;
     let size = args.img_size.unwrap_or_else(|| model.default_img_size());
     if let ModelConfig::Vit(vit) = &mut model {
