@@ -65,27 +65,36 @@ def torch_model(pe, name, img_size):
 class TorchStep:
     """PyTorch eager with the settings `pe bench` gets: fused AdamW, bf16 autocast, channels_last."""
 
-    def __init__(self, model, batch, img_size, amp, channels_last):
+    def __init__(self, model, batch, img_size, amp, channels_last, device="cpu"):
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = model.to(memory_format=memory_format)
+        self.device = torch.device(device)
+        self.model = model.to(self.device, memory_format=memory_format)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)
-        self.images = torch.randn(batch, 3, img_size, img_size).to(memory_format=memory_format)
+        self.images = torch.randn(batch, 3, img_size, img_size, device=self.device)
+        self.images = self.images.to(memory_format=memory_format)
         with torch.no_grad():
             classes = model.eval()(self.images[:1]).shape[-1]
         model.train()
-        self.labels = torch.randint(0, classes, (batch,))
+        self.labels = torch.randint(0, classes, (batch,), device=self.device)
         self.amp = amp
 
-    def __call__(self):
-        start = time.perf_counter()
-        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if self.amp == "bf16"
+    def step(self, images, labels):
+        """Forward under autocast, backward, fused AdamW, gradients set to None."""
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp == "bf16"
                     else contextlib.nullcontext())
         with autocast:
-            logits = self.model(self.images)
-        loss = torch.nn.functional.cross_entropy(logits.float(), self.labels)
+            logits = self.model(images)
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def __call__(self):
+        """One step on the fixed random batch, in milliseconds (waiting for a GPU to finish it)."""
+        start = time.perf_counter()
+        self.step(self.images, self.labels)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         return (time.perf_counter() - start) * 1e3
 
 

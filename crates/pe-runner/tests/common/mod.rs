@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod shipped;
+
 /// Writes `root/{train,val}/class_k/*.jpg`: each class a distinct colour with noise, so a small
 /// model can learn it within a few steps.
 pub fn tiny_image_folder(
