@@ -20,9 +20,19 @@ fn every_shipped_recipe_trains_resumes_and_evaluates_on_cuda() {
     let data = dir.path().join("data");
     write_data(&data, Machine::Cuda);
     let runs = dir.path().join("runs");
-    for recipe in recipes() {
-        train_resume_evaluate(&recipe, &data, &runs, Machine::Cuda);
-    }
+    // Six recipes at a time: a GPU machine has the cores, and each process spends most of its few
+    // seconds starting CUDA. A failing recipe's panic is printed and fails the test after all ran.
+    let recipes = recipes();
+    std::thread::scope(|scope| {
+        for chunk in recipes.chunks(recipes.len().div_ceil(6)) {
+            let (data, runs) = (&data, &runs);
+            scope.spawn(move || {
+                for recipe in chunk {
+                    train_resume_evaluate(recipe, data, runs, Machine::Cuda);
+                }
+            });
+        }
+    });
 }
 
 /// fp16 autocast with the dynamic loss scale: starts at 2^16, and the loss falls on data a small
