@@ -1,7 +1,9 @@
 //! Compiles the c10d shim (csrc/) against the libtorch torch-sys found (flags from pe-build), with
 //! c10d's Gloo and NCCL backends enabled. Gloo's headers come from Debian's
 //! libgloo-dev, NCCL's and CUDA's from the nvidia-* wheels beside torch in the venv.
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use pe_build::{CUDA_HEADERS, NCCL_HEADERS};
 
 const GLOO_HEADER: &str = "/usr/include/gloo/algorithm.h";
 
@@ -14,9 +16,10 @@ fn main() {
         "{GLOO_HEADER} is missing: install Debian's libgloo-dev (`make setup` does)"
     );
     let libtorch = pe_build::Libtorch::locate();
+    let headers: Vec<_> = std::iter::once(NCCL_HEADERS).chain(CUDA_HEADERS).collect();
     libtorch
         .shim_build()
-        .includes(cuda_includes(&libtorch.lib_dir))
+        .includes(libtorch.nvidia_includes(&headers))
         .define("USE_C10D_GLOO", None)
         .define("USE_C10D_NCCL", None)
         .file("csrc/pe_dist.cpp")
@@ -25,28 +28,4 @@ fn main() {
     libtorch.link(&["torch_cuda", "c10_cuda", "torch_cpu", "c10"]);
     // Tests keep libtorch_cuda.so loaded even when nothing but tch's CUDA checks would need it.
     libtorch.link_runtime_for(&["tests"]);
-}
-
-/// NCCL's and CUDA 13's headers from the nvidia-* wheels installed beside torch (site-packages/nvidia).
-fn cuda_includes(lib_dir: &Path) -> Vec<PathBuf> {
-    let nvidia = lib_dir.join("../../nvidia");
-    let wanted = [
-        ("nccl/include", "nccl.h", "nvidia-nccl-cu13"),
-        ("cu13/include", "cuda_runtime_api.h", "nvidia-cuda-runtime"),
-        ("cu13/include", "crt/host_config.h", "nvidia-cuda-crt"),
-        ("cu13/include/cccl", "cuda/std/version", "nvidia-cuda-cccl"),
-    ];
-    let mut dirs = Vec::new();
-    for (dir, header, wheel) in wanted {
-        let dir = nvidia.join(dir);
-        assert!(
-            dir.join(header).exists(),
-            "{} is missing: install the {wheel} wheel into the venv (python/requirements.txt)",
-            dir.join(header).display()
-        );
-        if !dirs.contains(&dir) {
-            dirs.push(dir);
-        }
-    }
-    dirs
 }

@@ -83,11 +83,60 @@ impl Libtorch {
     /// (tch-rs #907), so they use CUDA where the machine has it.
     pub fn link_runtime_for(&self, kinds: &[&str]) {
         for kind in kinds {
-            if self.lib_dir.join("libtorch_cuda.so").exists() {
+            if self.has_cuda() {
                 println!("cargo:rustc-link-arg-{kind}=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
             }
             println!("cargo:rustc-link-arg-{kind}=-Wl,--enable-new-dtags,-rpath,{}", self.lib_dir.display());
         }
+    }
+}
+
+/// A header directory one of the nvidia-* wheels installs beside torch (`site-packages/nvidia/...`).
+#[derive(Debug, Clone, Copy)]
+pub struct NvidiaHeaders {
+    /// The directory under `site-packages/nvidia`.
+    pub dir: &'static str,
+    /// A header that must be there (what proves the wheel is installed).
+    pub header: &'static str,
+    /// The wheel that provides it, for the error message.
+    pub wheel: &'static str,
+}
+
+/// The CUDA 13 runtime headers a translation unit including `c10/cuda` or `ATen/cuda` needs.
+pub const CUDA_HEADERS: [NvidiaHeaders; 3] = [
+    NvidiaHeaders { dir: "cu13/include", header: "cuda_runtime_api.h", wheel: "nvidia-cuda-runtime" },
+    NvidiaHeaders { dir: "cu13/include", header: "crt/host_config.h", wheel: "nvidia-cuda-crt" },
+    NvidiaHeaders { dir: "cu13/include/cccl", header: "cuda/std/version", wheel: "nvidia-cuda-cccl" },
+];
+
+/// NCCL's header (c10d's NCCL process group).
+pub const NCCL_HEADERS: NvidiaHeaders =
+    NvidiaHeaders { dir: "nccl/include", header: "nccl.h", wheel: "nvidia-nccl-cu13" };
+
+impl Libtorch {
+    /// Whether this libtorch was built with CUDA (the wheel ships `libtorch_cuda.so`).
+    pub fn has_cuda(&self) -> bool {
+        self.lib_dir.join("libtorch_cuda.so").exists()
+    }
+
+    /// The include directories of `wanted`, from the nvidia-* wheels installed beside torch
+    /// (`site-packages/nvidia`), without duplicates. Panics (a build error) naming the wheel to
+    /// install when one is missing.
+    pub fn nvidia_includes(&self, wanted: &[NvidiaHeaders]) -> Vec<PathBuf> {
+        let nvidia = self.lib_dir.join("../../nvidia");
+        let mut dirs = Vec::new();
+        for NvidiaHeaders { dir, header, wheel } in wanted {
+            let dir = nvidia.join(dir);
+            assert!(
+                dir.join(header).exists(),
+                "{} is missing: install the {wheel} wheel into the venv (python/requirements.txt)",
+                dir.join(header).display()
+            );
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        dirs
     }
 }
 

@@ -7,6 +7,7 @@
 // - A tensor list is `(const at::Tensor* const* ptrs, size_t n)`.
 // - Every function returns nullptr on success or a malloc'd, NUL-terminated error message that the
 //   caller must release with `pe_torch_free_error`. C++ exceptions never cross into Rust.
+#include "pe_cuda_check.h"
 #include "pe_shim_guard.h"
 
 #include <ATen/ATen.h>
@@ -26,6 +27,7 @@
 namespace {
 
 using pe_shim::guarded;
+using pe_torch::require_cuda;
 
 using pe_shim::to_vec;
 
@@ -66,15 +68,6 @@ at::MemoryFormat memory_format_of(int code) {
                   is(at::MemoryFormat::ChannelsLast3d),
               "pe-torch: invalid memory format code ", code);
   return static_cast<at::MemoryFormat>(code);
-}
-
-// Fails clearly without CUDA; otherwise initialises CUDA and its caching allocator the way the
-// first CUDA tensor (or Python's torch.cuda._lazy_init) would, so statistics calls are valid even
-// before any CUDA allocation.
-void require_cuda() {
-  TORCH_CHECK(at::detail::getCUDAHooks().hasCUDA(),
-              "CUDA is not available (no CUDA device, driver or libtorch_cuda in this process)");
-  at::globalContext().lazyInitDevice(at::kCUDA);
 }
 
 } // namespace
@@ -118,6 +111,15 @@ char *pe_autocast_exit(int device_type, bool prev_enabled, int prev_dtype) {
     at::autocast::set_autocast_enabled(dt, prev_enabled);
     at::autocast::set_autocast_dtype(dt, scalar_type_of(prev_dtype));
   });
+}
+
+// `torch.is_autocast_cache_enabled()` / `torch._C._set_autocast_cache_enabled(...)` (thread-local).
+char *pe_autocast_cache_enabled(bool *enabled) {
+  return guarded([&] { *enabled = at::autocast::is_autocast_cache_enabled(); });
+}
+
+char *pe_autocast_set_cache_enabled(bool enabled) {
+  return guarded([&] { at::autocast::set_autocast_cache_enabled(enabled); });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -171,9 +173,9 @@ char *pe_reset_grad(const at::Tensor *t) {
 
 char *pe_fused_adamw(const at::Tensor *const *params, const at::Tensor *const *grads,
                      const at::Tensor *const *exp_avgs, const at::Tensor *const *exp_avg_sqs,
-                     const at::Tensor *const *steps, size_t n, double lr, double beta1, double beta2,
-                     double weight_decay, double eps, const at::Tensor *grad_scale,
-                     const at::Tensor *found_inf) {
+                     const at::Tensor *const *steps, size_t n, double lr, const at::Tensor *lr_tensor,
+                     double beta1, double beta2, double weight_decay, double eps,
+                     const at::Tensor *grad_scale, const at::Tensor *found_inf) {
   return guarded([&] {
     c10::AutoGradMode no_grad(false);
     auto p = to_vec(params, n);
@@ -183,8 +185,14 @@ char *pe_fused_adamw(const at::Tensor *const *params, const at::Tensor *const *g
     auto s = to_vec(steps, n);
     auto fi = opt_tensor(found_inf);
     at::_foreach_add_(s, 1);
-    at::_fused_adamw_(p, g, m, v, {}, s, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
-                      /*maximize=*/false, opt_tensor(grad_scale), fi);
+    if (lr_tensor != nullptr) {
+      // The learning rate is read on the device: nothing of it is baked into a captured graph.
+      at::_fused_adamw_(p, g, m, v, {}, s, *lr_tensor, beta1, beta2, weight_decay, eps,
+                        /*amsgrad=*/false, /*maximize=*/false, opt_tensor(grad_scale), fi);
+    } else {
+      at::_fused_adamw_(p, g, m, v, {}, s, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
+                        /*maximize=*/false, opt_tensor(grad_scale), fi);
+    }
     if (fi.has_value()) {
       // A skipped step must not advance the bias-correction counters (torch.optim does the same).
       auto fi_scalar = fi->reshape({}).to(at::kFloat);
@@ -196,7 +204,8 @@ char *pe_fused_adamw(const at::Tensor *const *params, const at::Tensor *const *g
 }
 
 char *pe_fused_sgd(const at::Tensor *const *params, const at::Tensor *const *grads,
-                   const at::Tensor *const *momentum_buffers, size_t n, double lr, double momentum,
+                   const at::Tensor *const *momentum_buffers, size_t n, double lr,
+                   const at::Tensor *lr_tensor, double momentum,
                    double weight_decay, bool nesterov, bool is_first_step,
                    const at::Tensor *grad_scale, const at::Tensor *found_inf) {
   return guarded([&] {
@@ -207,8 +216,13 @@ char *pe_fused_sgd(const at::Tensor *const *params, const at::Tensor *const *gra
     if (momentum != 0.0) {
       bufs = to_vec(momentum_buffers, n);
     }
-    at::_fused_sgd_(p, g, bufs, weight_decay, momentum, lr, /*dampening=*/0.0, nesterov,
-                    /*maximize=*/false, is_first_step, opt_tensor(grad_scale), opt_tensor(found_inf));
+    if (lr_tensor != nullptr) {
+      at::_fused_sgd_(p, g, bufs, weight_decay, momentum, *lr_tensor, /*dampening=*/0.0, nesterov,
+                      /*maximize=*/false, is_first_step, opt_tensor(grad_scale), opt_tensor(found_inf));
+    } else {
+      at::_fused_sgd_(p, g, bufs, weight_decay, momentum, lr, /*dampening=*/0.0, nesterov,
+                      /*maximize=*/false, is_first_step, opt_tensor(grad_scale), opt_tensor(found_inf));
+    }
   });
 }
 
@@ -223,6 +237,19 @@ char *pe_foreach_lerp_(const at::Tensor *const *selfs, const at::Tensor *const *
     c10::AutoGradMode no_grad(false);
     auto a = to_vec(selfs, n);
     at::_foreach_lerp_(a, to_vec(ends, n), weight);
+  });
+}
+
+// selfs[i] += weight * (ends[i] - selfs[i]) with a 0-dim tensor `weight` that stays on the device
+// (libtorch's _foreach_lerp_ takes only host scalars or per-element weight lists).
+char *pe_foreach_lerp_tensor_(const at::Tensor *const *selfs, const at::Tensor *const *ends, size_t n,
+                              const at::Tensor *weight) {
+  return guarded([&] {
+    c10::AutoGradMode no_grad(false);
+    auto a = to_vec(selfs, n);
+    auto diff = at::_foreach_sub(to_vec(ends, n), a);
+    at::_foreach_mul_(diff, *weight);
+    at::_foreach_add_(a, diff);
   });
 }
 

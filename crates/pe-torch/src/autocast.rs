@@ -65,3 +65,37 @@ pub fn is_enabled(device: Device) -> Result<bool> {
 pub fn dtype(device: Device) -> Result<Kind> {
     Ok(ffi::autocast_state(device_type(device)?)?.1.kind())
 }
+
+/// Whether autocast caches the low-precision casts of weights within a region (thread-local,
+/// `torch.is_autocast_cache_enabled()`; on by default).
+pub fn is_cache_enabled() -> Result<bool> {
+    ffi::autocast_cache_enabled()
+}
+
+/// Turns autocast's weight-cast cache off until dropped, then restores the previous setting
+/// (`torch.autocast(..., cache_enabled=False)` for a whole stretch of code).
+///
+/// CUDA graph capture needs this, as `torch.cuda.graph` arranges: a cached cast outlives the op that
+/// made it, so a capture would either reuse a cast made before capture (stale weights on every
+/// replay) or keep one allocated from the graph's private pool after the capture ends. Without the
+/// cache each use casts afresh inside the graph. Thread-bound, like autocast state itself.
+#[must_use = "the cache is re-enabled when the guard is dropped"]
+pub struct CacheDisabled {
+    previous: bool,
+    _thread_bound: PhantomData<*const ()>,
+}
+
+/// Disables the autocast weight-cast cache on this thread until the guard is dropped.
+pub fn disable_cache() -> Result<CacheDisabled> {
+    let previous = ffi::autocast_cache_enabled()?;
+    ffi::autocast_set_cache_enabled(false)?;
+    Ok(CacheDisabled { previous, _thread_bound: PhantomData })
+}
+
+impl Drop for CacheDisabled {
+    fn drop(&mut self) {
+        if let Err(e) = ffi::autocast_set_cache_enabled(self.previous) {
+            tracing::warn!("restoring the autocast cache setting failed: {e}");
+        }
+    }
+}

@@ -29,6 +29,8 @@ extern "C" {
     fn pe_autocast_state(device_type: DeviceType, enabled: *mut bool, dtype: *mut c_int) -> *mut c_char;
     fn pe_autocast_enter(device_type: DeviceType, dtype: ScalarType) -> *mut c_char;
     fn pe_autocast_exit(device_type: DeviceType, prev_enabled: bool, prev_dtype: ScalarType) -> *mut c_char;
+    fn pe_autocast_cache_enabled(enabled: *mut bool) -> *mut c_char;
+    fn pe_autocast_set_cache_enabled(enabled: bool) -> *mut c_char;
 
     fn pe_amp_foreach_non_finite_check_and_unscale(
         grads: *const TensorPtr,
@@ -51,6 +53,7 @@ extern "C" {
         steps: *const TensorPtr,
         n: usize,
         lr: f64,
+        lr_tensor: TensorPtr,
         beta1: f64,
         beta2: f64,
         weight_decay: f64,
@@ -64,6 +67,7 @@ extern "C" {
         momentum_buffers: *const TensorPtr,
         n: usize,
         lr: f64,
+        lr_tensor: TensorPtr,
         momentum: f64,
         weight_decay: f64,
         nesterov: bool,
@@ -77,6 +81,12 @@ extern "C" {
         ends: *const TensorPtr,
         n: usize,
         weight: f64,
+    ) -> *mut c_char;
+    fn pe_foreach_lerp_tensor_(
+        selfs: *const TensorPtr,
+        ends: *const TensorPtr,
+        n: usize,
+        weight: TensorPtr,
     ) -> *mut c_char;
     fn pe_foreach_norm(tensors: *const TensorPtr, n: usize, out: *mut *mut C_tensor) -> *mut c_char;
     fn pe_foreach_mul_(tensors: *const TensorPtr, n: usize, factor: TensorPtr) -> *mut c_char;
@@ -93,6 +103,31 @@ extern "C" {
     fn pe_cuda_reset_peak_memory_stats(index: i64) -> *mut c_char;
     fn pe_cuda_empty_cache() -> *mut c_char;
     fn pe_cuda_synchronize(index: i64) -> *mut c_char;
+
+    fn pe_cuda_stream_from_pool(device: i64, out: *mut *mut PeCudaStream) -> *mut c_char;
+    fn pe_cuda_stream_free(stream: *mut PeCudaStream);
+    fn pe_cuda_stream_enter(stream: *const PeCudaStream, out: *mut *mut PeStreamGuard) -> *mut c_char;
+    fn pe_cuda_stream_exit(guard: *mut PeStreamGuard) -> *mut c_char;
+    fn pe_cuda_graph_new(device: i64, out: *mut *mut PeCudaGraph) -> *mut c_char;
+    fn pe_cuda_graph_free(graph: *mut PeCudaGraph);
+    fn pe_cuda_graph_capture_begin(graph: *mut PeCudaGraph) -> *mut c_char;
+    fn pe_cuda_graph_capture_end(graph: *mut PeCudaGraph) -> *mut c_char;
+    fn pe_cuda_graph_replay(graph: *mut PeCudaGraph) -> *mut c_char;
+    fn pe_cuda_graph_reset(graph: *mut PeCudaGraph) -> *mut c_char;
+}
+
+/// Opaque C++ objects of csrc/pe_cuda_graph.cpp, only ever behind pointers.
+#[repr(C)]
+struct PeCudaStream {
+    _private: [u8; 0],
+}
+#[repr(C)]
+struct PeStreamGuard {
+    _private: [u8; 0],
+}
+#[repr(C)]
+struct PeCudaGraph {
+    _private: [u8; 0],
 }
 
 /// Turns the shim's error convention (null = success) into a `Result`, freeing the message.
@@ -149,6 +184,18 @@ pub(crate) fn autocast_exit(
 ) -> Result<()> {
     // SAFETY: plain arguments; the shim validates them and only touches thread-local state.
     check(unsafe { pe_autocast_exit(device_type, prev_enabled, prev_dtype) })
+}
+
+pub(crate) fn autocast_cache_enabled() -> Result<bool> {
+    let mut enabled = false;
+    // SAFETY: `enabled` is a live local the shim writes a bool to.
+    check(unsafe { pe_autocast_cache_enabled(&mut enabled) })?;
+    Ok(enabled)
+}
+
+pub(crate) fn autocast_set_cache_enabled(enabled: bool) -> Result<()> {
+    // SAFETY: plain argument; the shim only touches thread-local state.
+    check(unsafe { pe_autocast_set_cache_enabled(enabled) })
 }
 
 pub(crate) fn amp_non_finite_check_and_unscale(
@@ -209,6 +256,16 @@ pub(crate) fn foreach_lerp_(selfs: &[&Tensor], ends: &[&Tensor], weight: f64) ->
     check(unsafe { pe_foreach_lerp_(a.as_ptr(), b.as_ptr(), a.len(), weight) })
 }
 
+pub(crate) fn foreach_lerp_tensor_(selfs: &[&Tensor], ends: &[&Tensor], weight: &Tensor) -> Result<()> {
+    if selfs.len() != ends.len() {
+        return Err(Error::Torch(format!("foreach_lerp_: {} tensors vs {} ends", selfs.len(), ends.len())));
+    }
+    let (a, b) = (ptrs(selfs), ptrs(ends));
+    // SAFETY: `a` and `b` hold `a.len()` valid tensor pointers each and `weight` is borrowed, all
+    // for the call.
+    check(unsafe { pe_foreach_lerp_tensor_(a.as_ptr(), b.as_ptr(), a.len(), weight.as_ptr()) })
+}
+
 pub(crate) fn foreach_norm(tensors: &[&Tensor]) -> Result<Vec<Tensor>> {
     let p = ptrs(tensors);
     let mut out = vec![ptr::null_mut(); p.len()];
@@ -223,6 +280,30 @@ pub(crate) fn foreach_mul_(tensors: &[&Tensor], factor: &Tensor) -> Result<()> {
     check(unsafe { pe_foreach_mul_(p.as_ptr(), p.len(), factor.as_ptr()) })
 }
 
+/// The learning rate of a fused optimizer call: a host value (passed by value into the kernel), or a
+/// 0-dim float32 tensor the kernel reads on the device (a CUDA graph replays it with new values).
+#[derive(Clone, Copy)]
+pub(crate) enum Lr<'a> {
+    Host(f64),
+    Device(&'a Tensor),
+}
+
+impl Lr<'_> {
+    fn host(self) -> f64 {
+        match self {
+            Lr::Host(lr) => lr,
+            Lr::Device(_) => 0.0,
+        }
+    }
+
+    fn device_ptr(self) -> TensorPtr {
+        match self {
+            Lr::Host(_) => ptr::null(),
+            Lr::Device(t) => t.as_ptr(),
+        }
+    }
+}
+
 /// Arguments of one `_fused_adamw_` call: equal-length lists on one device and dtype.
 pub(crate) struct AdamWLists<'a> {
     pub params: Vec<&'a Tensor>,
@@ -235,7 +316,7 @@ pub(crate) struct AdamWLists<'a> {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn fused_adamw(
     lists: &AdamWLists<'_>,
-    lr: f64,
+    lr: Lr<'_>,
     beta1: f64,
     beta2: f64,
     weight_decay: f64,
@@ -265,7 +346,8 @@ pub(crate) fn fused_adamw(
             v.as_ptr(),
             s.as_ptr(),
             n,
-            lr,
+            lr.host(),
+            lr.device_ptr(),
             beta1,
             beta2,
             weight_decay,
@@ -287,7 +369,7 @@ pub(crate) struct SgdLists<'a> {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn fused_sgd(
     lists: &SgdLists<'_>,
-    lr: f64,
+    lr: Lr<'_>,
     momentum: f64,
     weight_decay: f64,
     nesterov: bool,
@@ -310,7 +392,8 @@ pub(crate) fn fused_sgd(
             g.as_ptr(),
             b.as_ptr(),
             n,
-            lr,
+            lr.host(),
+            lr.device_ptr(),
             momentum,
             weight_decay,
             nesterov,
@@ -373,5 +456,97 @@ pub(crate) fn malloc_keep_freed_memory() -> bool {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, libc::c_int::MAX) == 1
             && libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) == 1
+    }
+}
+
+/// An owned stream handle of csrc/pe_cuda_graph.cpp (a copy of a c10 pool stream), freed on drop.
+pub(crate) struct StreamHandle(*mut PeCudaStream);
+
+impl StreamHandle {
+    pub(crate) fn from_pool(device: i64) -> Result<Self> {
+        let mut out = ptr::null_mut();
+        // SAFETY: `out` is a live local the shim writes a fresh heap handle to (null on error).
+        check(unsafe { pe_cuda_stream_from_pool(device, &mut out) })?;
+        Ok(Self(out))
+    }
+
+    /// Makes the stream current until the returned guard exits. The guard holds its own copy of
+    /// the stream, so it does not borrow the handle.
+    pub(crate) fn enter(&self) -> Result<GuardHandle> {
+        let mut out = ptr::null_mut();
+        // SAFETY: `self.0` is live while `self` is; `out` is a live local.
+        check(unsafe { pe_cuda_stream_enter(self.0, &mut out) })?;
+        Ok(GuardHandle(out))
+    }
+}
+
+impl Drop for StreamHandle {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from `pe_cuda_stream_from_pool` and is freed only here.
+        unsafe { pe_cuda_stream_free(self.0) }
+    }
+}
+
+/// An entered side stream; exiting (explicitly or on drop) restores the previous stream.
+pub(crate) struct GuardHandle(*mut PeStreamGuard);
+
+impl GuardHandle {
+    pub(crate) fn exit(mut self) -> Result<()> {
+        let raw = std::mem::replace(&mut self.0, ptr::null_mut());
+        // SAFETY: `raw` came from `pe_cuda_stream_enter` and is taken out of `self`, so Drop does not
+        // pass it again; the shim deletes it whatever happens.
+        check(unsafe { pe_cuda_stream_exit(raw) })
+    }
+}
+
+impl Drop for GuardHandle {
+    fn drop(&mut self) {
+        if self.0.is_null() {
+            return;
+        }
+        // SAFETY: as in `exit`; this is the only other place the handle is passed.
+        if let Err(e) = check(unsafe { pe_cuda_stream_exit(self.0) }) {
+            tracing::warn!("leaving a CUDA side stream failed: {e}");
+        }
+    }
+}
+
+/// What to do with a graph handle.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum GraphOp {
+    CaptureBegin,
+    CaptureEnd,
+    Replay,
+    Reset,
+}
+
+/// An owned `at::cuda::CUDAGraph`, freed on drop. Not `Send`: used by the thread that made it.
+pub(crate) struct GraphHandle(*mut PeCudaGraph);
+
+impl GraphHandle {
+    pub(crate) fn new(device: i64) -> Result<Self> {
+        let mut out = ptr::null_mut();
+        // SAFETY: `out` is a live local the shim writes a fresh heap handle to (null on error).
+        check(unsafe { pe_cuda_graph_new(device, &mut out) })?;
+        Ok(Self(out))
+    }
+
+    pub(crate) fn run(&self, op: GraphOp) -> Result<()> {
+        // SAFETY: `self.0` is live while `self` is; each call only borrows the handle.
+        check(unsafe {
+            match op {
+                GraphOp::CaptureBegin => pe_cuda_graph_capture_begin(self.0),
+                GraphOp::CaptureEnd => pe_cuda_graph_capture_end(self.0),
+                GraphOp::Replay => pe_cuda_graph_replay(self.0),
+                GraphOp::Reset => pe_cuda_graph_reset(self.0),
+            }
+        })
+    }
+}
+
+impl Drop for GraphHandle {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from `pe_cuda_graph_new` and is freed only here.
+        unsafe { pe_cuda_graph_free(self.0) }
     }
 }

@@ -1,12 +1,14 @@
 //! The libtorch features tch 0.24 does not expose, through a small C++ shim: autocast with a chosen
 //! dtype ([`autocast`]), a GradScaler ([`scaler`]), channels_last ([`memory_format`]), fused
-//! multi-tensor optimizers ([`optim`]) and CUDA device/memory utilities ([`cuda`]).
+//! multi-tensor optimizers ([`optim`]), CUDA device/memory utilities ([`cuda`]) and CUDA graphs
+//! with the side streams their capture needs ([`cuda_graph`]).
 //!
 //! Everything takes and returns `tch::Tensor`; the only `unsafe` code is the private `ffi` module.
 mod abi;
 pub mod allocator;
 pub mod autocast;
 pub mod cuda;
+pub mod cuda_graph;
 mod ffi;
 pub mod foreach;
 pub mod memory_format;

@@ -27,6 +27,8 @@ enum StepState {
     Ready,
     /// `unscale_` ran: gradients are unscaled; `found` is the host copy of `found_inf`.
     Unscaled { found_inf: Tensor, found: bool },
+    /// `unscale_on_device_` ran: gradients are unscaled; the flag was not read back to the host.
+    UnscaledOnDevice { found_inf: Tensor },
     /// `step` ran through the fused kernels without unscaling first.
     Stepped { found_inf: Tensor },
 }
@@ -166,6 +168,7 @@ impl GradScaler {
         }
         match &self.state {
             StepState::Unscaled { found, .. } => return Ok(*found),
+            StepState::UnscaledOnDevice { found_inf } => return Ok(found_inf.f_double_value(&[])? > 0.0),
             StepState::Stepped { .. } => {
                 return Err(Error::Invalid("unscale_() is being called after step()".into()))
             }
@@ -177,6 +180,30 @@ impl GradScaler {
         Ok(found)
     }
 
+    /// [`GradScaler::unscale_`] without the host read: divides the gradients by the scale in place
+    /// and returns the found-inf flag as a `float32` scalar on the scale's device (non-zero = skip
+    /// the update), for code that must not sync (a captured CUDA graph). Hand the flag to
+    /// [`Optimizer::step_amp`] (`grad_scale: None`), whose fused kernels skip on the device.
+    /// `None` when disabled. The scale must already be on the gradients' device (it moves there at
+    /// the first unscale; a move is a host copy a capture refuses).
+    pub fn unscale_on_device_(&mut self, grads: &[Tensor]) -> Result<Option<Tensor>> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        match &self.state {
+            StepState::Unscaled { found_inf, .. } | StepState::UnscaledOnDevice { found_inf } => {
+                return Ok(Some(found_inf.shallow_clone()))
+            }
+            StepState::Stepped { .. } => {
+                return Err(Error::Invalid("unscale_on_device_() is being called after step()".into()))
+            }
+            StepState::Ready => {}
+        }
+        let found_inf = self.check_and_unscale(grads, true)?;
+        self.state = StepState::UnscaledOnDevice { found_inf: found_inf.shallow_clone() };
+        Ok(Some(found_inf))
+    }
+
     /// Whether the last check of this step found inf/NaN (`None` before `unscale_`/`step`, or when
     /// disabled). After a fused `step` this reads the device flag (a sync on CUDA).
     pub fn found_inf(&self) -> Option<bool> {
@@ -186,7 +213,9 @@ impl GradScaler {
         match &self.state {
             StepState::Ready => None,
             StepState::Unscaled { found, .. } => Some(*found),
-            StepState::Stepped { found_inf } => Some(found_inf.double_value(&[]) > 0.0),
+            StepState::UnscaledOnDevice { found_inf } | StepState::Stepped { found_inf } => {
+                Some(found_inf.double_value(&[]) > 0.0)
+            }
         }
     }
 
@@ -200,6 +229,15 @@ impl GradScaler {
         match &self.state {
             StepState::Unscaled { found, .. } => {
                 if !*found {
+                    opt.step()?;
+                }
+                return Ok(());
+            }
+            StepState::UnscaledOnDevice { found_inf } => {
+                if opt.supports_amp_scaling() {
+                    return opt.step_amp(None, Some(found_inf));
+                }
+                if found_inf.f_double_value(&[])? == 0.0 {
                     opt.step()?;
                 }
                 return Ok(());
@@ -232,7 +270,9 @@ impl GradScaler {
             StepState::Ready => {
                 return Err(Error::Invalid("No inf checks were recorded prior to update.".into()))
             }
-            StepState::Unscaled { found_inf, .. } | StepState::Stepped { found_inf } => found_inf,
+            StepState::Unscaled { found_inf, .. }
+            | StepState::UnscaledOnDevice { found_inf }
+            | StepState::Stepped { found_inf } => found_inf,
         };
         let _ = self.scale.f_internal_amp_update_scale_(
             &self.growth_tracker,

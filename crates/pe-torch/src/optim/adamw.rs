@@ -90,8 +90,9 @@ impl Optimizer for AdamW {
                     state[*i] = Some(AdamState::zeros_like(p)?);
                 }
             }
-            let (lr, wd) = (group.lr, group.weight_decay);
+            let wd = group.weight_decay;
             if let Some((_, scale)) = host_amp {
+                let lr = group.host_lr()?;
                 for (i, p, g) in &items {
                     let g = if scale != 1.0 { g / scale } else { g.shallow_clone() };
                     let st = state[*i].as_ref().ok_or_else(missing_state)?;
@@ -119,7 +120,7 @@ impl Optimizer for AdamW {
                 }
                 let gs = on_device(grad_scale, device)?;
                 let fi = on_device(found_inf, device)?;
-                ffi::fused_adamw(&lists, lr, beta1, beta2, wd, eps, gs.as_ref(), fi.as_ref())?;
+                ffi::fused_adamw(&lists, group.kernel_lr(), beta1, beta2, wd, eps, gs.as_ref(), fi.as_ref())?;
             }
         }
         Ok(())

@@ -23,11 +23,32 @@ pub struct ParamGroup {
     pub params: Vec<Tensor>,
     pub lr: f64,
     pub weight_decay: f64,
+    /// When set, the fused kernels read the learning rate from this 0-dim float32 tensor (on the
+    /// parameters' device) instead of `lr`, as `torch.optim` does with a tensor `lr`: a CUDA graph
+    /// that captured the step then replays with whatever value the tensor holds, where a host `lr`
+    /// would be baked into the graph. The per-tensor reference reads its value on the host.
+    pub lr_tensor: Option<Tensor>,
 }
 
 impl ParamGroup {
     pub fn new(params: Vec<Tensor>, lr: f64, weight_decay: f64) -> Self {
-        Self { params, lr, weight_decay }
+        Self { params, lr, weight_decay, lr_tensor: None }
+    }
+
+    /// The learning rate the fused kernels get.
+    pub(crate) fn kernel_lr(&self) -> crate::ffi::Lr<'_> {
+        match &self.lr_tensor {
+            Some(t) => crate::ffi::Lr::Device(t),
+            None => crate::ffi::Lr::Host(self.lr),
+        }
+    }
+
+    /// The learning rate as a host value (a device read when it lives in `lr_tensor`).
+    pub(crate) fn host_lr(&self) -> Result<f64> {
+        match &self.lr_tensor {
+            Some(t) => Ok(t.f_double_value(&[])?),
+            None => Ok(self.lr),
+        }
     }
 }
 

@@ -62,8 +62,9 @@ impl Optimizer for Sgd {
         for group in groups.iter() {
             let items = with_grads(group, first);
             first += group.params.len();
-            let (lr, wd) = (group.lr, group.weight_decay);
+            let wd = group.weight_decay;
             if let Some((_, scale)) = host_amp {
+                let lr = group.host_lr()?;
                 for (i, p, g) in &items {
                     let g = if scale != 1.0 { g / scale } else { g.shallow_clone() };
                     reference::sgd_step(p, &g, &mut momentum_buffers[*i], lr, wd, momentum, nesterov)?;
@@ -103,7 +104,7 @@ impl Optimizer for Sgd {
                     if !lists.params.is_empty() {
                         ffi::fused_sgd(
                             &lists,
-                            lr,
+                            group.kernel_lr(),
                             momentum,
                             wd,
                             nesterov,
