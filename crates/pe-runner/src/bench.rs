@@ -19,7 +19,7 @@ use pe_models::ModelConfig;
 
 use crate::config::{Amp, OptimizerConfig, OptimizerKind, TrainConfig};
 use crate::dist::Dist;
-use crate::step_engine::{EngineConfig, StepEngine, Targets};
+use crate::step_engine::{EngineConfig, StepEngine, Targets, CUDA_GRAPH_WARMUP_STEPS};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// Conv weights and inputs in channels_last, as `train.channels_last`.
     #[arg(long)]
     channels_last: bool,
+    /// Capture the step into a CUDA graph and time its replays, as `train.cuda_graph` (CUDA only;
+    /// the warm-up then also covers the eager warm-up steps and the capture).
+    #[arg(long)]
+    cuda_graph: bool,
     /// After the warm-up, print `{"ready": true}`, then run one step per line read from stdin and
     /// print `{"ms": ...}` after each; the summary follows at end of input.
     #[arg(long)]
@@ -98,6 +102,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         ema_decay: 0.0,
         accum_steps: 1,
         label_smoothing: 0.0,
+        cuda_graph: args.cuda_graph,
         model,
     };
     // Under `pe launch`/torchrun every rank runs this bench: the engine then reduces gradients as
@@ -116,12 +121,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut step = || -> Result<f64> {
         let start = Instant::now();
         // As in training, the loss stays on the device (no sync inside the timed step).
-        let _loss = engine.forward_backward(&images, &labels, true)?;
-        engine.optimizer_step(1e-4, false)?;
+        let _loss = engine.step(&images, &labels, 1e-4, false)?;
         pe_torch::cuda::synchronize_device(device)?;
         Ok(start.elapsed().as_secs_f64() * 1e3)
     };
-    for _ in 0..args.warmup {
+    // With a graph, the eager warm-up steps and the capture step are never timed.
+    let warmup = if args.cuda_graph { args.warmup.max(CUDA_GRAPH_WARMUP_STEPS + 1) } else { args.warmup };
+    for _ in 0..warmup {
         step()?;
     }
     let mut times = Vec::new();
@@ -142,7 +148,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("no step was timed (--steps 0, or no line on stdin with --serve)");
     }
     // DDP's timing is read at the next prepare_for_forward after a synchronised backward.
-    let _loss = engine.forward_backward(&images, &labels, true)?;
+    let _loss = engine.step(&images, &labels, 1e-4, false)?;
     if !engine.losses_were_finite()? {
         bail!("the loss became NaN or infinite during the benchmark");
     }
@@ -154,7 +160,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let median = quantile(&times, 0.5);
     let images_per_step = (args.batch as usize * dist.world) as f64;
     let record = json!({"side": "rust", "model": args.model, "batch": args.batch, "img_size": size,
-        "amp": args.amp, "channels_last": args.channels_last, "processes": dist.world,
+        "amp": args.amp, "channels_last": args.channels_last, "cuda_graph": args.cuda_graph, "processes": dist.world,
         "threads": tch::get_num_threads(), "steps": times.len(), "ms_per_step": median,
         "ms_p10": quantile(&times, 0.1), "ms_p90": quantile(&times, 0.9),
         "img_per_s": images_per_step * 1e3 / median, "allreduce_hidden_share": hidden,

@@ -100,7 +100,7 @@ impl Dist {
         let options = ReducerOptions { param_names: names, ..ReducerOptions::default() };
         let reducer = Reducer::new(group, &params, &options)?;
         let buffers = engine.buffers();
-        engine.set_grad_sync(Box::new(DdpSync { group: group.clone(), reducer, buffers }));
+        engine.set_grad_sync(Box::new(DdpSync { group: group.clone(), reducer, buffers }))?;
         Ok(())
     }
 

@@ -61,4 +61,22 @@ impl Ema {
         });
         Ok(())
     }
+
+    /// [`Ema::update`], skipped on the device when `skip` (a 0-dim float flag, fp16's found-inf) is
+    /// non-zero, as the eager step skips it on the host: the averaging weight becomes 0 and the
+    /// counters keep their values. Reads nothing back, so a CUDA graph can capture it.
+    pub fn update_unless(&mut self, skip: &Tensor) -> pe_torch::Result<()> {
+        let keep = skip.f_eq(0.0)?;
+        let weight = keep.f_to_kind(tch::Kind::Float)?.f_mul_scalar(1.0 - self.decay)?;
+        let ema: Vec<&Tensor> = self.averaged.iter().collect();
+        let current: Vec<&Tensor> = self.followed.iter().collect();
+        pe_torch::foreach::lerp_tensor_(&ema, &current, &weight)?;
+        tch::no_grad(|| -> pe_torch::Result<()> {
+            for (ema, current) in &self.copied {
+                let kept = current.f_where_self(&keep, ema)?;
+                ema.shallow_clone().f_copy_(&kept)?;
+            }
+            Ok(())
+        })
+    }
 }

@@ -21,7 +21,7 @@ use crate::evaluate::{evaluate, EvalResult, EvalSums};
 use crate::observers::{Observers, Record, Section};
 use crate::run_identity::{self, DatasetIdentity, Identity, RunLock};
 use crate::schedule::Schedule;
-use crate::step_engine::{EngineConfig, StepEngine, Targets};
+use crate::step_engine::{EngineConfig, StepEngine, StepReport, Targets};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -422,21 +422,22 @@ impl TrainLoop {
             }
             let last_micro_batch = (batch.index + 1).is_multiple_of(accum);
             let logged = (self.state.step + 1).is_multiple_of(self.config.logging.every_steps as u64);
-            let loss = self.forward_backward(&batch, last_micro_batch).with_context(|| {
-                format!("at step {} (epoch {}, batch {})", self.state.step, batch.epoch + 1, batch.index)
-            })?;
+            // The last micro-batch also updates the weights (one call, so a CUDA graph can hold both).
+            let lr = self.schedule.lr(self.state.step as usize);
+            let (loss, report) =
+                self.micro_batch(&batch, last_micro_batch.then_some((lr, logged))).with_context(|| {
+                    format!("at step {} (epoch {}, batch {})", self.state.step, batch.epoch + 1, batch.index)
+                })?;
             if logged {
                 let share = loss / accum as f64;
                 step_loss = Some(step_loss.map_or_else(|| share.shallow_clone(), |sum| sum + &share));
             }
             window.images += batch.n;
             self.train_loader.recycle(batch.images);
-            if !last_micro_batch {
+            let Some(report) = report else {
                 waiting_since = Instant::now();
                 continue;
-            }
-            let lr = self.schedule.lr(self.state.step as usize);
-            let report = self.engine.optimizer_step(lr, logged)?;
+            };
             if report.skipped {
                 self.state.skipped_steps += 1;
             }
@@ -501,8 +502,14 @@ impl TrainLoop {
         Ok(logged && self.dist.any(pressed)?)
     }
 
-    /// One micro-batch to the device, mixed when the recipe mixes, through the engine.
-    fn forward_backward(&mut self, batch: &pe_data::Batch, reduce: bool) -> Result<Tensor> {
+    /// One micro-batch to the device, mixed when the recipe mixes, through the engine: forward and
+    /// backward only, or, for the last micro-batch of a step (`update` = the learning rate and
+    /// whether to read the gradient norm), with gradient reduction and the optimizer update.
+    fn micro_batch(
+        &mut self,
+        batch: &pe_data::Batch,
+        update: Option<(f64, bool)>,
+    ) -> Result<(Tensor, Option<StepReport>)> {
         let device = self.engine.device;
         let (images, labels) = batch::to_device(batch, device);
         let images = self.normalizer.apply(&images);
@@ -516,7 +523,13 @@ impl TrainLoop {
             }
             None => (images, Targets::Labels(labels)),
         };
-        self.engine.forward_backward(&images, &targets, reduce)
+        match update {
+            Some((lr, want_grad_norm)) => {
+                let (loss, report) = self.engine.step(&images, &targets, lr, want_grad_norm)?;
+                Ok((loss, Some(report)))
+            }
+            None => Ok((self.engine.forward_backward(&images, &targets, false)?, None)),
+        }
     }
 
     fn log_step(

@@ -144,6 +144,12 @@ pub struct TrainConfig {
     pub amp: Amp,
     /// Run convolutional models in channels_last memory format.
     pub channels_last: bool,
+    /// Capture the whole training step (forward, backward, optimizer, EMA, loss scaling) into a
+    /// CUDA graph after a few eager warm-up steps and replay it, which removes the per-kernel launch
+    /// cost of small batches. Needs a CUDA device, `accum_steps = 1` and one process (no
+    /// distributed gradient all-reduce); every batch has the same shape (the last incomplete one
+    /// is dropped). The numbers it trains to are those of the eager step.
+    pub cuda_graph: bool,
     /// "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
     pub device: String,
     pub seed: u64,
@@ -168,6 +174,7 @@ impl Default for TrainConfig {
             ema_decay: 0.0,
             amp: Amp::Off,
             channels_last: false,
+            cuda_graph: false,
             device: "auto".into(),
             seed: 0,
             checkpoint_every_steps: 0,
@@ -247,6 +254,16 @@ impl ExperimentConfig {
         ensure(t.accum_steps >= 1, "train.accum_steps", || "must be at least 1".into())?;
         ensure((0.0..1.0).contains(&t.ema_decay), "train.ema_decay", || {
             format!("must be in [0, 1) (0 = off), got {}", t.ema_decay)
+        })?;
+        ensure(!t.cuda_graph || t.accum_steps == 1, "train.cuda_graph", || {
+            format!(
+                "needs train.accum_steps = 1, got {}: the captured step is one forward/backward \
+                 followed by the update",
+                t.accum_steps
+            )
+        })?;
+        ensure(!t.cuda_graph || t.device != "cpu", "train.cuda_graph", || {
+            "needs a CUDA device (train.device = \"cuda\" or \"auto\" on a GPU machine), got \"cpu\"".into()
         })?;
         ensure(["auto", "gloo", "nccl"].contains(&t.dist_backend.as_str()), "train.dist_backend", || {
             format!("expected \"auto\", \"gloo\" or \"nccl\", got {:?}", t.dist_backend)
