@@ -43,9 +43,10 @@ char *pe_cuda_graph_reset(PeCudaGraph *) { return no_cuda(); }
 #else
 
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/core/Event.h>
+#include <c10/core/StreamGuard.h>
 #include <c10/cuda/CUDAFunctions.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include <memory>
@@ -56,13 +57,15 @@ struct PeCudaStream {
 };
 
 // The stream that was current before `pe_cuda_stream_enter`, restored (with the current device) by
-// the CUDAStreamGuard when this is deleted.
+// the StreamGuard when this is deleted. The device-generic guards (c10::StreamGuard, DeviceGuard)
+// reach CUDA through libc10_cuda's registered implementation; c10/cuda's inline guards would call
+// the CUDA runtime from this file and need libcudart at link time.
 struct PeStreamGuard {
   explicit PeStreamGuard(c10::cuda::CUDAStream side)
       : side(side), previous(c10::cuda::getCurrentCUDAStream(side.device_index())), guard(side) {}
   c10::cuda::CUDAStream side;
   c10::cuda::CUDAStream previous;
-  c10::cuda::CUDAStreamGuard guard;
+  c10::StreamGuard guard;
 };
 
 struct PeCudaGraph {
@@ -125,7 +128,7 @@ char *pe_cuda_stream_exit(PeStreamGuard *guard) {
 char *pe_cuda_graph_new(int64_t device, PeCudaGraph **out) {
   return guarded([&] {
     auto index = checked_device(device);
-    c10::cuda::CUDAGuard device_guard(index);
+    c10::DeviceGuard device_guard(c10::Device(c10::kCUDA, index));
     *out = new PeCudaGraph{index, std::make_unique<at::cuda::CUDAGraph>(/*keep_graph=*/false)};
   });
 }
@@ -159,7 +162,7 @@ char *pe_cuda_graph_capture_end(PeCudaGraph *graph) {
 char *pe_cuda_graph_replay(PeCudaGraph *graph) {
   return guarded([&] {
     TORCH_CHECK(graph != nullptr, "pe-torch: null CUDA graph handle");
-    c10::cuda::CUDAGuard device_guard(graph->device);
+    c10::DeviceGuard device_guard(c10::Device(c10::kCUDA, graph->device));
     graph->graph->replay();
   });
 }
@@ -169,7 +172,7 @@ char *pe_cuda_graph_replay(PeCudaGraph *graph) {
 char *pe_cuda_graph_reset(PeCudaGraph *graph) {
   return guarded([&] {
     TORCH_CHECK(graph != nullptr, "pe-torch: null CUDA graph handle");
-    c10::cuda::CUDAGuard device_guard(graph->device);
+    c10::DeviceGuard device_guard(c10::Device(c10::kCUDA, graph->device));
     graph->graph->reset();
   });
 }
