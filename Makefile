@@ -17,7 +17,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: help setup build exp data tensorboard summary bench bench-data bench-torch bench-train bench-ddp bench-shards claim-table fmnist-table test fmt fmt-check clippy cargo-test pytest clean
+.PHONY: help setup build exp data tensorboard summary bench bench-data bench-torch bench-train bench-ddp bench-shards bench-gpu test-gpu claim-table fmnist-table test fmt fmt-check clippy cargo-test pytest clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -95,6 +95,15 @@ bench-torch: setup ## pe-torch: fused vs per-tensor optimizer steps, bf16 autoca
 bench-train: build ## Train-step time of resnet50(-PE) and deit_small/ViT-PE: Rust vs PyTorch eager, interleaved, fp32 and bf16+channels_last
 	$(PYTHON) bench/train_step.py --pe $(PE) --out bench/results/train_step_cpu.md
 	$(PYTHON) bench/train_step.py --pe $(PE) --amp bf16 --channels-last --out bench/results/train_step_cpu_bf16.md
+
+bench-gpu: build ## One GPU: Rust vs PyTorch eager img/s and peak memory, bf16 + channels_last, synthetic and real JPEGs
+	$(PYTHON) bench/data/make_photos.py --out data/bench-photos
+	$(PYTHON) bench/gpu_bench.py --pe $(PE) --photos data/bench-photos --out bench/results/gpu.md
+
+test-gpu: setup ## The tests that need a CUDA GPU (CI has none): CUDA memory stats, NCCL + Reducer, every recipe on CUDA
+	cargo test --release -p pe-torch --test cuda -- --include-ignored
+	cargo test --release -p pe-dist --test nccl -- --ignored
+	cargo test --release -p pe-runner --test cuda -- --ignored
 
 bench-shards: build ## Folder vs tar-shard loader img/s and files opened (bench/results/shards.md)
 	$(PYTHON) bench/data/make_photos.py --out data/bench-photos

@@ -5,7 +5,8 @@ sentence per row comparing it with the PE twin, the raw results as JSON, and a f
 against parameters) drawn by crates/pe-analyze/examples/claim_figure.rs with plotters.
 
     python bench/claim_table.py [--pe target/release/pe] [--epochs 10] [--seeds 0 1 2]
-        [--families resnet vit] [--max-steps 0] [--out bench/results/claim.md]
+        [--families resnet vit] [--max-steps 0] [--device cuda --device-name "one H200"]
+        [--out bench/results/claim.md]
 
 Runs are named `<recipe>-e<epochs>-seed<seed>` under --runs-dir and are reused when finished, so an
 interrupted table resumes where it stopped. Every run evaluates after each epoch so the table can
@@ -47,14 +48,15 @@ def evals(run_dir):
 
 def train(args, recipe, seed):
     """One finished run: (final top-1, top-1 change over the last two evaluations, wall seconds)."""
-    name = f"{recipe}-e{args.epochs}-seed{seed}" + (f"-s{args.max_steps}" if args.max_steps else "")
+    name = (f"{recipe}-e{args.epochs}-seed{seed}" + (f"-s{args.max_steps}" if args.max_steps else "")
+            + (f"-{args.device}" if args.device else ""))
     run_dir = pathlib.Path(args.runs_dir) / name
     timing = run_dir / "claim_wall_s.json"
     if not timing.exists():
         start = time.perf_counter()
         sets = [f"train.seed={seed}", f"train.epochs={args.epochs}", f"train.max_steps={args.max_steps}",
                 "eval.every_epochs=1", f'name="{name}"', f'logging.runs_dir="{args.runs_dir}"',
-                "logging.progress=false"]
+                "logging.progress=false"] + ([f'train.device="{args.device}"'] if args.device else [])
         command = [args.pe, "train", str(ROOT / "experiments" / f"{recipe}.toml")]
         subprocess.run(command + [a for s in sets for a in ("--set", s)], check=True, capture_output=True, cwd=ROOT)
         timing.write_text(json.dumps(time.perf_counter() - start))
@@ -102,7 +104,7 @@ def markdown(args, rows):
     schedule = f"{args.epochs} epoch{'s' if args.epochs != 1 else ''}" + (f", stopped at {args.max_steps} steps" if args.max_steps else "")
     lines = [
         f"Fashion-MNIST (60k train / 10k test, 28×28), {schedule}, seeds {' '.join(map(str, args.seeds))}, "
-        "this machine's CPU. Params with head and MACs per image from `pe summary`; Δ PE is the difference "
+        f"trained on {args.device_name}. Params with head and MACs per image from `pe summary`; Δ PE is the difference "
         "to the PE twin's mean; last-epoch change is the mean change of top-1 over the final epoch "
         "(near 0 when accuracy has stopped moving; under cosine decay it shrinks by construction, so a "
         "one-seed run at twice the epochs is the check that the schedule is long enough).",
@@ -135,6 +137,9 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--families", nargs="+", choices=sorted(FAMILIES), default=list(FAMILIES))
     parser.add_argument("--max-steps", type=int, default=0, help="stop each run after this many steps (a trial)")
+    parser.add_argument("--device", default=None,
+                        help="train.device for every run (default: the recipes' own, the CPU); named in the run folders")
+    parser.add_argument("--device-name", default="this machine's CPU", help="what the table says the runs trained on")
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "claim-table"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "claim.md"))
     parser.add_argument("--figure", default=str(ROOT / "bench" / "results" / "claim.svg"))
