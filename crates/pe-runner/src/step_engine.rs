@@ -167,6 +167,9 @@ impl StepEngine {
     /// Builds the model (seeded by the caller), converts conv weights to channels_last when asked,
     /// and the optimizer, scaler and EMA that go with it.
     pub fn new(config: &EngineConfig, device: Device) -> Result<Self> {
+        if config.cuda_graph {
+            check_cuda_graph_config(config, device)?;
+        }
         let vs = nn::VarStore::new(device);
         let model = config.model.init(vs.root())?;
         let precision = Precision { amp: config.amp, channels_last: config.channels_last };
@@ -175,7 +178,6 @@ impl StepEngine {
         }
         let mut optimizer = Optimizer::new(&vs, &config.optimizer)?;
         let graph = if config.cuda_graph {
-            check_cuda_graph_config(config, device)?;
             // A host learning rate would be baked into the graph: the kernels read it on the device.
             optimizer.use_device_lr(device)?;
             let stream = CudaStream::from_pool(device)?;
@@ -209,6 +211,11 @@ impl StepEngine {
     /// Whether steps are captured into a CUDA graph and replayed.
     pub fn uses_cuda_graph(&self) -> bool {
         self.graph.is_some()
+    }
+
+    /// Whether the CUDA graph has been captured (after the warm-up steps): later steps replay it.
+    pub fn cuda_graph_captured(&self) -> bool {
+        self.graph.as_ref().is_some_and(|g| g.captured.is_some())
     }
 
     /// Installs the cross-process gradient reduction (distributed runs). Refused with
@@ -542,14 +549,14 @@ fn read_report(out: &StepOutputs, want_grad_norm: bool) -> Result<StepReport> {
 pub fn check_cuda_graph_config(config: &EngineConfig, device: Device) -> Result<()> {
     if !matches!(device, Device::Cuda(_)) {
         bail!(
-            "train.cuda_graph = true needs a CUDA device (train.device = \"cuda\"), got {device:?}: \
-             CUDA graphs capture GPU kernels"
+            "cuda_graph (train.cuda_graph / pe bench --cuda-graph) needs a CUDA device, got {device:?}: \
+             a CUDA graph captures GPU kernels"
         );
     }
     if config.accum_steps != 1 {
         bail!(
-            "train.cuda_graph = true needs train.accum_steps = 1, got {}: the captured step is one \
-             forward/backward followed by the update",
+            "cuda_graph (train.cuda_graph) needs train.accum_steps = 1, got {}: the captured step is \
+             one forward/backward followed by the update",
             config.accum_steps
         );
     }
