@@ -136,6 +136,8 @@ def main():
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--families", nargs="+", choices=sorted(FAMILIES), default=list(FAMILIES))
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="train only these variants (e.g. one process per run on a GPU machine)")
     parser.add_argument("--max-steps", type=int, default=0, help="stop each run after this many steps (a trial)")
     parser.add_argument("--device", default=None,
                         help="train.device for every run (default: the recipes' own, the CPU); named in the run folders")
@@ -146,7 +148,11 @@ def main():
     parser.add_argument("--figure-bin", default=str(ROOT / "target" / "release" / "examples" / "claim_figure"))
     args = parser.parse_args()
     rows = [measure(args, family, variant, recipe)
-            for family in args.families for variant, recipe in zip(VARIANTS, FAMILIES[family])]
+            for family in args.families for variant, recipe in zip(VARIANTS, FAMILIES[family])
+            if variant in args.variants]
+    if "PE" not in args.variants:
+        print("trained the runs; the table needs the PE twins (--variants PE ...) to compare against")
+        return
     table = markdown(args, rows)
     print(table)
     out = pathlib.Path(args.out)
