@@ -165,7 +165,10 @@ fn train(config: &EngineConfig, lrs: &[f64]) -> Run {
             named.sort_by(|a, b| a.0.cmp(&b.0));
             all.extend(named.into_iter().map(|(_, t)| t).filter(|t| t.is_floating_point()));
         }
-        all.iter().map(|t| t.to_device(Device::Cpu).to_kind(Kind::Double)).collect()
+        // Detached: a copy that stayed attached would keep each parameter's gradient accumulator
+        // alive on this (default) stream, and the capture on the side stream would then depend on
+        // the legacy stream (cudaErrorStreamCaptureImplicit), as PyTorch warns.
+        all.iter().map(|t| t.detach().to_device(Device::Cpu).to_kind(Kind::Double)).collect()
     };
     let initial = snapshot(&engine);
     let (mut losses, mut grad_norms, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
