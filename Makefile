@@ -100,10 +100,10 @@ bench-gpu: build ## One GPU: Rust vs PyTorch eager img/s and peak memory, bf16 +
 	$(PYTHON) bench/data/make_photos.py --out data/bench-photos
 	$(PYTHON) bench/gpu_bench.py --pe $(PE) --photos data/bench-photos --out bench/results/gpu.md
 
-test-gpu: setup ## The tests that need a CUDA GPU (CI has none): CUDA memory stats, NCCL + Reducer, every recipe on CUDA
-	cargo test --release -p pe-torch --test cuda -- --include-ignored
+test-gpu: setup ## The tests that need a CUDA GPU (CI has none): CUDA memory stats, NCCL + Reducer, CUDA graphs, every recipe on CUDA
+	cargo test --release -p pe-torch --test cuda --test cuda_graph -- --include-ignored
 	cargo test --release -p pe-dist --test nccl -- --ignored
-	cargo test --release -p pe-runner --test cuda -- --ignored
+	cargo test --release -p pe-runner --test cuda --test cuda_graph -- --include-ignored
 
 bench-shards: build ## Folder vs tar-shard loader img/s and files opened (bench/results/shards.md)
 	$(PYTHON) bench/data/make_photos.py --out data/bench-photos
