@@ -423,9 +423,19 @@ impl StepEngine {
         // Gradients none: backward allocates them inside the capture, from the graph's pool.
         self.optimizer.zero_grad()?;
         let mut graph = CudaGraph::new(self.device)?;
-        let out = graph
-            .capture(stream, || self.whole_step(&images, &targets))
-            .context("capturing the training step into a CUDA graph (train.cuda_graph = true)")?;
+        let out = graph.capture(stream, || self.whole_step(&images, &targets)).map_err(|e| {
+            let hint = if e.to_string().contains("legacy stream") {
+                // Seen on an H200: a parameter copy kept with gradients enabled made backward run
+                // its gradient accumulators on the default stream.
+                "; a tensor computed from the parameters with gradients enabled is still alive \
+                 outside the step (detach it), so their gradient accumulators run on the default stream"
+            } else {
+                ""
+            };
+            anyhow::anyhow!(
+                "capturing the training step into a CUDA graph (train.cuda_graph = true): {e}{hint}"
+            )
+        })?;
         Ok(Captured { graph, images, targets, out })
     }
 
