@@ -207,7 +207,7 @@ fn recycled_buffers_do_not_change_results() {
 
 #[test]
 fn mixup_targets_on_loader_batches() {
-    // Pixels are mixed on the device by the runner; crates/pe-runner/tests/mix.rs checks them.
+    // Pixels are mixed on the device by the runner; crates/pe-runner/tests/parity.rs checks them.
     let t = tempfile::tempdir().unwrap();
     make_folder(t.path());
     let l = loader(t.path(), 2, |_| {});

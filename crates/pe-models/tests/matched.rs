@@ -32,7 +32,7 @@ use tch::Device;
 /// block 9v² + 12v. resnet_mini_pe: stem 464, stages 2,176 + 8,192 + 31,744, fc 1,290 = 43,866.
 /// A tied ViT block is 2C² + 4C (attention) + C·4C + 5C (MLP) + 4C (norms) = 6C² + 13C; vit_pe_mini
 /// at C = 96: 4 · 56,544 + 10,762 = 236,938. ResNet50-PE¹/PE² and ViT-PE (DeiT-S) are the hand
-/// counts of tests/registry.rs and DESIGN.md §5.
+/// counts of tests/registry.rs.
 const COUNTS: &[(&str, i64)] = &[
     ("resnet50_matched", 17_827_497),
     ("resnet50_pe", 17_590_312),

@@ -19,7 +19,7 @@ use crate::config::{load::to_toml, load_experiment, Experiment, ExperimentConfig
 use crate::dist::Dist;
 use crate::evaluate::{evaluate, EvalResult, EvalSums};
 use crate::observers::{Observers, Record, Section};
-use crate::run_identity::{self, DatasetIdentity, Identity, RunLock};
+use crate::run_identity::{self, DatasetIdentity, Identity, RunConflict, RunLock};
 use crate::schedule::Schedule;
 use crate::step_engine::{EngineConfig, StepEngine, StepReport, Targets};
 
@@ -74,7 +74,7 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Outcome> {
         None
     };
     let mut trainer = TrainLoop::new(&experiment, dist, device, run_dir, checkpoints, interrupted)?;
-    trainer.claim_run_folder(&args.allow_change)?;
+    trainer.claim_run_folder(&args.allow_change, args.resume)?;
     if trainer.dist.is_main() {
         println!("# resolved experiment {} (from {})\n{resolved}", config.name, args.experiment.display());
     }
@@ -185,8 +185,6 @@ impl TrainLoop {
             val_samples: eval_loader.len(),
         };
         let identity = Identity::new(&config, dataset);
-        let observers =
-            if dist.is_main() { Observers::for_run(&run_dir, &config)? } else { Observers::none() };
         Ok(Self {
             config,
             dist,
@@ -201,7 +199,9 @@ impl TrainLoop {
             identity,
             state: TrainState { world: world as u64, ..TrainState::default() },
             checkpoints,
-            observers,
+            // Opened by `claim_run_folder` once the folder is known to hold this experiment: a
+            // refused run must not leave an event file in someone else's run.
+            observers: Observers::none(),
             interrupted,
             losses_checked_at: 0,
         })
@@ -209,13 +209,24 @@ impl TrainLoop {
 
     /// Makes sure the run folder holds this experiment: compares with what its last checkpoint (or,
     /// before the first checkpoint, its first start) recorded, refusing any change not allowed.
-    /// A new folder records this run's identity and resolved recipe.
-    fn claim_run_folder(&mut self, allowed: &[String]) -> Result<()> {
+    /// A new folder records this run's identity and resolved recipe. Then opens the observers
+    /// (TensorBoard, metrics.jsonl, console), so a refused run writes nothing into the folder.
+    fn claim_run_folder(&mut self, allowed: &[String], resume: bool) -> Result<()> {
         let last = self.checkpoints.last();
         let stored = match &last {
             Some(dir) => Identity::read(dir)?,
             None => Identity::read(&self.run_dir)?,
         };
+        if let (Some(dir), None, false) = (&last, &stored, resume) {
+            // Written before runs recorded their identity: nothing says which experiment it holds.
+            return Err(RunConflict(format!(
+                "{} has no identity.json (it was written before checkpoints recorded their experiment), \
+                 so it cannot be checked that it holds this one. Nothing was changed. Continue it as this \
+                 experiment with --resume, or start a new run with --name NEW_NAME",
+                dir.display()
+            ))
+            .into());
+        }
         let main = self.dist.is_main();
         match stored {
             Some(stored) => {
@@ -232,6 +243,9 @@ impl TrainLoop {
                 write_once(&self.run_dir.join("config.toml"), &self.identity.config)?;
             }
             None => {}
+        }
+        if main {
+            self.observers = Observers::for_run(&self.run_dir, &self.config)?;
         }
         Ok(())
     }
@@ -287,7 +301,8 @@ impl TrainLoop {
     fn fit(mut self) -> Result<Outcome> {
         let epochs = self.config.train.epochs as u64;
         let mut last_eval = None;
-        while self.state.epoch < epochs {
+        // A rerun of a run that already stopped at train.max_steps trains nothing more.
+        while self.state.epoch < epochs && !self.reached_max_steps() {
             let epoch = self.state.epoch;
             match self.train_epoch(epoch)? {
                 EpochEnd::Interrupted => {
@@ -393,6 +408,11 @@ impl TrainLoop {
         tch::manual_seed((seed >> 1) as i64);
     }
 
+    fn reached_max_steps(&self) -> bool {
+        let max = self.config.train.max_steps as u64;
+        max > 0 && self.state.step >= max
+    }
+
     fn train_epoch(&mut self, epoch: u64) -> Result<EpochEnd> {
         let accum = self.config.train.accum_steps as u64;
         let batches = self.steps_per_epoch as u64 * accum;
@@ -455,8 +475,7 @@ impl TrainLoop {
             if self.stop_requested(logged)? {
                 return Ok(EpochEnd::Interrupted);
             }
-            let max = self.config.train.max_steps as u64;
-            if max > 0 && self.state.step >= max {
+            if self.reached_max_steps() {
                 return Ok(EpochEnd::MaxSteps);
             }
             waiting_since = Instant::now();

@@ -19,6 +19,17 @@ fn last_checkpoint(run: &Path) -> std::path::PathBuf {
     std::fs::canonicalize(run.join("checkpoints/last")).unwrap()
 }
 
+/// The TensorBoard event files in a run folder.
+fn event_files(run: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(run)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("events.out.tfevents"))
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn the_same_recipe_on_other_data_is_refused_with_the_changed_keys_and_nothing_is_touched() {
     let dir = tempfile::tempdir().unwrap();
@@ -30,11 +41,13 @@ fn the_same_recipe_on_other_data_is_refused_with_the_changed_keys_and_nothing_is
     let out = pe().arg("train").arg(&recipe).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run = runs.join("first");
-    let (checkpoint, config, metrics) = (
+    let (checkpoint, config, metrics, events) = (
         last_checkpoint(&run),
         std::fs::read_to_string(run.join("config.toml")).unwrap(),
         std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(),
+        event_files(&run),
     );
+    assert_eq!(events.len(), 1, "{events:?}");
 
     let out = pe()
         .arg("train")
@@ -51,6 +64,7 @@ fn the_same_recipe_on_other_data_is_refused_with_the_changed_keys_and_nothing_is
     assert_eq!(last_checkpoint(&run), checkpoint);
     assert_eq!(std::fs::read_to_string(run.join("config.toml")).unwrap(), config);
     assert_eq!(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(), metrics);
+    assert_eq!(event_files(&run), events, "a refused run must not write an event file");
 
     // The two ways forward both work: a new run folder, or an allowed change on resume.
     let out = pe()
@@ -114,4 +128,58 @@ fn a_second_process_on_the_same_run_folder_exits_2_naming_the_first() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("resumed from"));
+}
+
+#[test]
+fn a_checkpoint_without_an_identity_is_continued_only_with_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_image_folder(&data, 3, 6, 2, 16);
+    let runs = dir.path().join("runs");
+    let recipe = recipe_with_epochs(dir.path(), "old", &data, &runs, 2);
+    let out = pe().arg("train").arg(&recipe).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // As a pe from before run identities left it: no identity.json anywhere.
+    let run = runs.join("old");
+    std::fs::remove_file(run.join("identity.json")).unwrap();
+    for entry in std::fs::read_dir(run.join("checkpoints")).unwrap() {
+        let path = entry.unwrap().path().join("identity.json");
+        if path.exists() {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let more = ["--set", "train.epochs=3"];
+    let out = pe().arg("train").arg(&recipe).args(more).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no identity.json") && stderr.contains("--resume"), "{stderr}");
+    assert_eq!(event_files(&run).len(), 1, "a refused run must not write an event file");
+
+    let out = pe().arg("train").arg(&recipe).args(more).arg("--resume").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resumed from"));
+    assert_eq!(step_losses(&run).len(), 9, "a third epoch of 3 steps after the first two");
+}
+
+#[test]
+fn rerunning_a_run_that_reached_max_steps_trains_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_image_folder(&data, 3, 6, 2, 16);
+    let runs = dir.path().join("runs");
+    let recipe = recipe_with_epochs(dir.path(), "capped", &data, &runs, 5);
+    let capped = ["--set", "train.max_steps=2"];
+    let out = pe().arg("train").arg(&recipe).args(capped).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = runs.join("capped");
+    let (checkpoint, metrics) =
+        (last_checkpoint(&run), std::fs::read_to_string(run.join("metrics.jsonl")).unwrap());
+    let evals = |text: &str| text.lines().filter(|l| l.contains("\"type\":\"eval\"")).count();
+
+    let out = pe().arg("train").arg(&recipe).args(capped).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(last_checkpoint(&run), checkpoint, "no step past train.max_steps");
+    assert_eq!(step_losses(&run).len(), 2);
+    let after = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(evals(&after), evals(&metrics), "no second evaluation of the same weights");
 }
