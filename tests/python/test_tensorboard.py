@@ -1,8 +1,11 @@
 """A short training run writes event files that the real TensorBoard reads back."""
 
+import subprocess
+import time
+
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import make_image_folder, run_pe
+from conftest import PE, make_image_folder, run_pe
 
 
 RECIPE = """
@@ -61,3 +64,25 @@ def test_event_files_read_back_with_tensorboard(tmp_path):
     assert sorted(tags["images"]) == ["inputs/0", "inputs/1"]
     image = events.Images("inputs/0")[0]
     assert (image.width, image.height) == (16, 16)
+
+
+def test_a_killed_run_keeps_every_event_up_to_its_last_checkpoint(tmp_path):
+    """SIGKILL right after a checkpoint is published: TensorBoard still reads every train/loss point up to it."""
+    make_image_folder(tmp_path / "data", per_class=40)
+    recipe = tmp_path / "tb.toml"
+    text = RECIPE.format(data=tmp_path / "data", runs=tmp_path / "runs").replace("epochs = 2", "epochs = 50")
+    recipe.write_text(text.replace('device = "cpu"', 'device = "cpu"\ncheckpoint_every_steps = 5'))
+    run = tmp_path / "runs" / "tb"
+    process = subprocess.Popen([PE, "train", str(recipe)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last, deadline = run / "checkpoints" / "last", time.monotonic() + 120
+    while not (last.exists() and last.resolve().name >= "step-000000015"):
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint at step 15 within 120 s"
+        time.sleep(0.002)
+    process.kill()
+    process.wait()
+    saved = int(last.resolve().name.split("-")[1])
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    steps = {e.step for e in events.Scalars("train/loss")}
+    assert set(range(1, saved + 1)) <= steps, f"checkpoint at step {saved}, events for {sorted(steps)}"

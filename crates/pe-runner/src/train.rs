@@ -288,13 +288,15 @@ impl TrainLoop {
             return Ok(None);
         }
         self.state.scaler = self.engine.scaler_state();
+        // Flushed before the checkpoint is published: whoever sees a checkpoint (a resume after a
+        // SIGKILL) finds every point logged up to it in TensorBoard and metrics.jsonl.
+        self.observers.flush()?;
         let (engine, state, identity) = (&self.engine, &self.state, &self.identity);
         let dir = self.checkpoints.save(state.step, best, |dir| {
             engine.write_checkpoint(dir)?;
             identity.write(dir)?;
             checkpoint::write_state(dir, state)
         })?;
-        self.observers.flush()?;
         Ok(Some(dir))
     }
 
