@@ -61,11 +61,6 @@ def torch_synthetic(pe, name, batch, steps, warmup):
     return median, peak
 
 
-def synchronize(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def repeated_folder(photos, out, copies):
     """`out/{train,val}/<class>/` of symbolic links: each training photo `copies` times, one per class
     for validation. Returns the number of classes."""
@@ -80,13 +75,13 @@ def repeated_folder(photos, out, copies):
     return len(classes)
 
 
-def rust_real(pe, root, classes, steps, skip, work, extra=()):
+def rust_real(pe, root, classes, steps, skip, work):
     runs = work / "runs"
     cmd = [pe, "train", str(ROOT / "experiments" / "resnet50.toml"), "--name", "gpu-bench",
            "--set", f"data.root={json.dumps(str(root))}", "--set", f"model.num_classes={classes}",
            "--set", f"train.max_steps={steps}", "--set", "logging.every_steps=10",
            "--set", f"logging.runs_dir={json.dumps(str(runs))}", "--set", "logging.progress=false",
-           "--set", 'train.device="cuda"', *extra]
+           "--set", 'train.device="cuda"']
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     records = [json.loads(line) for line in (runs / "gpu-bench" / "metrics.jsonl").read_text().splitlines()]
     perf = [r for r in records if r.get("type") == "perf" and r["step"] > skip]
@@ -94,38 +89,37 @@ def rust_real(pe, root, classes, steps, skip, work, extra=()):
             statistics.median(r["data_wait_fraction"] for r in perf))
 
 
-def torch_real(root, classes, steps, skip, workers, device="cuda", batch=256, img=IMG):
+def torch_real(root, classes, steps, skip, workers):
     """The torchvision reference recipe's train loop for ResNet-50 with bf16 autocast and channels_last."""
     torch.backends.cudnn.benchmark = True
     preset = transforms.Compose([
-        transforms.RandomResizedCrop(img), transforms.RandomHorizontalFlip(), transforms.PILToTensor(),
+        transforms.RandomResizedCrop(IMG), transforms.RandomHorizontalFlip(), transforms.PILToTensor(),
         transforms.ConvertImageDtype(torch.float), transforms.Normalize(MEAN, STD)])
     dataset = torchvision.datasets.ImageFolder(str(root / "train"), preset)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
+    loader = torch.utils.data.DataLoader(dataset, batch_size=256, shuffle=True, num_workers=workers,
                                          pin_memory=True, drop_last=True, persistent_workers=True)
-    model = torchvision.models.resnet50(num_classes=classes).to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4,
-                                fused=device == "cuda")
+    model = torchvision.models.resnet50(num_classes=classes).cuda().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, fused=True)
     waited, start, done = 0.0, None, 0
     batches = iter(loader)
     for step in range(1, steps + 1):
         asked = time.perf_counter()
         images, labels = next(batches)
-        images = images.to(device, non_blocking=True).to(memory_format=torch.channels_last)
-        labels = labels.to(device, non_blocking=True)
+        images = images.cuda(non_blocking=True).to(memory_format=torch.channels_last)
+        labels = labels.cuda(non_blocking=True)
         if start is not None:
             waited += time.perf_counter() - asked
-        with torch.autocast(device, dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = torch.nn.functional.cross_entropy(model(images), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step == skip:
-            synchronize(device)
+            torch.cuda.synchronize()
             start = time.perf_counter()
         elif step > skip:
             done += images.shape[0]
-    synchronize(device)
+    torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return done / seconds, waited / seconds
 
