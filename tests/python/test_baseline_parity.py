@@ -21,7 +21,8 @@ REFERENCES = {
 GRAD_PARAMS = {
     "resnet18": ["conv1.weight", "layer2.0.downsample.0.weight", "layer4.1.bn2.weight", "fc.weight"],
     "resnet50": ["conv1.weight", "layer1.0.conv1.weight", "layer3.5.conv3.weight", "layer4.2.bn3.bias", "fc.bias"],
-    "deit_tiny": ["patch_embed.proj.weight", "pos_embed", "cls_token", "blocks.0.attn.qkv.weight", "blocks.11.mlp.fc2.weight", "head.weight"],
+    "deit_tiny": ["patch_embed.proj.weight", "pos_embed", "cls_token", "blocks.0.attn.qkv.weight", "blocks.11.attn.qkv.weight",
+                  "blocks.11.attn.qkv.bias", "blocks.11.mlp.fc2.weight", "head.weight"],
     "deit_small": ["patch_embed.proj.weight", "blocks.5.attn.proj.weight", "blocks.11.norm2.weight", "norm.bias", "head.bias"],
 }
 

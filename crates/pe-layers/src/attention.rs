@@ -65,13 +65,16 @@ impl AttentionConfig {
         })
     }
 
-    /// Scaled dot-product attention over heads, shared by both layouts.
-    /// q, k, v: [B, N, C] -> [B, N, C]
+    /// Scaled dot-product attention over heads, shared by both layouts. The queries may be fewer
+    /// than the keys (see `forward_leading`).
+    /// q: [B, Nq, C], k, v: [B, N, C] -> [B, Nq, C]
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, train: bool) -> Tensor {
-        let (b, n, c) = q.size3().expect("attention input must be [B, N, C]");
-        let split = |t: &Tensor| t.reshape([b, n, self.heads, self.head_dim()]).transpose(1, 2);
+        let split = |t: &Tensor| {
+            let (b, n, _) = t.size3().expect("attention input must be [B, N, C]");
+            t.reshape([b, n, self.heads, self.head_dim()]).transpose(1, 2)
+        };
         let drop = if train { self.attn_drop } else { 0.0 };
-        // [B, H, N, D] x3 -> [B, H, N, D]
+        // [B, H, Nq, D], [B, H, N, D] x2 -> [B, H, Nq, D]
         let out = Tensor::scaled_dot_product_attention::<Tensor>(
             &split(q),
             &split(k),
@@ -82,6 +85,7 @@ impl AttentionConfig {
             None,
             false,
         );
+        let (b, n, c) = q.size3().expect("attention input must be [B, N, C]");
         out.transpose(1, 2).reshape([b, n, c])
     }
 }
@@ -100,7 +104,28 @@ impl Attention {
         // [B, N, C] -> [B, N, 3C] -> 3 x [B, N, C]
         let qkv = xs.apply(&self.qkv).chunk(3, -1);
         let mixed = self.config.attend(&qkv[0], &qkv[1], &qkv[2], train);
-        (mixed.apply(&self.proj).dropout(self.config.proj_drop, train), mixed)
+        (self.project(&mixed, train), mixed)
+    }
+
+    /// The output of the first `queries` tokens only, each attending over every token of `xs`:
+    /// the keys and values need all tokens, the queries and the output projection only these.
+    /// [B, N, C] -> [B, queries, C]
+    pub fn forward_leading(&self, xs: &Tensor, queries: i64, train: bool) -> Tensor {
+        let dim = self.config.dim;
+        // Rows [0, C) of the fused weight make Q, rows [C, 3C) make K and V.
+        let rows = |start: i64, len: i64| {
+            let bias = self.qkv.bs.as_ref().map(|b| b.narrow(0, start, len));
+            (self.qkv.ws.narrow(0, start, len), bias)
+        };
+        let (q_weight, q_bias) = rows(0, dim);
+        let (kv_weight, kv_bias) = rows(dim, 2 * dim);
+        let q = xs.narrow(1, 0, queries).linear(&q_weight, q_bias.as_ref());
+        let kv = xs.linear(&kv_weight, kv_bias.as_ref()).chunk(2, -1);
+        self.project(&self.config.attend(&q, &kv[0], &kv[1], train), train)
+    }
+
+    fn project(&self, mixed: &Tensor, train: bool) -> Tensor {
+        mixed.apply(&self.proj).dropout(self.config.proj_drop, train)
     }
 }
 
@@ -131,15 +156,26 @@ impl PeAttention {
         // autograd routes each block's gradient back to W_q, W_kv and (transposed) W_kv.
         // [B, N, C] -> [B, N, 3C] -> 3 x [B, N, C]
         let stacked = Tensor::cat(&[&self.wq, &self.wkv, &self.wkv.tr()], 0);
-        // `init_pe` creates the three biases together or none of them.
-        let biases: Option<Vec<&Tensor>> =
-            [&self.q_bias, &self.k_bias, &self.v_bias].into_iter().map(Option::as_ref).collect();
-        let bias = biases.map(|b| Tensor::cat(&b, 0));
+        let bias = stacked_biases(&[&self.q_bias, &self.k_bias, &self.v_bias]);
         let qkv = xs.linear(&stacked, bias.as_ref()).chunk(3, -1);
         let mixed = self.config.attend(&qkv[0], &qkv[1], &qkv[2], train);
-        // [B, N, C] -> W_qᵀ x̂ + b
-        let out = mixed.linear(&self.wq.tr(), Some(&self.proj_bias)).dropout(self.config.proj_drop, train);
-        (out, mixed)
+        (self.project(&mixed, train), mixed)
+    }
+
+    /// The output of the first `queries` tokens only, as [`Attention::forward_leading`].
+    /// [B, N, C] -> [B, queries, C]
+    pub fn forward_leading(&self, xs: &Tensor, queries: i64, train: bool) -> Tensor {
+        let q = xs.narrow(1, 0, queries).linear(&self.wq, self.q_bias.as_ref());
+        // [B, N, C] -> [B, N, 2C] -> K, V
+        let stacked = Tensor::cat(&[&self.wkv, &self.wkv.tr()], 0);
+        let bias = stacked_biases(&[&self.k_bias, &self.v_bias]);
+        let kv = xs.linear(&stacked, bias.as_ref()).chunk(2, -1);
+        self.project(&self.config.attend(&q, &kv[0], &kv[1], train), train)
+    }
+
+    /// [B, N, C] -> W_qᵀ x̂ + b
+    fn project(&self, mixed: &Tensor, train: bool) -> Tensor {
+        mixed.linear(&self.wq.tr(), Some(&self.proj_bias)).dropout(self.config.proj_drop, train)
     }
 }
 
@@ -147,4 +183,10 @@ impl nn::ModuleT for PeAttention {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         self.forward_with_hidden(xs, train).0
     }
+}
+
+/// The biases of stacked projections, one after the other; `init_pe` creates all or none.
+fn stacked_biases(biases: &[&Option<Tensor>]) -> Option<Tensor> {
+    let biases: Option<Vec<&Tensor>> = biases.iter().map(|b| b.as_ref()).collect();
+    biases.map(|b| Tensor::cat(&b, 0))
 }

@@ -2,7 +2,7 @@
 //! and MLP replaced by the tied `PeAttention` / `PeMlp` (the paper's Section 3.1).
 
 use serde::{Deserialize, Serialize};
-use tch::nn;
+use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
 use pe_layers::{drop_path, init, Activation, Attention, AttentionConfig, DropPath, Mlp, MlpConfig};
@@ -308,6 +308,27 @@ impl VitBlock {
     }
 }
 
+impl VitBlock {
+    /// The block's output for the class token alone, [B, N, C] -> [B, 1, C]: what the last block
+    /// computes when only the class token reaches the head. Every token still serves as a key and
+    /// value, but the queries, the output projection and the MLP run for one token instead of N,
+    /// which saves most of a block's work (exact: the other tokens' outputs are never read).
+    pub fn forward_class_token(&self, xs: &Tensor, train: bool) -> Tensor {
+        let normed = xs.apply(&self.norm1);
+        let attended = match &self.attn {
+            AnyAttention::Standard(attn) => attn.forward_leading(&normed, 1, train),
+            AnyAttention::Pe(attn) => attn.forward_leading(&normed, 1, train),
+        };
+        let cls = xs.narrow(1, 0, 1) + self.drop_path.forward_t(&attended, train);
+        let normed = cls.apply(&self.norm2);
+        let mixed = match &self.mlp {
+            AnyMlp::Standard(mlp) => mlp.forward_t(&normed, train),
+            AnyMlp::Pe(mlp) => mlp.forward_t(&normed, train),
+        };
+        &cls + self.drop_path.forward_t(&mixed, train)
+    }
+}
+
 impl nn::ModuleT for VitBlock {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         self.forward_probed(xs, train, &mut |_, _| {})
@@ -326,24 +347,32 @@ pub struct Vit {
 }
 
 impl Vit {
-    /// The normalised cls token: [B, C_in, H, W] -> [B, embed_dim]
+    /// The normalised cls token: [B, C_in, H, W] -> [B, embed_dim]. Only the class token reaches
+    /// the head, so the last block computes its output for that token alone
+    /// ([`VitBlock::forward_class_token`]).
     pub fn features(&self, xs: &Tensor, train: bool) -> Tensor {
-        self.features_probed(xs, train, &mut |_, _| {})
+        let (last, blocks) = self.blocks.split_last().expect("validate() requires depth >= 1");
+        let tokens = blocks.iter().fold(self.embed(xs, train), |xs, block| block.forward_t(&xs, train));
+        last.forward_class_token(&tokens, train).apply(&self.norm).squeeze_dim(1)
     }
 
-    /// [`Vit::features`], handing `probe` each block's hidden activations named
-    /// `blocks.{i}.attn` and `blocks.{i}.mlp` (see [`VitBlock::forward_probed`]).
+    /// [`Vit::features`] with every block computed for all tokens, handing `probe` each block's
+    /// hidden activations named `blocks.{i}.attn` and `blocks.{i}.mlp` (see
+    /// [`VitBlock::forward_probed`]).
     pub fn features_probed(&self, xs: &Tensor, train: bool, probe: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
+        let tokens = self.blocks.iter().enumerate().fold(self.embed(xs, train), |xs, (i, block)| {
+            block.forward_probed(&xs, train, &mut |name, hidden| probe(&format!("blocks.{i}.{name}"), hidden))
+        });
+        tokens.apply(&self.norm).select(1, 0)
+    }
+
+    /// Patch embedding, class token and position embedding: [B, C_in, H, W] -> [B, N, C]
+    fn embed(&self, xs: &Tensor, train: bool) -> Tensor {
         let b = xs.size()[0];
         // [B, C_in, H, W] -> [B, C, H/p, W/p] -> [B, N, C]
         let patches = xs.apply(&self.patch_embed).flatten(2, -1).transpose(1, 2);
         let cls = self.cls_token.expand([b, -1, -1], false).to_kind(patches.kind());
-        let tokens =
-            (Tensor::cat(&[cls, patches], 1) + &self.pos_embed).dropout(self.config.drop_rate, train);
-        let tokens = self.blocks.iter().enumerate().fold(tokens, |xs, (i, block)| {
-            block.forward_probed(&xs, train, &mut |name, hidden| probe(&format!("blocks.{i}.{name}"), hidden))
-        });
-        tokens.apply(&self.norm).select(1, 0)
+        (Tensor::cat(&[cls, patches], 1) + &self.pos_embed).dropout(self.config.drop_rate, train)
     }
 }
 
