@@ -5,10 +5,13 @@ with the ratio.
     python bench/train_step.py --pe target/release/pe [--threads N] [--steps 20] [--amp bf16]
         [--channels-last] [--out bench/results/train_step_cpu.md]
 
-The two sides run interleaved: `pe bench --serve` keeps its model warm in its own process and runs
-one step per line it reads, while this script runs PyTorch's steps in between (alternating which
-side goes first), so a busy moment on the machine lands on both. Each side's median step time is
-reported with its 10th-90th percentile spread.
+Each side runs in a fresh process of its own for every row, as a training job would: `pe bench
+--serve` and this script's `--serve-torch` keep their model warm and run one step per line they read,
+and the driver alternates between them (and which one goes first), so a busy moment on the machine
+lands on both. A process shared across rows would carry one model's heap into the next (glibc keeps
+what a larger model freed), which no real job has. Each side's median step time is reported with its
+10th-90th percentile spread, and both sides' page faults and kernel time are read from /proc the same
+way.
 
 The PE models' PyTorch side is tests/python/pe_reference.py, loaded with the Rust model's own
 initial weights (exported by `pe forward --save-weights`), so both sides compute the same thing.
@@ -98,41 +101,53 @@ class TorchStep:
         return (time.perf_counter() - start) * 1e3
 
 
-class RustStep:
-    """`pe bench --serve`: one step per line written to it, its time read back."""
+class ServedStep:
+    """A process that runs one step per line written to it and answers with its time: `pe bench
+    --serve` or this script's `--serve-torch`."""
 
-    def __init__(self, pe, name, batch, img_size, warmup, threads, amp, channels_last):
-        cmd = [pe, "bench", "--model", name, "--batch", str(batch), "--img-size", str(img_size),
-               "--warmup", str(warmup), "--threads", str(threads), "--amp", amp, "--serve"]
-        if channels_last:
-            cmd.append("--channels-last")
+    def __init__(self, cmd):
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert json.loads(self.proc.stdout.readline()) == {"ready": True}, "pe bench did not start"
+        assert json.loads(self.proc.stdout.readline()) == {"ready": True}, f"{cmd[0]} did not start"
 
     def __call__(self):
         self.proc.stdin.write("step\n")
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())["ms"]
 
+    def counters(self):
+        """(minor page faults, user s, system s) of the process so far, from /proc/<pid>/stat."""
+        fields = pathlib.Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[7]), int(fields[11]) / tick, int(fields[12]) / tick
+
     def finish(self):
-        """Ends the serve loop; returns pe's summary (peak RSS)."""
+        """Ends the serve loop; returns the process's summary (peak RSS)."""
         self.proc.stdin.close()
         summary = json.loads(self.proc.stdout.read())
         if self.proc.wait() != 0:
-            raise RuntimeError("pe bench failed")
+            raise RuntimeError(f"{self.proc.args[0]} failed")
         return summary
 
 
-def proc_counters(pid):
-    """(minor page faults, user s, system s) of process `pid`, from /proc/<pid>/stat."""
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[7]), int(fields[11]) / tick, int(fields[12]) / tick
+def step_args(args, name, batch, img_size):
+    """The options both servers take, in `pe bench`'s spelling."""
+    flags = ["--model", name, "--batch", str(batch), "--img-size", str(img_size), "--warmup", str(args.warmup),
+             "--threads", str(args.threads), "--amp", args.amp]
+    return flags + (["--channels-last"] if args.channels_last else [])
 
 
-def self_counters():
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_minflt, usage.ru_utime, usage.ru_stime
+def serve_torch(args):
+    """`--serve-torch`: PyTorch's side of one row, served like `pe bench --serve`."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    step = TorchStep(torch_model(args.pe, args.model, args.img_size), args.batch, args.img_size, args.amp,
+                     args.channels_last)
+    for _ in range(args.warmup):
+        step()
+    print(json.dumps({"ready": True}), flush=True)
+    for _ in sys.stdin:
+        print(json.dumps({"ms": step()}), flush=True)
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
 
 
 def delta(after, before):
@@ -145,40 +160,27 @@ def spread(times):
 
 
 def measure(args, name, batch, img_size):
-    rust = RustStep(args.pe, name, batch, img_size, args.warmup, args.threads, args.amp, args.channels_last)
-    torch.manual_seed(0)
-    torch_step = TorchStep(torch_model(args.pe, name, img_size), batch, img_size, args.amp, args.channels_last)
-    for _ in range(args.warmup):
-        torch_step()
-    rust_ms, torch_ms = [], []
+    flags = step_args(args, name, batch, img_size)
+    rust = ServedStep([args.pe, "bench", *flags, "--serve"])
+    torch_side = ServedStep([sys.executable, __file__, "--serve-torch", "--pe", args.pe, *flags])
+    sides = (rust, torch_side)
+    times = ([], [])
     # Page faults and user/system CPU time of each side's timed steps: the profile that shows
     # where a difference comes from (the kernel zeroing freshly mapped pages shows up as system time).
-    torch_counters = (0, 0.0, 0.0)
-    rust_before = proc_counters(rust.proc.pid)
-
-    def timed_torch_step():
-        nonlocal torch_counters
-        before = self_counters()
-        ms = torch_step()
-        torch_counters = tuple(t + d for t, d in zip(torch_counters, delta(self_counters(), before)))
-        return ms
-
+    before = [side.counters() for side in sides]
     for i in range(args.steps):
         # Alternate which side goes first, so neither always runs right after the other.
-        if i % 2 == 0:
-            rust_ms.append(rust())
-            torch_ms.append(timed_torch_step())
-        else:
-            torch_ms.append(timed_torch_step())
-            rust_ms.append(rust())
-    rust_counters = delta(proc_counters(rust.proc.pid), rust_before)
-    summary = rust.finish()
+        for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+            times[k].append(sides[k]())
+    counters = [delta(side.counters(), b) for side, b in zip(sides, before)]
+    rss = [side.finish()["peak_rss_mb"] for side in sides]
+    rust_ms, torch_ms = times
     ratios = sorted(r / t for r, t in zip(rust_ms, torch_ms))
     return {"model": name, "batch": batch, "img": img_size, "rust": spread(rust_ms),
             "torch": spread(torch_ms), "ratio": statistics.median(rust_ms) / statistics.median(torch_ms),
-            "pair_ratio": spread(ratios), "rust_rss": summary["peak_rss_mb"],
-            "faults": (rust_counters[0] / args.steps, torch_counters[0] / args.steps),
-            "sys_share": tuple(c[2] / max(c[1] + c[2], 1e-9) for c in (rust_counters, torch_counters))}
+            "pair_ratio": spread(ratios), "rss": rss,
+            "faults": tuple(c[0] / args.steps for c in counters),
+            "sys_share": tuple(c[2] / max(c[1] + c[2], 1e-9) for c in counters)}
 
 
 def main():
@@ -193,8 +195,15 @@ def main():
     parser.add_argument("--shapes", nargs="*", default=[f"{b}x{s}" for b, s in SHAPES],
                         help="batch x image side, e.g. 16x224")
     parser.add_argument("--out", default=None)
+    serve = parser.add_argument_group("--serve-torch: serve PyTorch's side of one row (run by the driver)")
+    serve.add_argument("--serve-torch", action="store_true")
+    serve.add_argument("--model")
+    serve.add_argument("--batch", type=int)
+    serve.add_argument("--img-size", type=int)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.serve_torch:
+        serve_torch(args)
+        return
     rows = []
     for shape in args.shapes:
         batch, img_size = (int(v) for v in shape.split("x"))
@@ -203,7 +212,6 @@ def main():
             rows.append(row)
             print(f"{name:14} b{batch:<4} {img_size}px  rust {row['rust'][0]:9.1f} ms  "
                   f"torch {row['torch'][0]:9.1f} ms  ratio {row['ratio']:.3f}", flush=True)
-    torch_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     settings = f"autocast {args.amp}, {'channels_last' if args.channels_last else 'contiguous'}"
     lines = [
         f"Train step (forward + backward + fused AdamW), CPU ({platform.processor() or platform.machine()}), "
@@ -213,11 +221,11 @@ def main():
         "Times are medians with the 10th-90th percentile in brackets; `ratio` is median Rust / median "
         "PyTorch, `paired` the median (10th-90th) of the per-pair ratios.",
         "",
-        "Page faults per step and the share of CPU time spent in the kernel (system time) are each "
-        "side's own, over its timed steps.",
+        "Each side runs in a fresh process per row. Page faults per step and the share of CPU time spent "
+        "in the kernel (system time) are each side's own, over its timed steps.",
         "",
         "| model | batch | img | Rust ms/step | PyTorch ms/step | ratio Rust/PyTorch | paired | "
-        "page faults/step Rust / PyTorch | kernel CPU share Rust / PyTorch | Rust peak RSS (MB) |",
+        "page faults/step Rust / PyTorch | kernel CPU share Rust / PyTorch | peak RSS (MB) Rust / PyTorch |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
@@ -227,8 +235,8 @@ def main():
 
     lines += [f"| {r['model']} | {r['batch']} | {r['img']} | {cell(r['rust'])} | {cell(r['torch'])} | "
               f"**{r['ratio']:.3f}** | {cell(r['pair_ratio'], 3)} | {r['faults'][0]:,.0f} / {r['faults'][1]:,.0f} | "
-              f"{r['sys_share'][0]:.1%} / {r['sys_share'][1]:.1%} | {r['rust_rss']:.0f} |" for r in rows]
-    lines += ["", f"PyTorch process peak RSS over all models: {torch_rss:.0f} MB."]
+              f"{r['sys_share'][0]:.1%} / {r['sys_share'][1]:.1%} | {r['rss'][0]:.0f} / {r['rss'][1]:.0f} |"
+              for r in rows]
     print("\n".join(lines))
     if args.out:
         pathlib.Path(args.out).write_text("\n".join(lines) + "\n")
