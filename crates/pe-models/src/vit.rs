@@ -276,6 +276,31 @@ pub enum AnyMlp {
     Pe(PeMlp),
 }
 
+impl AnyAttention {
+    fn forward_with_hidden(&self, xs: &Tensor, train: bool) -> (Tensor, Tensor) {
+        match self {
+            AnyAttention::Standard(attn) => attn.forward_with_hidden(xs, train),
+            AnyAttention::Pe(attn) => attn.forward_with_hidden(xs, train),
+        }
+    }
+
+    fn forward_leading(&self, xs: &Tensor, queries: i64, train: bool) -> Tensor {
+        match self {
+            AnyAttention::Standard(attn) => attn.forward_leading(xs, queries, train),
+            AnyAttention::Pe(attn) => attn.forward_leading(xs, queries, train),
+        }
+    }
+}
+
+impl AnyMlp {
+    fn forward_with_hidden(&self, xs: &Tensor, train: bool) -> (Tensor, Tensor) {
+        match self {
+            AnyMlp::Standard(mlp) => mlp.forward_with_hidden(xs, train),
+            AnyMlp::Pe(mlp) => mlp.forward_with_hidden(xs, train),
+        }
+    }
+}
+
 /// Pre-norm transformer block: `x + drop_path(attn(norm1 x))`, then `x + drop_path(mlp(norm2 x))`.
 #[derive(Debug)]
 pub struct VitBlock {
@@ -291,40 +316,22 @@ impl VitBlock {
     /// projection) and the MLP hidden activation (`"mlp"`), for weight-space analysis.
     pub fn forward_probed(&self, xs: &Tensor, train: bool, probe: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
         // [B, N, C] -> [B, N, C]
-        let normed = xs.apply(&self.norm1);
-        let (attended, hidden) = match &self.attn {
-            AnyAttention::Standard(attn) => attn.forward_with_hidden(&normed, train),
-            AnyAttention::Pe(attn) => attn.forward_with_hidden(&normed, train),
-        };
+        let (attended, hidden) = self.attn.forward_with_hidden(&xs.apply(&self.norm1), train);
         probe("attn", &hidden);
         let xs = xs + self.drop_path.forward_t(&attended, train);
-        let normed = xs.apply(&self.norm2);
-        let (mixed, hidden) = match &self.mlp {
-            AnyMlp::Standard(mlp) => mlp.forward_with_hidden(&normed, train),
-            AnyMlp::Pe(mlp) => mlp.forward_with_hidden(&normed, train),
-        };
+        let (mixed, hidden) = self.mlp.forward_with_hidden(&xs.apply(&self.norm2), train);
         probe("mlp", &hidden);
         &xs + self.drop_path.forward_t(&mixed, train)
     }
-}
 
-impl VitBlock {
     /// The block's output for the class token alone, [B, N, C] -> [B, 1, C]: what the last block
     /// computes when only the class token reaches the head. Every token still serves as a key and
     /// value, but the queries, the output projection and the MLP run for one token instead of N,
     /// which saves most of a block's work (exact: the other tokens' outputs are never read).
     pub fn forward_class_token(&self, xs: &Tensor, train: bool) -> Tensor {
-        let normed = xs.apply(&self.norm1);
-        let attended = match &self.attn {
-            AnyAttention::Standard(attn) => attn.forward_leading(&normed, 1, train),
-            AnyAttention::Pe(attn) => attn.forward_leading(&normed, 1, train),
-        };
+        let attended = self.attn.forward_leading(&xs.apply(&self.norm1), 1, train);
         let cls = xs.narrow(1, 0, 1) + self.drop_path.forward_t(&attended, train);
-        let normed = cls.apply(&self.norm2);
-        let mixed = match &self.mlp {
-            AnyMlp::Standard(mlp) => mlp.forward_t(&normed, train),
-            AnyMlp::Pe(mlp) => mlp.forward_t(&normed, train),
-        };
+        let (mixed, _) = self.mlp.forward_with_hidden(&cls.apply(&self.norm2), train);
         &cls + self.drop_path.forward_t(&mixed, train)
     }
 }
