@@ -91,6 +91,7 @@ bench-torch: setup ## pe-torch: fused vs per-tensor optimizer steps, bf16 autoca
 	@mkdir -p target/bench
 	target/release/examples/torch_bench --json target/bench/torch_rust.json
 	$(PYTHON) bench/torch/torch_bench.py --rust-json target/bench/torch_rust.json --json target/bench/torch_pytorch.json
+	$(PYTHON) bench/conv_gemm.py --out bench/results/conv_gemm.md
 
 bench-train: build ## Train-step time of resnet50(-PE) and deit_small/ViT-PE: Rust vs PyTorch eager, interleaved, fp32 and bf16+channels_last
 	$(PYTHON) bench/train_step.py --pe $(PE) --out bench/results/train_step_cpu.md

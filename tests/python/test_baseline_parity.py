@@ -83,6 +83,28 @@ def test_training_mode_gradients_agree(name, tmp_path):
         assert max_rel_diff(grads[param], params[param].grad) <= 1e-4, param
 
 
+def test_resnet50_on_32px_images_where_the_last_stages_run_as_gemms(tmp_path):
+    """At 32 px stage 3 sees 2×2 maps and stage 4 1×1 maps, where the Rust ResNet runs 1×1 convs
+    (strided shortcuts included) and 3×3 convs over 1×1 maps as matrix products: they must still
+    match torchvision's convolutions, gradients included. Batch 16: over 4 images a BN on 1×1 maps
+    normalises 4 values and amplifies any change in rounding order past 1e-4 (there PyTorch's own fp32
+    gradients are 3 % from its f64 ones)."""
+    model = reference("resnet50").train()
+    save_tensors(tmp_path / "torch.safetensors", model.state_dict())
+    generator = torch.Generator().manual_seed(4)
+    x, grad_output = torch.randn(16, 3, 32, 32, generator=generator), torch.randn(16, 1000, generator=generator)
+    logits_ref = model(x)
+    (logits_ref * grad_output).sum().backward()
+    params = dict(model.named_parameters())
+    compared = ["layer3.1.conv1.weight", "layer3.1.conv3.weight", "layer4.0.downsample.0.weight",
+                "layer4.0.conv2.weight", "layer4.1.conv2.weight", "layer4.2.conv3.weight", "layer4.2.bn2.weight"]
+    logits, grads = rust_forward(tmp_path, ["--model", "resnet50"], x, weights=tmp_path / "torch.safetensors",
+                                 train=True, grads=compared, grad_output=grad_output)
+    assert max_rel_diff(logits, logits_ref.detach()) <= 1e-4
+    for param in compared:
+        assert max_rel_diff(grads[param], params[param].grad) <= 1e-4, param
+
+
 def test_a_missing_tensor_is_a_clear_error(tmp_path):
     model = reference("resnet18")
     state = model.state_dict()

@@ -5,7 +5,7 @@
 //! output labels as such. Biases, norms and embeddings are not matrices and are left out.
 
 use serde::Serialize;
-use tch::{nn, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use pe_layers::{Bottleneck, PeStage};
 use pe_models::resnet::Stage;
@@ -154,13 +154,13 @@ impl Matrices {
         self.matrices.len() - 1
     }
 
-    fn conv(&mut self, name: String, role: Role, conv: &nn::Conv2D) -> usize {
-        let size = conv.ws.size();
+    fn conv(&mut self, name: String, role: Role, weight: &Tensor) -> usize {
+        let size = weight.size();
         let layout = match (size[2], size[3]) {
             (1, 1) => Layout::Conv1x1,
             (kh, kw) => Layout::ConvReshaped { kh, kw },
         };
-        self.push(format!("{name}.weight"), role, layout, &conv.ws)
+        self.push(format!("{name}.weight"), role, layout, weight)
     }
 
     fn pair(
@@ -175,17 +175,17 @@ impl Matrices {
     }
 
     fn resnet(&mut self, model: &ResNet) {
-        self.conv("conv1".into(), Role::Stem, &model.conv1);
+        self.conv("conv1".into(), Role::Stem, &model.conv1.ws);
         for (s, stage) in model.stages.iter().enumerate() {
             let prefix = format!("layer{}", s + 1);
             match stage {
                 Stage::Basic(blocks) => {
                     for (b, block) in blocks.iter().enumerate() {
                         let name = format!("{prefix}.{b}");
-                        self.conv(format!("{name}.conv1"), Role::Conv3x3, &block.conv1);
-                        self.conv(format!("{name}.conv2"), Role::Conv3x3, &block.conv2);
+                        self.conv(format!("{name}.conv1"), Role::Conv3x3, &block.conv1.ws);
+                        self.conv(format!("{name}.conv2"), Role::Conv3x3, &block.conv2.ws);
                         if let Some(down) = &block.downsample {
-                            self.conv(format!("{name}.downsample.0"), Role::Shortcut, &down.conv);
+                            self.conv(format!("{name}.downsample.0"), Role::Shortcut, &down.conv.ws);
                         }
                     }
                 }
@@ -201,18 +201,18 @@ impl Matrices {
     }
 
     fn bottleneck(&mut self, name: String, block: &Bottleneck) {
-        let conv1 = self.conv(format!("{name}.conv1"), Role::Bottleneck1x1, &block.conv1);
-        self.conv(format!("{name}.conv2"), Role::Conv3x3, &block.conv2);
-        let conv3 = self.conv(format!("{name}.conv3"), Role::Bottleneck1x1, &block.conv3);
+        let conv1 = self.conv(format!("{name}.conv1"), Role::Bottleneck1x1, &block.conv1.ws);
+        self.conv(format!("{name}.conv2"), Role::Conv3x3, &block.conv2.ws);
+        let conv3 = self.conv(format!("{name}.conv3"), Role::Bottleneck1x1, &block.conv3.ws);
         if let Some(down) = &block.downsample {
-            self.conv(format!("{name}.downsample.0"), Role::Shortcut, &down.conv);
+            self.conv(format!("{name}.downsample.0"), Role::Shortcut, &down.conv.ws);
         }
         self.pair(name.clone(), PairKind::BottleneckConv1Conv3, conv1, Some(conv3), Some(name));
     }
 
     fn pe_stage(&mut self, prefix: &str, stage: &PeStage) {
         if let Some(transition) = &stage.transition {
-            self.conv(format!("{prefix}.transition.0"), Role::Shortcut, &transition.conv);
+            self.conv(format!("{prefix}.transition.0"), Role::Shortcut, &transition.conv.ws);
         }
         if let Some(first) = &stage.first {
             self.bottleneck(format!("{prefix}.0"), first);
@@ -226,13 +226,13 @@ impl Matrices {
         let first_pe = usize::from(stage.first.is_some());
         for (offset, block) in stage.blocks.iter().enumerate() {
             let name = format!("{prefix}.{}", first_pe + offset);
-            self.conv(format!("{name}.conv2"), Role::Conv3x3, &block.conv2);
+            self.conv(format!("{name}.conv2"), Role::Conv3x3, &block.conv2.ws);
             self.pair(name.clone(), PairKind::BottleneckConv1Conv3, shared, None, Some(name));
         }
     }
 
     fn vit(&mut self, model: &Vit) {
-        self.conv("patch_embed.proj".into(), Role::Stem, &model.patch_embed);
+        self.conv("patch_embed.proj".into(), Role::Stem, &model.patch_embed.ws);
         for (i, block) in model.blocks.iter().enumerate() {
             let prefix = format!("blocks.{i}");
             let attn_probe = Some(format!("{prefix}.attn"));

@@ -49,4 +49,3 @@ fn too_few_eigenvalues_give_no_fit() {
     assert!(fit(&[1.0; MIN_EIGENVALUES - 1]).is_none());
     assert!(fit(&[0.0; 20]).is_none());
 }
-

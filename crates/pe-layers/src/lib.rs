@@ -12,6 +12,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod conv;
 pub mod drop_path;
 pub mod error;
 pub mod init;
@@ -22,6 +23,7 @@ pub mod stage_shared;
 
 pub use activation::Activation;
 pub use attention::{Attention, AttentionConfig, PeAttention};
+pub use conv::Conv;
 pub use drop_path::DropPath;
 pub use error::Error;
 pub use mlp::{Mlp, MlpConfig, PeMlp};

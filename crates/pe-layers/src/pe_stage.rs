@@ -4,8 +4,9 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
+use crate::conv::Conv;
 use crate::error::Error;
-use crate::residual::{batch_norm, conv, ConvBn, ResidualConfig};
+use crate::residual::{batch_norm, ConvBn, ResidualConfig};
 use crate::{Bottleneck, StageShared};
 
 /// How a stage enters its channel count and resolution. The paper's eqs. 7–9 need the block
@@ -85,7 +86,7 @@ impl PeStageConfig {
 #[derive(Debug)]
 pub struct PeBottleneck {
     pub bn1: nn::BatchNorm,
-    pub conv2: nn::Conv2D,
+    pub conv2: Conv,
     pub bn2: nn::BatchNorm,
     pub bn3: nn::BatchNorm,
 }
@@ -94,7 +95,7 @@ impl PeBottleneck {
     fn new(path: nn::Path, width: i64, channels: i64, zero_init_last_bn: bool) -> Self {
         Self {
             bn1: batch_norm(&path / "bn1", width, false),
-            conv2: conv(&path / "conv2", width, width, 3, 1),
+            conv2: Conv::new(&path / "conv2", width, width, 3, 1),
             bn2: batch_norm(&path / "bn2", width, false),
             bn3: batch_norm(&path / "bn3", channels, zero_init_last_bn),
         }

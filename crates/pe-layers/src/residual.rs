@@ -5,14 +5,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use crate::init;
-
-/// A bias-free convolution initialised as torchvision's ResNet does (kaiming normal, fan-out).
-pub fn conv(path: nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64) -> nn::Conv2D {
-    let ws_init = init::kaiming_normal_fan_out(c_out * kernel * kernel);
-    let config = nn::ConvConfig { stride, padding: kernel / 2, bias: false, ws_init, ..Default::default() };
-    nn::conv2d(path, c_in, c_out, kernel, config)
-}
+use crate::conv::Conv;
 
 /// BatchNorm2d with PyTorch's defaults; `zero_init` starts the affine scale at 0 so a residual
 /// branch begins as the identity (torchvision's `zero_init_residual`).
@@ -25,14 +18,17 @@ pub fn batch_norm(path: nn::Path, channels: i64, zero_init: bool) -> nn::BatchNo
 /// (torchvision's `downsample`).
 #[derive(Debug)]
 pub struct ConvBn {
-    pub conv: nn::Conv2D,
+    pub conv: Conv,
     pub bn: nn::BatchNorm,
 }
 
 impl ConvBn {
     /// The 1×1 projection shortcut that changes channels and resolution.
     pub fn projection(path: nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
-        Self { conv: conv(&path / "0", c_in, c_out, 1, stride), bn: batch_norm(&path / "1", c_out, false) }
+        Self {
+            conv: Conv::new(&path / "0", c_in, c_out, 1, stride),
+            bn: batch_norm(&path / "1", c_out, false),
+        }
     }
 }
 
@@ -70,11 +66,11 @@ impl ResidualConfig {
     /// torchvision's `Bottleneck`: 1×1 reduce, 3×3 (strided), 1×1 expand.
     pub fn bottleneck(&self, path: nn::Path) -> Bottleneck {
         Bottleneck {
-            conv1: conv(&path / "conv1", self.in_channels, self.width, 1, 1),
+            conv1: Conv::new(&path / "conv1", self.in_channels, self.width, 1, 1),
             bn1: batch_norm(&path / "bn1", self.width, false),
-            conv2: conv(&path / "conv2", self.width, self.width, 3, self.stride),
+            conv2: Conv::new(&path / "conv2", self.width, self.width, 3, self.stride),
             bn2: batch_norm(&path / "bn2", self.width, false),
-            conv3: conv(&path / "conv3", self.width, self.out_channels, 1, 1),
+            conv3: Conv::new(&path / "conv3", self.width, self.out_channels, 1, 1),
             bn3: batch_norm(&path / "bn3", self.out_channels, self.zero_init_last_bn),
             downsample: self.downsample(&path),
         }
@@ -84,9 +80,9 @@ impl ResidualConfig {
     pub fn basic(&self, path: nn::Path) -> BasicBlock {
         assert_eq!(self.width, self.out_channels, "a basic block has no bottleneck width");
         BasicBlock {
-            conv1: conv(&path / "conv1", self.in_channels, self.out_channels, 3, self.stride),
+            conv1: Conv::new(&path / "conv1", self.in_channels, self.out_channels, 3, self.stride),
             bn1: batch_norm(&path / "bn1", self.out_channels, false),
-            conv2: conv(&path / "conv2", self.out_channels, self.out_channels, 3, 1),
+            conv2: Conv::new(&path / "conv2", self.out_channels, self.out_channels, 3, 1),
             bn2: batch_norm(&path / "bn2", self.out_channels, self.zero_init_last_bn),
             downsample: self.downsample(&path),
         }
@@ -106,11 +102,11 @@ fn close_residual(xs: &Tensor, mut branch: Tensor, downsample: Option<&ConvBn>, 
 
 #[derive(Debug)]
 pub struct Bottleneck {
-    pub conv1: nn::Conv2D,
+    pub conv1: Conv,
     pub bn1: nn::BatchNorm,
-    pub conv2: nn::Conv2D,
+    pub conv2: Conv,
     pub bn2: nn::BatchNorm,
-    pub conv3: nn::Conv2D,
+    pub conv3: Conv,
     pub bn3: nn::BatchNorm,
     pub downsample: Option<ConvBn>,
 }
@@ -134,9 +130,9 @@ impl nn::ModuleT for Bottleneck {
 
 #[derive(Debug)]
 pub struct BasicBlock {
-    pub conv1: nn::Conv2D,
+    pub conv1: Conv,
     pub bn1: nn::BatchNorm,
-    pub conv2: nn::Conv2D,
+    pub conv2: Conv,
     pub bn2: nn::BatchNorm,
     pub downsample: Option<ConvBn>,
 }

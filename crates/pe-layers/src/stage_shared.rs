@@ -2,6 +2,7 @@
 
 use tch::{nn, Tensor};
 
+use crate::conv::{per_pixel, per_pixel_transposed, runs_as_gemm};
 use crate::init;
 
 /// `W: [width, channels]`, owned by a stage and borrowed by each of its blocks: as a 1×1 conv it
@@ -29,13 +30,24 @@ impl StageShared {
 
     /// `W x`: [B, channels, H, W] -> [B, width, H, W]
     pub fn reduce(&self, xs: &Tensor) -> Tensor {
+        if runs_as_gemm(xs.device(), pixels(xs)) {
+            return per_pixel(xs, &self.weight);
+        }
         let kernel = self.weight.view([self.width(), self.channels(), 1, 1]);
         xs.conv2d(&kernel, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)
     }
 
     /// `Wᵀ h`: [B, width, H, W] -> [B, channels, H, W]
     pub fn expand(&self, hs: &Tensor) -> Tensor {
+        if runs_as_gemm(hs.device(), pixels(hs)) {
+            return per_pixel_transposed(hs, &self.weight);
+        }
         let kernel = self.weight.tr().reshape([self.channels(), self.width(), 1, 1]);
         hs.conv2d(&kernel, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)
     }
+}
+
+/// Pixels per image of a [B, C, H, W] map.
+fn pixels(xs: &Tensor) -> i64 {
+    xs.size()[2..].iter().product()
 }

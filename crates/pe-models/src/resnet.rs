@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use pe_layers::residual::{batch_norm, conv};
-use pe_layers::{BasicBlock, Bottleneck, FirstBlock, PeStage, PeStageConfig, ResidualConfig};
+use pe_layers::residual::batch_norm;
+use pe_layers::{BasicBlock, Bottleneck, Conv, FirstBlock, PeStage, PeStageConfig, ResidualConfig};
 
 use crate::accounting::{Cost, CostSheet};
 use crate::error::Error;
@@ -180,7 +180,7 @@ impl ResNetConfig {
     pub fn init(&self, path: nn::Path) -> Result<ResNet, Error> {
         self.validate()?;
         let (kernel, stride) = self.stem_conv();
-        let conv1 = conv(&path / "conv1", self.in_channels, self.stem_channels, kernel, stride);
+        let conv1 = Conv::new(&path / "conv1", self.in_channels, self.stem_channels, kernel, stride);
         let bn1 = batch_norm(&path / "bn1", self.stem_channels, false);
         let mut stages = Vec::with_capacity(self.layers.len());
         let mut c_in = self.stem_channels;
@@ -395,7 +395,7 @@ impl nn::ModuleT for Stage {
 
 #[derive(Debug)]
 pub struct ResNet {
-    pub conv1: nn::Conv2D,
+    pub conv1: Conv,
     pub bn1: nn::BatchNorm,
     pub stages: Vec<Stage>,
     pub fc: nn::Linear,
