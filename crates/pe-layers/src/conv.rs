@@ -3,8 +3,8 @@
 //!
 //! On the CPU, libtorch's convolution (oneDNN) is slow on tiny maps, which is what a ResNet's last
 //! stages see at low resolution (stage 4 of a 32 px input is 1×1). Forward + backward of a 1×1 conv
-//! 2048 → 512 over a 128×2048×1×1 batch takes ~18 ms, in bf16 channels_last and in fp32 alike; the
-//! same product as one GEMM takes 1.8 ms (bf16) / 3.3 ms (fp32). GEMM keeps winning on 2×2 and 4×4
+//! 2048 → 512 over a 128×2048×1×1 batch takes 14–26 ms (fp32 or bf16, either layout); the same
+//! product as one GEMM takes 1.8 ms (bf16) / 3.1–3.2 ms (fp32). GEMM keeps winning on 2×2 and 4×4
 //! maps and stops winning between 4×4 and 8×8 (`bench/conv_gemm.py`, bench/results/conv_gemm.md), hence
 //! [`GEMM_MAX_PIXELS`]. On CUDA, cuDNN keeps choosing (not measured against GEMM yet).
 
