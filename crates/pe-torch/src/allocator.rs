@@ -3,9 +3,9 @@
 //! libtorch's CPU allocator is plain `malloc`. glibc serves blocks above `M_MMAP_THRESHOLD` (at
 //! most 32 MiB, adjusted dynamically) with a fresh `mmap` and returns them with `munmap` on free,
 //! so every activation of every step is faulted in page by page and zeroed by the kernel again: a
-//! ResNet-50 step at batch 16, 224 px takes ~735,000 page faults and spends a quarter of its CPU
-//! time in the kernel (bench/results/train_step_cpu.md). Keeping freed blocks in the heap (no mmap
-//! threshold, no trimming) lets the next step reuse them: ~1,900 faults. The cost is memory: the
+//! ResNet-50 step at batch 16, 224 px takes 580,000–740,000 page faults and spends a quarter of its
+//! CPU time in the kernel (bench/results/train_step_cpu.md). Keeping freed blocks in the heap (no mmap
+//! threshold, no trimming) lets the next step reuse them: a few hundred to ~2,500 faults. The cost is memory: the
 //! resident set stays at its peak, which fragmentation raises (README gives numbers). Users who set
 //! glibc's own `MALLOC_MMAP_THRESHOLD_`/`MALLOC_TRIM_THRESHOLD_` or `GLIBC_TUNABLES` keep theirs.
 
