@@ -24,19 +24,19 @@ pub fn runs_as_gemm(device: Device, pixels: i64) -> bool {
 /// product (the 1×1 convolution with kernel `weight`). The output keeps the input's memory format.
 pub fn per_pixel(xs: &Tensor, weight: &Tensor) -> Tensor {
     // `linear` takes `weight` itself, so under autocast a leaf weight's cast is cached and shared.
-    pixels_as_rows(xs, |rows| rows.linear(weight, None::<Tensor>), |maps| weight.matmul(maps))
+    apply_per_pixel(xs, |rows| rows.linear(weight, None::<Tensor>), |maps| weight.matmul(maps))
 }
 
 /// `Wᵀ x` at every pixel: `xs` [N, C, H, W] and `weight` [C, O] give [N, O, H, W] (the 1×1
 /// convolution with kernel `weightᵀ`, without materialising the transpose).
 pub fn per_pixel_transposed(xs: &Tensor, weight: &Tensor) -> Tensor {
-    pixels_as_rows(xs, |rows| rows.matmul(weight), |maps| weight.tr().matmul(maps))
+    apply_per_pixel(xs, |rows| rows.matmul(weight), |maps| weight.tr().matmul(maps))
 }
 
 /// Applies a per-pixel linear map in whichever orientation the input's layout makes free:
 /// channels-last pixels are the rows of an [N·H·W, C] matrix (`on_rows` gives [N·H·W, O]); NCHW
 /// images are [N, C, H·W] stacks of columns (`on_columns` gives [N, O, H·W]).
-fn pixels_as_rows(
+fn apply_per_pixel(
     xs: &Tensor,
     on_rows: impl FnOnce(&Tensor) -> Tensor,
     on_columns: impl FnOnce(&Tensor) -> Tensor,
