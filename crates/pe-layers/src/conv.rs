@@ -23,7 +23,6 @@ pub fn runs_as_gemm(device: Device, pixels: i64) -> bool {
 /// `W x` at every pixel: `xs` [N, C, H, W] and `weight` [O, C] give [N, O, H, W], as one matrix
 /// product (the 1×1 convolution with kernel `weight`). The output keeps the input's memory format.
 pub fn per_pixel(xs: &Tensor, weight: &Tensor) -> Tensor {
-    // `linear` takes `weight` itself, so under autocast a leaf weight's cast is cached and shared.
     apply_per_pixel(xs, |rows| rows.linear(weight, None::<Tensor>), |maps| weight.matmul(maps))
 }
 

@@ -28,10 +28,17 @@ impl StageShared {
         self.weight.size()[1]
     }
 
+    /// `W` as a view rather than the leaf, for the products: autocast caches the cast of a leaf and
+    /// would add the blocks' gradients up in bf16 (3× the error of the fp32 sum, measured in
+    /// tests/conv.rs); a view is cast per use and its gradients add up in fp32, as with 1×1 convs.
+    fn per_use(&self) -> Tensor {
+        self.weight.alias()
+    }
+
     /// `W x`: [B, channels, H, W] -> [B, width, H, W]
     pub fn reduce(&self, xs: &Tensor) -> Tensor {
         if runs_as_gemm(xs.device(), pixels(xs)) {
-            return per_pixel(xs, &self.weight);
+            return per_pixel(xs, &self.per_use());
         }
         let kernel = self.weight.view([self.width(), self.channels(), 1, 1]);
         xs.conv2d(&kernel, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)
@@ -40,7 +47,7 @@ impl StageShared {
     /// `Wᵀ h`: [B, width, H, W] -> [B, channels, H, W]
     pub fn expand(&self, hs: &Tensor) -> Tensor {
         if runs_as_gemm(hs.device(), pixels(hs)) {
-            return per_pixel_transposed(hs, &self.weight);
+            return per_pixel_transposed(hs, &self.per_use());
         }
         let kernel = self.weight.tr().reshape([self.channels(), self.width(), 1, 1]);
         hs.conv2d(&kernel, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)
