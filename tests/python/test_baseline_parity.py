@@ -61,11 +61,10 @@ def test_rust_weights_load_strictly_into_the_reference(name, tmp_path):
     assert max_abs_diff(logits, expected) <= 1e-4
 
 
-@pytest.mark.parametrize("name", REFERENCES)
-def test_training_mode_gradients_agree(name, tmp_path):
+def assert_training_gradients_agree(name, x, grad_output, compared, tmp_path):
+    """Train-mode logits and the `compared` gradients of Rust and the reference, on the same weights."""
     model = reference(name).train()
     save_tensors(tmp_path / "torch.safetensors", model.state_dict())
-    x, grad_output = inputs()
     logits_ref = model(x)
     (logits_ref * grad_output).sum().backward()
     params = dict(model.named_parameters())
@@ -75,12 +74,18 @@ def test_training_mode_gradients_agree(name, tmp_path):
         x,
         weights=tmp_path / "torch.safetensors",
         train=True,
-        grads=GRAD_PARAMS[name],
+        grads=compared,
         grad_output=grad_output,
     )
     assert max_rel_diff(logits, logits_ref.detach()) <= 1e-4
-    for param in GRAD_PARAMS[name]:
+    for param in compared:
         assert max_rel_diff(grads[param], params[param].grad) <= 1e-4, param
+
+
+@pytest.mark.parametrize("name", REFERENCES)
+def test_training_mode_gradients_agree(name, tmp_path):
+    x, grad_output = inputs()
+    assert_training_gradients_agree(name, x, grad_output, GRAD_PARAMS[name], tmp_path)
 
 
 def test_resnet50_on_32px_images_where_the_last_stages_run_as_gemms(tmp_path):
@@ -89,20 +94,11 @@ def test_resnet50_on_32px_images_where_the_last_stages_run_as_gemms(tmp_path):
     match torchvision's convolutions, gradients included. Batch 16: over 4 images a BN on 1×1 maps
     normalises 4 values and amplifies any change in rounding order past 1e-4 (there PyTorch's own fp32
     gradients are 3 % from its f64 ones)."""
-    model = reference("resnet50").train()
-    save_tensors(tmp_path / "torch.safetensors", model.state_dict())
     generator = torch.Generator().manual_seed(4)
     x, grad_output = torch.randn(16, 3, 32, 32, generator=generator), torch.randn(16, 1000, generator=generator)
-    logits_ref = model(x)
-    (logits_ref * grad_output).sum().backward()
-    params = dict(model.named_parameters())
     compared = ["layer3.1.conv1.weight", "layer3.1.conv3.weight", "layer4.0.downsample.0.weight",
                 "layer4.0.conv2.weight", "layer4.1.conv2.weight", "layer4.2.conv3.weight", "layer4.2.bn2.weight"]
-    logits, grads = rust_forward(tmp_path, ["--model", "resnet50"], x, weights=tmp_path / "torch.safetensors",
-                                 train=True, grads=compared, grad_output=grad_output)
-    assert max_rel_diff(logits, logits_ref.detach()) <= 1e-4
-    for param in compared:
-        assert max_rel_diff(grads[param], params[param].grad) <= 1e-4, param
+    assert_training_gradients_agree("resnet50", x, grad_output, compared, tmp_path)
 
 
 def test_a_missing_tensor_is_a_clear_error(tmp_path):

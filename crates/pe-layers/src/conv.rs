@@ -68,10 +68,6 @@ impl Conv {
         Self { ws, stride, padding: kernel / 2 }
     }
 
-    pub fn stride(&self) -> i64 {
-        self.stride
-    }
-
     /// The same convolution as a per-pixel matrix where that is exact: a 1×1 kernel (after taking
     /// every `stride`-th pixel), or any kernel over a 1×1 map, where zero padding leaves only the
     /// centre tap touching a pixel.
