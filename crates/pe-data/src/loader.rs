@@ -362,6 +362,11 @@ impl Loader {
         }
     }
 
+    /// How many handed-back image buffers wait for reuse (at most `prefetch + 2`).
+    pub fn spare_buffers(&self) -> usize {
+        self.shared.recycled.lock().map_or(0, |r| r.len())
+    }
+
     /// Iterate over epoch `epoch`'s batches.
     pub fn epoch(&self, epoch: u64) -> EpochIter {
         self.epoch_from(epoch, 0)

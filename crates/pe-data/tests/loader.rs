@@ -203,6 +203,13 @@ fn recycled_buffers_do_not_change_results() {
         l.recycle(b.images);
     }
     assert_eq!(fresh, again);
+    // Buffers handed back wait for the next batches, a bounded number of them.
+    assert!(l.spare_buffers() >= 1);
+    let cap = LoaderOptions::train(&cfg(t.path()), 4, 0, 0, 1).prefetch + 2;
+    for _ in 0..cap + 3 {
+        l.recycle(vec![0; 16]);
+    }
+    assert_eq!(l.spare_buffers(), cap);
 }
 
 #[test]
