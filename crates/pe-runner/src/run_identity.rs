@@ -84,10 +84,14 @@ impl Identity {
         }
     }
 
+    /// Writes `dir/identity.json` through a temporary file renamed into place: the other ranks of a
+    /// new run read the run folder's copy while rank 0 writes it, and must find either no file or
+    /// all of it (a half-written one failed a rank with "EOF while parsing").
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(FILE);
-        fs::write(&path, serde_json::to_string_pretty(self)?)
-            .with_context(|| format!("writing {}", path.display()))
+        let (path, tmp) = (dir.join(FILE), dir.join(format!("{FILE}.tmp")));
+        fs::write(&tmp, serde_json::to_string_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
     }
 
     /// Every key (dotted, data set ones under `dataset.`) whose value differs from `stored`.
@@ -251,6 +255,28 @@ mod tests {
             val_samples: 1,
         };
         Identity { config, dataset }
+    }
+
+    #[test]
+    fn a_reader_finds_no_identity_or_all_of_it_while_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = identity("x = 1\n".repeat(2000));
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(|| {
+                for _ in 0..300 {
+                    written.write(dir.path()).unwrap();
+                }
+            });
+            let mut reads = 0;
+            while !writer.is_finished() || reads == 0 {
+                match Identity::read(dir.path()) {
+                    Ok(Some(read)) => assert_eq!(read.config, written.config),
+                    Ok(None) => {}
+                    Err(e) => panic!("read {reads} saw a partial file: {e:#}"),
+                }
+                reads += 1;
+            }
+        });
     }
 
     #[test]
