@@ -360,48 +360,46 @@ fn bicubic_taps(d: f32) -> [f32; 4] {
 #[allow(clippy::too_many_arguments)]
 fn bicubic_f32_at(s: &[u8], f: &[f32], w: usize, h: usize, x0: i64, y0: i64, dx: f32, dy: f32) -> [f32; 3] {
     if x0 >= 1 && x0 + 2 < w as i64 && y0 >= 1 && y0 + 2 < h as i64 {
-        let (wx, wy) = (bicubic_taps(dx), bicubic_taps(dy));
-        let mut acc = [0f32; 4];
-        for j in 0..4 {
-            let base = ((y0 - 1 + j as i64) as usize * w + x0 as usize - 1) * 4;
-            let taps: &[f32; 16] = f[base..base + 16].try_into().expect("16 floats");
-            let mut row = [0f32; 4];
-            for i in 0..4 {
-                for c in 0..4 {
-                    row[c] += wx[i] * taps[4 * i + c];
-                }
-            }
-            for c in 0..4 {
-                acc[c] += wy[j] * row[c];
-            }
-        }
-        return [acc[0], acc[1], acc[2]];
+        return bicubic_interior::<f32, 4, 16>(f, w, x0, y0, dx, dy);
     }
     bicubic_at(s, w, h, x0, y0, dx, dy)
+}
+
+/// The 16 taps around `(x0, y0)`, all inside the image, from pixels `STRIDE` values apart; each tap
+/// is read as 4 lanes (`LEN = 3 * STRIDE + 4` values per row) so that the per-channel sums vectorise.
+/// Lane by lane the arithmetic is the scalar one; zero-weight taps add exactly nothing.
+#[inline(always)]
+fn bicubic_interior<T: Copy + Into<f32>, const STRIDE: usize, const LEN: usize>(
+    px: &[T],
+    w: usize,
+    x0: i64,
+    y0: i64,
+    dx: f32,
+    dy: f32,
+) -> [f32; 3] {
+    let (wx, wy) = (bicubic_taps(dx), bicubic_taps(dy));
+    let mut acc = [0f32; 4];
+    for j in 0..4 {
+        let base = ((y0 - 1 + j as i64) as usize * w + x0 as usize - 1) * STRIDE;
+        let taps: &[T; LEN] = px[base..base + LEN].try_into().expect("one row of taps");
+        let mut row = [0f32; 4];
+        for i in 0..4 {
+            for c in 0..4 {
+                row[c] += wx[i] * taps[STRIDE * i + c].into();
+            }
+        }
+        for c in 0..4 {
+            acc[c] += wy[j] * row[c];
+        }
+    }
+    [acc[0], acc[1], acc[2]]
 }
 
 #[inline(always)]
 fn bicubic_at(s: &[u8], w: usize, h: usize, x0: i64, y0: i64, dx: f32, dy: f32) -> [f32; 3] {
     if x0 >= 1 && x0 + 3 < w as i64 && y0 >= 1 && y0 + 2 < h as i64 {
-        // Inside: all 16 taps in fixed loops, each tap read as 4 lanes (its RGB and the next pixel's R,
-        // ignored) so that the per-channel sums vectorise; `x0 + 3 < w` keeps that byte in the row.
-        // Lane by lane the arithmetic is the scalar one; zero-weight taps add exactly nothing.
-        let (wx, wy) = (bicubic_taps(dx), bicubic_taps(dy));
-        let mut acc = [0f32; 4];
-        for j in 0..4 {
-            let base = ((y0 - 1 + j as i64) as usize * w + x0 as usize - 1) * 3;
-            let taps: &[u8; 13] = s[base..base + 13].try_into().expect("13 bytes");
-            let mut row = [0f32; 4];
-            for i in 0..4 {
-                for c in 0..4 {
-                    row[c] += wx[i] * taps[3 * i + c] as f32;
-                }
-            }
-            for c in 0..4 {
-                acc[c] += wy[j] * row[c];
-            }
-        }
-        return [acc[0], acc[1], acc[2]];
+        // A tap's fourth lane is the next pixel's R (ignored): `x0 + 3 < w` keeps that byte in the row.
+        return bicubic_interior::<u8, 3, 13>(s, w, x0, y0, dx, dy);
     }
     let wx = [cubic(dx + 1.0), cubic(dx), cubic(1.0 - dx), cubic(2.0 - dx)];
     let wy = [cubic(dy + 1.0), cubic(dy), cubic(1.0 - dy), cubic(2.0 - dy)];
