@@ -161,9 +161,17 @@ fn train(config: &EngineConfig, lrs: &[f64]) -> Run {
     let snapshot = |engine: &StepEngine| -> Vec<Tensor> {
         let mut all: Vec<Tensor> = engine.trainable_parameters().into_iter().map(|(_, t)| t).collect();
         if let Some(ema) = &engine.ema {
+            // The EMA's weights, not its BatchNorm statistics: those move from 0 and 1 to the batch
+            // statistics whatever the learning rate, and counted in how far training moved the model
+            // they drowned a wrong learning rate (a baked one differed by only 2.8e-2 on resnet_mini).
             let mut named: Vec<(String, Tensor)> = ema.vs.variables().into_iter().collect();
             named.sort_by(|a, b| a.0.cmp(&b.0));
-            all.extend(named.into_iter().map(|(_, t)| t).filter(|t| t.is_floating_point()));
+            all.extend(
+                named
+                    .into_iter()
+                    .filter(|(name, t)| t.is_floating_point() && !name.contains("running_"))
+                    .map(|(_, t)| t),
+            );
         }
         // Detached: a copy that stayed attached would keep each parameter's gradient accumulator
         // alive on this (default) stream, and the capture on the side stream would then depend on
@@ -243,6 +251,12 @@ fn graph_matches_eager(model: &str, amp: Amp, loss_tol: f64, weight_tol: f64) {
         );
     }
     let off = relative_disagreement(&graph.weights, &eager.weights, &eager.initial);
+    // fp32 convolutions on cuDNN are not bit-reproducible: on an H200 a second eager resnet_mini run
+    // ended 8.2e-2 from the first (Adam amplifies the last-bit differences over 10 steps). The graph
+    // is held to eager's own spread where that is larger than `weight_tol`.
+    let again = train(&engine_config(model, amp, false), &lrs);
+    let spread = relative_disagreement(&again.weights, &eager.weights, &eager.initial);
+    let weight_tol = weight_tol.max(2.0 * spread);
     assert!(
         off <= weight_tol,
         "{case}: after {STEPS} steps the graph's weights (and EMA) differ from eager by {off:.3e} of \
@@ -252,6 +266,10 @@ fn graph_matches_eager(model: &str, amp: Amp, loss_tol: f64, weight_tol: f64) {
     let baked: Vec<f64> = (0..STEPS).map(|s| lr_at(s.min(CUDA_GRAPH_WARMUP_STEPS))).collect();
     let frozen = train(&engine_config(model, amp, false), &baked);
     let frozen_off = relative_disagreement(&frozen.weights, &eager.weights, &eager.initial);
+    eprintln!(
+        "{case}: of the distance moved, graph vs eager {off:.3e}, eager vs eager {spread:.3e}, \
+         a baked learning rate {frozen_off:.3e}"
+    );
     assert!(
         frozen_off > 3.0 * weight_tol,
         "{case}: test too weak: a baked learning rate would differ by only {frozen_off:.3e}"
