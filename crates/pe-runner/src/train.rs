@@ -88,9 +88,7 @@ fn write_once(path: &Path, text: &str) -> Result<()> {
     if path.exists() {
         return Ok(());
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    run_identity::write_atomically(path, text)
 }
 
 fn data_error(config: &ExperimentConfig, error: pe_data::Error) -> anyhow::Error {
