@@ -38,6 +38,34 @@ fn padded(lo: f64, hi: f64, pad: f64, min_span: f64) -> (f64, f64) {
     (lo - pad * span, hi + pad * span)
 }
 
+/// Share of the plot's width and height the three-entry legend box takes (about 110 x 80 px of a
+/// ~460 x 330 px plot, with a margin).
+const LEGEND: (f64, f64) = (0.3, 0.3);
+
+/// The corner of `x0..x1 x y0..y1` where the legend covers no point or error bar, or `None`.
+fn free_corner(
+    rows: &[&Row],
+    x: impl Fn(&Row) -> f64,
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+) -> Option<SeriesLabelPosition> {
+    let (w, h) = (LEGEND.0 * (x1 - x0), LEGEND.1 * (y1 - y0));
+    let corners = [
+        (SeriesLabelPosition::UpperLeft, x0, y1 - h),
+        (SeriesLabelPosition::LowerRight, x1 - w, y0),
+        (SeriesLabelPosition::UpperRight, x1 - w, y1 - h),
+        (SeriesLabelPosition::LowerLeft, x0, y0),
+    ];
+    let covers = |left: f64, bottom: f64, r: &Row| {
+        let inside_x = (left..=left + w).contains(&x(r));
+        inside_x && r.mean - r.std <= bottom + h && r.mean + r.std >= bottom
+    };
+    corners
+        .into_iter()
+        .find(|&(_, left, bottom)| !rows.iter().any(|r| covers(left, bottom, r)))
+        .map(|(pos, ..)| pos)
+}
+
 fn panel(
     area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
     family: &str,
@@ -49,7 +77,12 @@ fn panel(
     let (y0, y1) =
         rows.iter().fold((f64::MAX, f64::MIN), |(a, b), r| (a.min(r.mean - r.std), b.max(r.mean + r.std)));
     let (x0, x1) = padded(x0, x1, 0.15, 1.0);
-    let (y0, y1) = padded(y0, y1, 0.2, 0.5);
+    let (y0, mut y1) = padded(y0, y1, 0.2, 0.5);
+    // Where every corner holds data, make room above it: the legend then sits over empty space.
+    let legend_at = free_corner(rows, thousands, (x0, x1), (y0, y1)).unwrap_or_else(|| {
+        y1 += (y1 - y0) * LEGEND.1 / (1.0 - LEGEND.1);
+        SeriesLabelPosition::UpperLeft
+    });
     let mut chart = ChartBuilder::on(area)
         .caption(format!("{family}: test top-1 against parameters"), ("sans-serif", 16))
         .margin(10)
@@ -69,7 +102,12 @@ fn panel(
             .label(row.variant.clone())
             .legend(move |(x, y)| Circle::new((x + 8, y), 5, c.filled()));
     }
-    chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
+    chart
+        .configure_series_labels()
+        .position(legend_at)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
     Ok(())
 }
 
