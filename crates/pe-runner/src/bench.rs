@@ -23,20 +23,25 @@ use crate::step_engine::{EngineConfig, StepEngine, Targets, CUDA_GRAPH_WARMUP_ST
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    /// A registry model as `pe summary` lists it (e.g. resnet50_pe, vit_pe_small).
     #[arg(long)]
     model: String,
+    /// Images per step.
     #[arg(long, default_value_t = 16)]
     batch: i64,
     /// Input side (ViTs need their own size).
     #[arg(long)]
     img_size: Option<i64>,
+    /// Timed steps.
     #[arg(long, default_value_t = 10)]
     steps: usize,
+    /// Untimed steps first (allocator, cuDNN autotuning, lazy initialisation).
     #[arg(long, default_value_t = 3)]
     warmup: usize,
     /// libtorch intra-op threads (0 = default).
     #[arg(long, default_value_t = 0)]
     threads: i32,
+    /// cpu, cuda, cuda:N or auto (CUDA when libtorch sees a GPU).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Autocast dtype, as `train.amp`: off, bf16 or fp16.

@@ -26,6 +26,7 @@ pub struct EvalArgs {
     /// Evaluate the checkpoint's EMA weights instead of the trained ones.
     #[arg(long)]
     pub ema: bool,
+    /// Override a recipe key, e.g. `--set data.root=/data/imagenet-v2` to evaluate on other data.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
 }
