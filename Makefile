@@ -75,8 +75,9 @@ cargo-test: setup
 	cargo test --workspace
 
 # Parity tests drive the debug `pe` that cargo-test built (libtorch does the arithmetic either way).
+# Temporary folders are kept for failed tests only: passing runs left ~1 GB each behind in /tmp.
 pytest: cargo-test
-	PE_BIN=$(CURDIR)/target/debug/pe $(PYTHON) -m pytest -q tests/python crates/pe-torch/tests/python crates/pe-runner/tests/python
+	PE_BIN=$(CURDIR)/target/debug/pe $(PYTHON) -m pytest -q -o tmp_path_retention_policy=failed tests/python crates/pe-torch/tests/python crates/pe-runner/tests/python
 
 bench: bench-data bench-torch bench-train ## All benchmarks against PyTorch on this machine; results in bench/results/
 
