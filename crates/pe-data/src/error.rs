@@ -17,7 +17,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The dataset root or split folder does not exist.
-    #[error("dataset folder {0} does not exist (run `pe prepare ...` or fix `root`)")]
+    #[error("dataset folder {0} does not exist (`pe prepare imagenet` or `pe prepare fashion-mnist` makes one; or fix `data.root`)")]
     MissingRoot(PathBuf),
     /// A split folder has no class sub-folders.
     #[error("dataset folder {0} has no class sub-folders (expected <split>/<class>/<image files>)")]

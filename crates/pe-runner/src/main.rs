@@ -42,7 +42,7 @@ enum Command {
     Eval(eval_cmd::EvalArgs),
     /// Parameters (with/without head) and MACs of registry models, beside the paper's numbers.
     Summary(summary::SummaryArgs),
-    /// Prepare a dataset (Fashion-MNIST from Debian's package).
+    /// Prepare a dataset: Fashion-MNIST from Debian's package, ImageNet from its archives, or tar shards of an ImageFolder.
     Prepare(prepare::PrepareArgs),
     /// Run a model on tensors from a safetensors file (interop and parity checks with PyTorch).
     Forward(forward::ForwardArgs),
