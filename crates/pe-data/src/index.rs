@@ -230,9 +230,7 @@ impl ImageFolder {
             }
             let _ = writeln!(s, "{label}\t{r}");
         }
-        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, s).io_ctx("write", &tmp)?;
-        std::fs::rename(&tmp, file).io_ctx("rename into", file)
+        crate::atomic_file::write(file, s)
     }
 
     /// Read and validate a cache file; `None` when missing, stale or malformed (then we rescan).

@@ -6,6 +6,7 @@
 //! and produces soft targets. [`fashion_mnist::prepare`] turns Debian's IDX files into an ImageFolder,
 //! [`imagenet::prepare`] the ImageNet archives, and [`shards`] packs an ImageFolder into tar shards
 //! that the loader streams instead (`Loader::train_shards`).
+pub mod atomic_file;
 pub mod config;
 pub mod decode;
 pub mod error;

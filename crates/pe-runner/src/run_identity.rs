@@ -16,15 +16,6 @@ use crate::config::ExperimentConfig;
 /// Stored in every checkpoint (and once in the run folder) as `identity.json`.
 pub const FILE: &str = "identity.json";
 
-/// Writes `text` to `path` through `<path>.tmp` renamed into place, so that a reader finds the old
-/// file, no file, or the whole new one, and a crash never leaves half a file.
-pub(crate) fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    fs::write(&tmp, text).with_context(|| format!("writing {}", Path::new(&tmp).display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}
-
 /// Keys a run may change when it resumes (`--resume --allow-change KEY`): how long it runs, how
 /// often it evaluates, logs and saves, and where it computes. Anything else makes another
 /// experiment.
@@ -97,7 +88,7 @@ impl Identity {
     /// copy while rank 0 writes it, and must find either no file or all of it (a half-written one
     /// failed a rank with "EOF while parsing").
     pub fn write(&self, dir: &Path) -> Result<()> {
-        write_atomically(&dir.join(FILE), &serde_json::to_string_pretty(self)?)
+        Ok(pe_data::atomic_file::write(&dir.join(FILE), serde_json::to_string_pretty(self)?)?)
     }
 
     /// Every key (dotted, data set ones under `dataset.`) whose value differs from `stored`.

@@ -88,7 +88,7 @@ fn write_once(path: &Path, text: &str) -> Result<()> {
     if path.exists() {
         return Ok(());
     }
-    run_identity::write_atomically(path, text)
+    Ok(pe_data::atomic_file::write(path, text)?)
 }
 
 fn data_error(config: &ExperimentConfig, error: pe_data::Error) -> anyhow::Error {

@@ -73,10 +73,7 @@ impl ShardIndex {
 
     /// Write `<root>/index.json` atomically (temporary file, then rename).
     pub fn save(&self, root: &Path) -> Result<()> {
-        let path = root.join(INDEX_FILE);
-        let tmp = root.join(format!("{INDEX_FILE}.tmp"));
         let text = serde_json::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))?;
-        std::fs::write(&tmp, text).io_ctx("write", &tmp)?;
-        std::fs::rename(&tmp, &path).io_ctx("rename into", &path)
+        crate::atomic_file::write(&root.join(INDEX_FILE), text)
     }
 }
