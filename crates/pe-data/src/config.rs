@@ -168,14 +168,20 @@ impl DataConfig {
         p("mixup_prob", self.mixup_prob)?;
         p("mixup_switch_prob", self.mixup_switch_prob)?;
         p("label_smoothing", self.label_smoothing)?;
-        check(self.color_jitter >= 0.0, || "color_jitter must be >= 0".into())?;
-        check(self.mixup_alpha >= 0.0 && self.cutmix_alpha >= 0.0, || {
-            "mixup/cutmix alpha must be >= 0".into()
+        check(self.color_jitter.is_finite() && self.color_jitter >= 0.0, || {
+            format!("color_jitter = {} must be finite and >= 0", self.color_jitter)
+        })?;
+        let alpha_ok = |a: f64| a.is_finite() && a >= 0.0;
+        check(alpha_ok(self.mixup_alpha) && alpha_ok(self.cutmix_alpha), || {
+            "mixup/cutmix alpha must be finite and >= 0".into()
         })?;
         check(self.recount >= 1, || "recount must be >= 1".into())?;
         check(self.repeated_aug >= 1, || "repeated_aug must be >= 1 (1 = off)".into())?;
         check(self.prefetch >= 1, || "prefetch must be >= 1".into())?;
-        check(self.std.iter().all(|&s| s > 0.0), || "std must be > 0".into())
+        check(self.mean.iter().all(|m| m.is_finite()), || format!("mean = {:?} must be finite", self.mean))?;
+        check(self.std.iter().all(|&s| s.is_finite() && s > 0.0), || {
+            format!("std = {:?} must be finite and > 0", self.std)
+        })
     }
 
     /// The number of worker threads to use (`workers`, or the available cores when 0).

@@ -23,6 +23,6 @@ pub mod transforms;
 pub use config::{DataConfig, DataFormat};
 pub use error::{Error, Result};
 pub use index::{ImageFolder, IndexCache};
-pub use loader::{Batch, Loader, LoaderOptions};
+pub use loader::{BadFile, BadFileReport, Batch, Loader, LoaderOptions};
 pub use mixup::{MixPlan, Mixup};
 pub use transforms::Transform;

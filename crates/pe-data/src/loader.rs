@@ -8,8 +8,9 @@
 //! keyed by (seed, epoch, global position, attempt), never by thread or timing.
 //!
 //! Bad data never stops a run: an unreadable, truncated or non-image file (or a decoder panic) is
-//! recorded, and the slot is refilled from another, randomly chosen (keyed) sample. The epoch's bad
-//! files are reported once, at the end of the epoch (count and the first few paths).
+//! recorded, and in training the slot is refilled from another, randomly chosen (keyed) sample; in
+//! evaluation it is left out of its batch, so every image is counted once or not at all. The epoch's
+//! bad files are reported once, at the end of the epoch (count and the first few paths).
 //!
 //! Sources: an [`ImageFolder`] (one file per sample, random access) or a [`ShardSet`] of tar shards
 //! (streamed by one reader thread per epoch in the order [`crate::shards::plan`] computes; decoding
@@ -59,6 +60,9 @@ pub struct LoaderOptions {
     pub drop_last: bool,
     /// Print the epoch's bad files to stderr at the end of the epoch.
     pub report_bad_files: bool,
+    /// Refill the slot of a bad file from another sample (training keeps its batch size); when
+    /// false the sample is left out of its batch (evaluation counts every image at most once).
+    pub replace_bad_files: bool,
     /// Shard loaders: samples in the shuffle buffer (training only).
     pub shuffle_buffer: usize,
 }
@@ -74,16 +78,19 @@ impl LoaderOptions {
             sampling: Sampling { shuffle: true, repeats: cfg.repeated_aug, rank, world, pad: true },
             drop_last: true,
             report_bad_files: true,
+            replace_bad_files: true,
             shuffle_buffer: SHUFFLE_BUFFER,
         }
     }
 
     /// Evaluation options: in order, no repeats, no padding (each sample counted once), last
-    /// batch kept.
+    /// batch kept, bad files left out (not replaced) and reported by the caller with its results.
     pub fn eval(cfg: &DataConfig, batch_size: usize, rank: usize, world: usize) -> Self {
         LoaderOptions {
             sampling: Sampling { shuffle: false, repeats: 1, rank, world, pad: false },
             drop_last: false,
+            report_bad_files: false,
+            replace_bad_files: false,
             ..Self::train(cfg, batch_size, 0, rank, world)
         }
     }
@@ -107,7 +114,8 @@ pub struct Batch {
     pub labels: Vec<i64>,
     /// Dataset index of each sample actually used (after replacements).
     pub indices: Vec<usize>,
-    /// Samples in this batch (`batch_size`, or fewer for a kept last batch).
+    /// Samples in this batch (`batch_size`, or fewer for a kept last batch or when bad files were
+    /// left out rather than replaced).
     pub n: usize,
     /// Image height.
     pub h: usize,
@@ -117,7 +125,7 @@ pub struct Batch {
     pub epoch: u64,
     /// Batch number within the epoch (keys the Mixup plan).
     pub index: u64,
-    /// Files replaced in this batch.
+    /// Files replaced (or left out) in this batch.
     pub bad_files: Vec<BadFile>,
 }
 
@@ -132,7 +140,7 @@ pub struct BadFileReport {
 
 impl std::fmt::Display for BadFileReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} unreadable file(s) skipped and replaced", self.count)?;
+        write!(f, "{} unreadable file(s)", self.count)?;
         for b in &self.first {
             write!(f, "; {}: {}", b.path.display(), b.reason)?;
         }
@@ -494,10 +502,11 @@ impl Iterator for EpochIter {
             if !self.finished {
                 self.finished = true;
                 if self.shared.opts.report_bad_files && self.report.count > 0 {
+                    let fate = if self.shared.opts.replace_bad_files { "replaced" } else { "left out" };
                     tracing::warn!(
-                        "{} epoch {}: {}",
+                        "{} epoch {}: {} {fate}",
                         self.shared.location().display(),
-                        self.epoch,
+                        self.epoch + 1,
                         self.report
                     );
                 }
@@ -550,9 +559,10 @@ fn with_file_bytes<T>(path: &std::path::Path, f: impl FnOnce(&[u8]) -> T) -> std
     })
 }
 
+/// What filling one slot gave: the sample used (`None` when a bad file was left out) and the bad
+/// files met on the way.
 struct SampleOut {
-    label: i64,
-    index: usize,
+    used: Option<(i64, usize)>,
     bad: Vec<BadFile>,
 }
 
@@ -598,19 +608,26 @@ fn build_batch(shared: &Shared, epoch: u64, index: u64, work: &Work) -> Result<B
         images,
         labels: Vec::with_capacity(n),
         indices: Vec::with_capacity(n),
-        n,
+        n: 0,
         h: t.img_size,
         w: t.img_size,
         epoch,
         index,
         bad_files: Vec::new(),
     };
-    for o in outs {
+    for (slot, o) in outs.into_iter().enumerate() {
         let o = o?;
-        batch.labels.push(o.label);
-        batch.indices.push(o.index);
         batch.bad_files.extend(o.bad);
+        let Some((label, sample)) = o.used else { continue };
+        // Slots of left-out samples close up, so the batch holds its `n` samples at its front.
+        if slot != batch.n {
+            batch.images.copy_within(slot * per..(slot + 1) * per, batch.n * per);
+        }
+        batch.labels.push(label);
+        batch.indices.push(sample);
+        batch.n += 1;
     }
+    batch.images.truncate(batch.n * per);
     Ok(batch)
 }
 
@@ -632,50 +649,55 @@ fn transform_bytes(shared: &Shared, bytes: &[u8], rng: &mut Rng, out: &mut [u8])
 
 /// A folder sample; an unreadable file is replaced by a keyed random other file of the data set.
 fn load_file(shared: &Shared, ds: &ImageFolder, epoch: u64, slot: Slot, out: &mut [u8]) -> Result<SampleOut> {
-    let seed = shared.opts.seed;
-    let mut index = slot.index;
-    let mut bad = Vec::new();
-    for attempt in 0..MAX_ATTEMPTS {
+    fill_slot(shared, epoch, slot.position, slot.index, ds.len(), out, |index, rng, out| {
         let (path, label) = &ds.samples[index];
-        let mut rng = Rng::keyed(Stream::Sample, &[seed, epoch, slot.position, attempt]);
-        let result = with_file_bytes(path, |bytes| transform_bytes(shared, bytes, &mut rng, out))
+        with_file_bytes(path, |bytes| transform_bytes(shared, bytes, rng, out))
             .map_err(|e| format!("read: {e}"))
-            .and_then(|r| r);
-        match result {
-            Ok(()) => return Ok(SampleOut { label: *label as i64, index, bad }),
-            Err(reason) => {
-                bad.push(BadFile { path: path.clone(), reason });
-                index = Rng::keyed(Stream::Replace, &[seed, epoch, slot.position, attempt])
-                    .below(ds.len() as u64) as usize;
-            }
-        }
-    }
-    too_many(bad)
+            .and_then(|r| r)
+            .map(|()| (*label as i64, index))
+            .map_err(|reason| BadFile { path: path.clone(), reason })
+    })
 }
 
 /// A shard sample (`items[k]`); a bad one is replaced by a keyed random other sample of the batch
 /// (a stream has no random access), so the result still depends only on (seed, epoch, position).
 fn load_item(shared: &Shared, epoch: u64, items: &[Item], k: usize, out: &mut [u8]) -> Result<SampleOut> {
-    let seed = shared.opts.seed;
-    let position = items[k].position;
-    let mut pick = k;
-    let mut bad = Vec::new();
-    for attempt in 0..MAX_ATTEMPTS {
+    fill_slot(shared, epoch, items[k].position, k, items.len(), out, |pick, rng, out| {
         let item = &items[pick];
-        let mut rng = Rng::keyed(Stream::Sample, &[seed, epoch, position, attempt]);
-        let result = item
-            .sample
+        item.sample
             .as_ref()
             .map_err(String::clone)
-            .and_then(|s| transform_bytes(shared, &s.bytes, &mut rng, out).map(|()| (s.label, s.index)));
-        match result {
-            Ok((label, index)) => return Ok(SampleOut { label: label as i64, index, bad }),
-            Err(reason) => {
-                bad.push(BadFile { path: item.name.clone(), reason });
-                pick = Rng::keyed(Stream::Replace, &[seed, epoch, position, attempt])
-                    .below(items.len() as u64) as usize;
-            }
+            .and_then(|s| transform_bytes(shared, &s.bytes, rng, out).map(|()| (s.label as i64, s.index)))
+            .map_err(|reason| BadFile { path: item.name.clone(), reason })
+    })
+}
+
+/// Fills the slot at `position` from candidate `first` with `try_one(candidate, rng, out)`. A bad
+/// candidate is left out, or (`replace_bad_files`) replaced by a keyed random other one of
+/// `0..candidates`, up to [`MAX_ATTEMPTS`] tries: the result depends only on (seed, epoch, position).
+fn fill_slot(
+    shared: &Shared,
+    epoch: u64,
+    position: u64,
+    first: usize,
+    candidates: usize,
+    out: &mut [u8],
+    try_one: impl Fn(usize, &mut Rng, &mut [u8]) -> std::result::Result<(i64, usize), BadFile>,
+) -> Result<SampleOut> {
+    let seed = shared.opts.seed;
+    let mut candidate = first;
+    let mut bad = Vec::new();
+    for attempt in 0..MAX_ATTEMPTS {
+        let mut rng = Rng::keyed(Stream::Sample, &[seed, epoch, position, attempt]);
+        match try_one(candidate, &mut rng, out) {
+            Ok(used) => return Ok(SampleOut { used: Some(used), bad }),
+            Err(file) => bad.push(file),
         }
+        if !shared.opts.replace_bad_files {
+            return Ok(SampleOut { used: None, bad });
+        }
+        candidate =
+            Rng::keyed(Stream::Replace, &[seed, epoch, position, attempt]).below(candidates as u64) as usize;
     }
     too_many(bad)
 }

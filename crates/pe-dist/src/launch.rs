@@ -1,8 +1,10 @@
 //! A one-machine torchrun: spawns N ranks of a program with torchrun's environment, forwards
-//! Ctrl-C to them, and when one fails terminates the others and reports which rank failed.
+//! stop signals (Ctrl-C, SIGTERM, SIGUSR1) to them, and when one fails terminates the others and
+//! reports which rank failed.
 use std::ffi::{CString, OsStr, OsString};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -15,9 +17,25 @@ const POLL: Duration = Duration::from_millis(50);
 /// Timeout of the launcher's own store operations (ranks use their own process-group timeout).
 const STORE_TIMEOUT_MS: i64 = 30 * 60 * 1000;
 
-/// Pids of running ranks of every launch in this process, to which Ctrl-C is forwarded.
+/// Signals forwarded to the ranks: what a terminal (Ctrl-C), SLURM, Kubernetes or torchrun's agent
+/// (SIGTERM) and SLURM's `--signal` (SIGUSR1) send to stop a job.
+const FORWARDED: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1];
+
+/// Pids of running ranks of every launch in this process, to which stop signals are forwarded.
 static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-static CTRL_C: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+/// The first stop signal this process forwarded (0 = none).
+static FIRST_FORWARDED: AtomicI32 = AtomicI32::new(0);
+static FORWARDING: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+
+/// How a launch ended when no rank failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Every rank exited 0.
+    Finished,
+    /// A stop signal was forwarded and the ranks stopped as asked (exit 128 + a stop signal, or 0):
+    /// exit with `code`, 128 + the first signal forwarded (130 for Ctrl-C, 143 for SIGTERM).
+    Stopped { code: u8 },
+}
 
 /// What to launch: `nproc` copies of `program args...`, ranks 0..nproc on this machine.
 #[derive(Debug, Clone)]
@@ -29,7 +47,7 @@ pub struct Launch {
 }
 
 /// Runs `nproc` ranks of `program args...` (see [`Launch::run`]).
-pub fn launch(nproc: usize, program: impl AsRef<OsStr>, args: &[impl AsRef<OsStr>]) -> Result<()> {
+pub fn launch(nproc: usize, program: impl AsRef<OsStr>, args: &[impl AsRef<OsStr>]) -> Result<Ended> {
     Launch::new(nproc, program).args(args).run()
 }
 
@@ -53,14 +71,15 @@ impl Launch {
     /// be taken between choosing and binding it), starts the ranks with `RANK`, `LOCAL_RANK`,
     /// `WORLD_SIZE`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`,
     /// `TORCHELASTIC_USE_AGENT_STORE=True` and, unless set, `OMP_NUM_THREADS` = cores / nproc, and
-    /// waits for all of them. Ctrl-C is forwarded once to every rank (they run in their own process
-    /// group, so the terminal's SIGINT reaches only the launcher). When a rank exits non-zero the
-    /// others get SIGTERM (SIGKILL after 5 s) and the error names the first failed rank.
-    pub fn run(&self) -> Result<()> {
+    /// waits for all of them. Every SIGINT, SIGTERM and SIGUSR1 the launcher gets is forwarded to
+    /// every rank (they run in their own process group, so the terminal's Ctrl-C reaches only the
+    /// launcher); ranks that then stop as asked end the launch with [`Ended::Stopped`]. When a rank
+    /// fails, the others get SIGTERM (SIGKILL after 5 s) and the error names the first failed rank.
+    pub fn run(&self) -> Result<Ended> {
         if self.nproc == 0 {
             return Err(Error::Launch("--nproc must be at least 1".into()));
         }
-        install_ctrl_c()?;
+        forward_stop_signals()?;
         let host = CString::new("127.0.0.1").map_err(|e| Error::Launch(e.to_string()))?;
         let (_store, port) = ffi::tcp_store(&host, 0, true, -1, STORE_TIMEOUT_MS)
             .map_err(|m| Error::c10d("launch: hosting the rendezvous TCPStore on 127.0.0.1", m))?;
@@ -108,7 +127,7 @@ impl Ranks {
     }
 
     /// Waits for all ranks; on the first failure, terminates the rest and returns it.
-    fn wait(&mut self) -> Result<()> {
+    fn wait(&mut self) -> Result<Ended> {
         loop {
             let mut running = 0;
             for rank in 0..self.0.len() {
@@ -116,7 +135,7 @@ impl Ranks {
                     running += usize::from(self.0[rank].is_some());
                     continue;
                 };
-                if !status.success() {
+                if !status.success() && !stopped_as_asked(status) {
                     let pid = self.0[rank].as_ref().map_or(0, Child::id);
                     self.reap(rank);
                     self.terminate_all();
@@ -125,14 +144,17 @@ impl Ranks {
                 self.reap(rank);
             }
             if running == 0 {
-                return Ok(());
+                return Ok(match FIRST_FORWARDED.load(Ordering::SeqCst) {
+                    0 => Ended::Finished,
+                    signal => Ended::Stopped { code: 128 + signal as u8 },
+                });
             }
             thread::sleep(POLL);
         }
     }
 
     /// The exit status of `rank` if it has just exited.
-    fn poll(&mut self, rank: usize) -> Result<Option<std::process::ExitStatus>> {
+    fn poll(&mut self, rank: usize) -> Result<Option<ExitStatus>> {
         match self.0[rank].as_mut() {
             Some(child) => {
                 child.try_wait().map_err(|e| Error::Launch(format!("waiting for rank {rank}: {e}")))
@@ -185,17 +207,35 @@ fn lock_running() -> std::sync::MutexGuard<'static, Vec<u32>> {
     RUNNING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Installs (once per process) the Ctrl-C handler that forwards SIGINT to every running rank.
-fn install_ctrl_c() -> Result<()> {
-    CTRL_C
+/// Whether a rank's non-zero `status` is its answer to a forwarded stop signal: 128 + the signal
+/// (it saved and stopped), or killed by it (it had not installed its handlers yet).
+fn stopped_as_asked(status: ExitStatus) -> bool {
+    if FIRST_FORWARDED.load(Ordering::SeqCst) == 0 {
+        return false;
+    }
+    let by_signal = status.code().map_or(status.signal(), |code| code.checked_sub(128));
+    by_signal.is_some_and(|signal| FORWARDED.contains(&signal))
+}
+
+/// Starts (once per process) the thread that forwards every stop signal to every running rank.
+fn forward_stop_signals() -> Result<()> {
+    FORWARDING
         .get_or_init(|| {
-            ctrlc::set_handler(|| {
-                for &pid in lock_running().iter() {
-                    ffi::send_signal(pid, libc::SIGINT);
-                }
-            })
-            .map_err(|e| e.to_string())
+            let mut signals = signal_hook::iterator::Signals::new(FORWARDED).map_err(|e| e.to_string())?;
+            std::thread::Builder::new()
+                .name("pe-launch-signals".into())
+                .spawn(move || {
+                    for signal in signals.forever() {
+                        let _ =
+                            FIRST_FORWARDED.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+                        for &pid in lock_running().iter() {
+                            ffi::send_signal(pid, signal);
+                        }
+                    }
+                })
+                .map(drop)
+                .map_err(|e| e.to_string())
         })
         .clone()
-        .map_err(|e| Error::Launch(format!("installing the Ctrl-C handler: {e}")))
+        .map_err(|e| Error::Launch(format!("installing the signal handlers: {e}")))
 }

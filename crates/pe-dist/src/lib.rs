@@ -14,5 +14,5 @@ mod reducer;
 pub use env::DistEnv;
 pub use error::{Error, Result};
 pub use group::{Backend, ProcessGroup, ReduceOp, BROADCAST_BUCKET_BYTES};
-pub use launch::{launch, Launch};
+pub use launch::{launch, Ended, Launch};
 pub use reducer::{CommStats, Reducer, ReducerOptions};

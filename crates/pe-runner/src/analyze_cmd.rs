@@ -179,22 +179,16 @@ fn describe(model: &ModelConfig) -> String {
     }
 }
 
-/// `runs/NAME/checkpoints/<best|last|step-N>`.
+/// `runs/NAME/checkpoints/<best|last|step-N>`; without a name, `best`, else `last`.
 fn checkpoint_dir(run_dir: &Path, name: Option<&str>) -> Result<PathBuf> {
     let checkpoints = checkpoint::Checkpoints::new(run_dir);
     match name {
-        None => checkpoints.best().or_else(|| checkpoints.last()),
-        Some("best") => checkpoints.best(),
-        Some("last") => checkpoints.last(),
-        Some(step) => {
-            let n: u64 = step
-                .strip_prefix("step-")
-                .and_then(|n| n.parse().ok())
-                .with_context(|| format!("--checkpoint {step:?}: expected best, last or step-N"))?;
-            Some(run_dir.join("checkpoints").join(format!("step-{n:09}"))).filter(|d| d.is_dir())
-        }
+        Some(name) => checkpoints.named(name),
+        None => checkpoints
+            .best()
+            .or_else(|| checkpoints.last())
+            .with_context(|| format!("{} has no best or last checkpoint", run_dir.display())),
     }
-    .with_context(|| format!("{} has no {} checkpoint", run_dir.display(), name.unwrap_or("best or last")))
 }
 
 /// The run folder of `runs/NAME/checkpoints/step-N/model.safetensors`, if that is where it is.

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use tch::nn;
 
@@ -35,7 +35,16 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let config = load_experiment(&args.experiment, &args.overrides)?.config;
     let device = crate::device::resolve(&config.train.device)?;
     let weights_file = if args.checkpoint.is_dir() {
-        args.checkpoint.join(if args.ema { checkpoint::EMA } else { checkpoint::MODEL })
+        let name = if args.ema { checkpoint::EMA } else { checkpoint::MODEL };
+        let file = args.checkpoint.join(name);
+        if args.ema && !file.exists() {
+            bail!(
+                "--ema: {} holds no EMA weights: the run trained without an EMA (train.ema_decay = 0)",
+                args.checkpoint.display()
+            );
+        }
+        checkpoint::verify(&args.checkpoint, Some(&[name]))?;
+        file
     } else {
         args.checkpoint.clone()
     };
@@ -66,14 +75,18 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let normalizer = Normalizer::new(config.data.mean, config.data.std, device);
     let precision = Precision { amp: config.train.amp, channels_last: false };
-    let result = evaluate(&model, &loader, &normalizer, device, &precision)?.result()?;
+    let (sums, bad) = evaluate(&model, &loader, &normalizer, device, &precision)?;
+    if bad.count > 0 {
+        eprintln!("warning: {}: left out {bad}", loader.location().display());
+    }
+    let result = sums.result()?;
     println!(
-        "{}: top-1 {:.2}% top-5 {:.2}% loss {:.4} on {} images",
+        "{}: top-1 {:.2}% top-5 {:.2}% loss {:.4} on {}",
         weights_file.display(),
         result.acc1,
         result.acc5,
         result.loss,
-        result.samples
+        result.counted()
     );
     println!("{}", serde_json::to_string(&result)?);
     Ok(())

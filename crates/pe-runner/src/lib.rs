@@ -25,6 +25,7 @@ pub mod prepare;
 pub mod run_identity;
 pub mod schedule;
 pub mod step_engine;
+pub mod stop;
 pub mod summary;
 pub mod tensorboard;
 pub mod train;

@@ -1,11 +1,10 @@
 //! `pe`: the command-line entry point of the workspace.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+use pe_runner::stop::StopRequest;
 use pe_runner::{bench, config, eval_cmd, forward, info, launch_cmd, prepare, run_identity, summary, train};
 
 /// Library messages (`tracing`) go to stderr as `LEVEL target: message`; `RUST_LOG` overrides the
@@ -57,39 +56,25 @@ enum Command {
     Info,
 }
 
-/// Installs the Ctrl-C handler once per process. First Ctrl-C: the run finishes its step, saves and
-/// exits 130. Second: exit at once.
-fn interrupt_flag() -> anyhow::Result<Arc<AtomicBool>> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let seen = flag.clone();
-    ctrlc::set_handler(move || {
-        if seen.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)");
-    })
-    .map_err(|e| anyhow::anyhow!("installing the Ctrl-C handler: {e}"))?;
-    Ok(flag)
-}
-
-/// Exit codes: 0 success, 1 failure, 2 invalid configuration (nothing started), 130 interrupted.
+/// Exit codes: 0 success, 1 failure, 2 invalid configuration (nothing started), 128 + the signal
+/// when a run was stopped by one and saved (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1).
 fn main() -> ExitCode {
     pe_torch::allocator::keep_freed_memory();
     log_to_stderr();
     let result = match Cli::parse().command {
-        Command::Train(args) => {
-            interrupt_flag().and_then(|flag| train::run(args, flag)).map(|outcome| match outcome {
+        Command::Train(args) => StopRequest::install().and_then(|stop| {
+            Ok(match train::run(args, stop.clone())? {
                 train::Outcome::Finished => ExitCode::SUCCESS,
-                train::Outcome::Interrupted => ExitCode::from(130),
+                train::Outcome::Interrupted => ExitCode::from(stop.exit_code()),
             })
-        }
+        }),
         Command::Eval(args) => eval_cmd::run(args).map(|()| ExitCode::SUCCESS),
         Command::Summary(args) => summary::run(args).map(|()| ExitCode::SUCCESS),
         Command::Prepare(args) => prepare::run(args).map(|()| ExitCode::SUCCESS),
         Command::Forward(args) => forward::run(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
         Command::Analyze(args) => pe_runner::analyze_cmd::run(args).map(|()| ExitCode::SUCCESS),
-        Command::Launch(args) => launch_cmd::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Launch(args) => launch_cmd::run(args),
         Command::Info => info::run().map(|()| ExitCode::SUCCESS),
     };
     match result {

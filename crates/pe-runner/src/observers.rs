@@ -3,17 +3,18 @@
 //! ranks recording is a no-op, so the loop never asks who it is before logging.
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
+use crate::checkpoint::LogMark;
 use crate::config::load::to_toml;
 use crate::config::ExperimentConfig;
-use crate::metrics::MetricsLog;
-use crate::tensorboard::{EventWriter, HParam};
+use crate::metrics::{Keep, MetricsLog};
+use crate::tensorboard::{self, EventWriter, HParam};
 
 /// Which stream a record belongs to: TensorBoard tags are `{section}/{name}`, metrics.jsonl records
 /// carry `"type": section`.
@@ -83,27 +84,79 @@ pub trait Observer {
     }
 }
 
+/// How a start finds the run's logs.
+pub enum LogStart<'a> {
+    /// No checkpoint: whatever earlier starts logged is dropped and the run logs afresh.
+    Fresh,
+    /// Resuming from the checkpoint at `step`: what was logged after it (by the stretch of
+    /// training now redone) is cut, to `mark` where the checkpoint kept one.
+    Continue { step: u64, mark: Option<&'a LogMark> },
+}
+
 /// The run's sinks (empty on ranks other than 0).
 #[derive(Default)]
 pub struct Observers {
     sinks: Vec<Box<dyn Observer>>,
+    /// The two log files, whose lengths a checkpoint records.
+    files: Option<LogFiles>,
+}
+
+struct LogFiles {
+    metrics: PathBuf,
+    events: PathBuf,
 }
 
 impl Observers {
-    /// TensorBoard events (starting with the resolved recipe as text and its key values as an
-    /// HParams session), metrics.jsonl, the console and (on a terminal) a progress bar.
-    pub fn for_run(run_dir: &Path, config: &ExperimentConfig) -> Result<Self> {
+    /// TensorBoard events (a fresh run's start with the resolved recipe as text and its key values
+    /// as an HParams session), metrics.jsonl, the console and (on a terminal) a progress bar. What
+    /// a resumed run's logs held beyond its checkpoint is cut first: each curve is one history.
+    pub fn for_run(run_dir: &Path, config: &ExperimentConfig, start: &LogStart) -> Result<Self> {
         let (progress, epochs) = (config.logging.progress, config.train.epochs as u64);
+        let metrics_path = run_dir.join("metrics.jsonl");
+        let keep = match start {
+            LogStart::Fresh => Keep::Nothing,
+            LogStart::Continue { mark: Some(mark), .. } => Keep::Bytes(mark.metrics_bytes),
+            LogStart::Continue { step, mark: None } => Keep::UpToStep(*step),
+        };
+        let metrics = MetricsLog::open(&metrics_path, keep)?;
+        let kept_events = match start {
+            LogStart::Fresh => None,
+            LogStart::Continue { mark, .. } => mark.map(|m| (m.events_file.as_str(), m.events_bytes)),
+        };
+        // An old checkpoint (no mark) keeps every event file: the session start below hides the
+        // points after it from TensorBoard.
+        if !matches!(start, LogStart::Continue { mark: None, .. }) {
+            tensorboard::cut_back(run_dir, kept_events)?;
+        }
         let mut events = EventWriter::create(run_dir).context("creating the TensorBoard event file")?;
-        events.text("config", &format!("```toml\n{}\n```", to_toml(config)), 0)?;
-        events.hparams(&hparams(config)?, METRIC_TAGS)?;
-        let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl")).context("opening metrics.jsonl")?;
+        match start {
+            LogStart::Fresh => {
+                events.text("config", &format!("```toml\n{}\n```", to_toml(config)), 0)?;
+                events.hparams(&hparams(config)?, METRIC_TAGS)?;
+            }
+            // For a TensorBoard that had already read the points now cut.
+            LogStart::Continue { step, .. } => events.session_start(step + 1)?,
+        }
+        let files = LogFiles { metrics: metrics_path, events: events.path().to_owned() };
         let mut sinks: Vec<Box<dyn Observer>> =
             vec![Box::new(TensorBoard(events)), Box::new(Jsonl(metrics)), Box::new(Console)];
         if progress && std::io::stderr().is_terminal() {
             sinks.push(Box::new(Progress { bar: None, epochs }));
         }
-        Ok(Self { sinks })
+        Ok(Self { sinks, files: Some(files) })
+    }
+
+    /// Where the log files end now (call after [`Observers::flush`]); `None` without sinks.
+    pub fn log_mark(&self) -> Result<Option<LogMark>> {
+        let Some(files) = &self.files else { return Ok(None) };
+        let length = |path: &Path| -> Result<u64> {
+            Ok(std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len())
+        };
+        Ok(Some(LogMark {
+            metrics_bytes: length(&files.metrics)?,
+            events_file: files.events.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+            events_bytes: length(&files.events)?,
+        }))
     }
 
     /// No sinks: what ranks other than 0 use.
@@ -237,7 +290,12 @@ impl Observer for Console {
         };
         match record.section {
             Section::Eval => {
-                println!("epoch {} eval: top-1 {acc1:.2}% top-5 {acc5:.2}% loss {loss:.4}", record.epoch)
+                let left_out = record.get("unreadable").map(|n| format!(" ({n} unreadable images left out)"));
+                println!(
+                    "epoch {} eval: top-1 {acc1:.2}% top-5 {acc5:.2}% loss {loss:.4}{}",
+                    record.epoch,
+                    left_out.unwrap_or_default()
+                )
             }
             Section::EvalEma => {
                 println!("epoch {} eval (EMA): top-1 {acc1:.2}% top-5 {acc5:.2}%", record.epoch)

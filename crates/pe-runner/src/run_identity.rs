@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::load::to_toml;
 use crate::config::ExperimentConfig;
 
-/// Stored in every checkpoint (and once in the run folder) as `identity.json`.
+/// Stored in every checkpoint as `identity.json`.
 pub const FILE: &str = "identity.json";
 
 /// Keys a run may change when it resumes (`--resume --allow-change KEY`): how long it runs, how
@@ -181,6 +181,19 @@ pub fn validate_allowed(allowed: &[String]) -> Result<(), RunConflict> {
             "--allow-change {key}: only these keys may change when a run resumes: {}",
             RESUMABLE_KEYS.join(", ")
         ))),
+    }
+}
+
+/// Removes the `identity.json` that earlier versions wrote into the run folder at its first start:
+/// a start that never reached a checkpoint made it, and it must not make the corrected command
+/// "another experiment". Only checkpoints carry the identity now.
+pub fn remove_stale(run_dir: &Path) -> Result<()> {
+    let path = run_dir.join(FILE);
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
     }
 }
 

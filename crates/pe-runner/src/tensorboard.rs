@@ -9,30 +9,58 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Appends events to `events.out.tfevents.<time>.<host>.<pid>` in a run folder.
+/// The prefix of every event file's name; TensorBoard reads a folder's files in name order.
+const EVENT_FILE_PREFIX: &str = "events.out.tfevents.";
+
+/// Appends events to `events.out.tfevents.<time>.<host>.<pid>` in a run folder. I/O errors name
+/// the file.
 pub struct EventWriter {
     path: PathBuf,
     file: BufWriter<File>,
+    /// Bytes handed to `file` so far (on disk after `flush`).
+    written: u64,
 }
 
 impl EventWriter {
+    /// A new event file in `dir`. If its header cannot be written (a full disk) the file is
+    /// removed again rather than left empty.
     pub fn create(dir: &Path) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(|e| located(dir, e))?;
         let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
         let host = if host.is_empty() { "localhost".to_owned() } else { host };
-        let name = format!("events.out.tfevents.{}.{host}.{}", wall_time() as u64, std::process::id());
+        let name = format!("{EVENT_FILE_PREFIX}{}.{host}.{}", wall_time() as u64, std::process::id());
         let path = dir.join(name);
-        let mut writer = Self { file: BufWriter::new(File::create(&path)?), path };
+        let file = File::create(&path).map_err(|e| located(&path, e))?;
+        let mut writer = Self { file: BufWriter::new(file), path, written: 0 };
         let mut event = Proto::default();
         event.double(1, wall_time());
         event.bytes(3, b"brain.Event:2");
-        writer.record(&event.0)?;
-        writer.flush()?;
+        if let Err(e) = writer.record(&event.0).and_then(|()| writer.flush()) {
+            let _ = std::fs::remove_file(&writer.path);
+            return Err(e);
+        }
         Ok(writer)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Bytes written to the file, all of them on disk after [`EventWriter::flush`].
+    pub fn bytes_written(&self) -> u64 {
+        self.written
+    }
+
+    /// A `SessionLog.START` at `step`: TensorBoard then drops every point it had read for steps
+    /// `>= step` (a run resumed from a checkpoint at `step - 1` redoes them).
+    pub fn session_start(&mut self, step: u64) -> io::Result<()> {
+        let mut session_log = Proto::default();
+        session_log.varint(1, SESSION_LOG_START);
+        let mut event = Proto::default();
+        event.double(1, wall_time());
+        event.varint(2, step);
+        event.bytes(7, &session_log.0);
+        self.record(&event.0)
     }
 
     pub fn scalar(&mut self, tag: &str, value: f64, step: u64) -> io::Result<()> {
@@ -188,15 +216,55 @@ impl EventWriter {
     /// TFRecord framing: length, masked CRC of the length, data, masked CRC of the data.
     fn record(&mut self, data: &[u8]) -> io::Result<()> {
         let length = (data.len() as u64).to_le_bytes();
-        self.file.write_all(&length)?;
-        self.file.write_all(&masked_crc32c(&length).to_le_bytes())?;
-        self.file.write_all(data)?;
-        self.file.write_all(&masked_crc32c(data).to_le_bytes())
+        let framed = (|| {
+            self.file.write_all(&length)?;
+            self.file.write_all(&masked_crc32c(&length).to_le_bytes())?;
+            self.file.write_all(data)?;
+            self.file.write_all(&masked_crc32c(data).to_le_bytes())
+        })();
+        framed.map_err(|e| located(&self.path, e))?;
+        self.written += data.len() as u64 + 16;
+        Ok(())
     }
 
+    /// Writes out what is buffered and makes it durable (fsync).
     pub fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
+        self.file.flush().and_then(|()| self.file.get_ref().sync_data()).map_err(|e| located(&self.path, e))
     }
+}
+
+/// Cuts a run folder's TensorBoard history back to a checkpoint's: `keep` = (file, bytes) keeps
+/// that file's first `bytes` and removes the event files written after it (by later starts);
+/// `None` removes every event file (the run starts over).
+pub fn cut_back(dir: &Path, keep: Option<(&str, u64)>) -> io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other.map_err(|e| located(dir, e))?,
+    };
+    for entry in entries {
+        let path = entry.map_err(|e| located(dir, e))?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        if !name.starts_with(EVENT_FILE_PREFIX) {
+            continue;
+        }
+        match keep {
+            Some((kept, bytes)) if name == kept => {
+                let file =
+                    std::fs::OpenOptions::new().write(true).open(&path).map_err(|e| located(&path, e))?;
+                if file.metadata().map_err(|e| located(&path, e))?.len() > bytes {
+                    file.set_len(bytes).map_err(|e| located(&path, e))?;
+                }
+            }
+            Some((kept, _)) if name.as_str() < kept => {}
+            _ => std::fs::remove_file(&path).map_err(|e| located(&path, e))?,
+        }
+    }
+    Ok(())
+}
+
+/// An I/O error that names its file.
+fn located(path: &Path, error: io::Error) -> io::Error {
+    io::Error::new(error.kind(), format!("{}: {error}", path.display()))
 }
 
 /// Lets `pe_analyze::log_to_tensorboard` write spectra and per-layer metrics to a run's events.
@@ -213,6 +281,7 @@ impl pe_analyze::SummarySink for EventWriter {
 pub const HISTOGRAM_BUCKETS: usize = 30;
 const DT_FLOAT: u64 = 1;
 const DT_STRING: u64 = 7;
+const SESSION_LOG_START: u64 = 1;
 const HPARAMS_EXPERIMENT: &str = "_hparams_/experiment";
 const HPARAMS_SESSION_START: &str = "_hparams_/session_start_info";
 const HPARAMS_SESSION_END: &str = "_hparams_/session_end_info";

@@ -2,9 +2,7 @@
 //! schedule for learning rates and the loaders for data, evaluates, and hands metrics to the
 //! observers and state to the checkpointer (both on rank 0 only).
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -15,13 +13,14 @@ use tch::Tensor;
 
 use crate::batch::{self, Normalizer};
 use crate::checkpoint::{self, Checkpoints, TrainState};
-use crate::config::{load::to_toml, load_experiment, Experiment, ExperimentConfig};
+use crate::config::{load::to_toml, load_experiment, ConfigError, Experiment, ExperimentConfig};
 use crate::dist::Dist;
 use crate::evaluate::{evaluate, EvalResult, EvalSums};
-use crate::observers::{Observers, Record, Section};
+use crate::observers::{LogStart, Observers, Record, Section};
 use crate::run_identity::{self, DatasetIdentity, Identity, RunConflict, RunLock};
 use crate::schedule::Schedule;
 use crate::step_engine::{EngineConfig, StepEngine, StepReport, Targets};
+use crate::stop::StopRequest;
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -31,13 +30,17 @@ pub struct TrainArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
     /// Require a checkpoint to resume from (without it, a run resumes when its folder has one).
-    #[arg(long)]
+    #[arg(long, group = "resuming")]
     pub resume: bool,
+    /// Resume from this checkpoint of the run instead of the newest (`step-N`, `best`, `last`), e.g.
+    /// when the newest fails its content check; later checkpoints are dropped at the next save.
+    #[arg(long, value_name = "CHECKPOINT", group = "resuming")]
+    pub resume_from: Option<String>,
     /// The run's name, i.e. its folder under `logging.runs_dir` (default: the recipe's `name`).
     #[arg(long)]
     pub name: Option<String>,
     /// Keys this resume may change from the stored run (e.g. `train.epochs`), with --resume.
-    #[arg(long, num_args = 1.., value_name = "KEY", requires = "resume")]
+    #[arg(long, num_args = 1.., value_name = "KEY", requires = "resuming")]
     pub allow_change: Vec<String>,
 }
 
@@ -47,9 +50,9 @@ pub enum Outcome {
     Interrupted,
 }
 
-/// Trains the experiment of `args`. `interrupted` is set by the Ctrl-C handler `main` installs:
-/// the run then saves after the current step and returns [`Outcome::Interrupted`].
-pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Outcome> {
+/// Trains the experiment of `args`. When `stop` is requested (a signal: see [`crate::stop`]) the
+/// run saves after the current step and returns [`Outcome::Interrupted`].
+pub fn run(args: TrainArgs, stop: StopRequest) -> Result<Outcome> {
     let mut overrides = args.overrides.clone();
     if let Some(name) = &args.name {
         overrides.push(format!("name={name:?}"));
@@ -62,33 +65,33 @@ pub fn run(args: TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Outcome> {
     let dist = Dist::from_env(&config.train, device, &resolved)?;
     let device = dist.device(device);
     let run_dir = config.logging.runs_dir.join(&config.name);
-    let checkpoints = Checkpoints::new(&run_dir);
-    if args.resume && checkpoints.last().is_none() {
-        bail!("--resume: {} has no checkpoint", run_dir.display());
-    }
+    // Everything that can refuse the recipe (data, batch sizes, the model) comes before the run
+    // folder is touched: a refused start leaves nothing behind.
+    let mut trainer = TrainLoop::new(&experiment, dist, device, run_dir.clone(), stop)?;
     // Held until the process exits: one writer per run folder.
-    let _lock = if dist.is_main() {
+    let _lock = if trainer.dist.is_main() {
         std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
         Some(RunLock::acquire(&run_dir)?)
     } else {
         None
     };
-    let mut trainer = TrainLoop::new(&experiment, dist, device, run_dir, checkpoints, interrupted)?;
-    trainer.claim_run_folder(&args.allow_change, args.resume)?;
+    let start = trainer.start_point(&args)?;
+    let resuming = args.resume || args.resume_from.is_some();
+    trainer.claim_run_folder(start.as_ref(), &args.allow_change, resuming)?;
     if trainer.dist.is_main() {
         println!("# resolved experiment {} (from {})\n{resolved}", config.name, args.experiment.display());
     }
-    trainer.resume()?;
+    trainer.resume(start)?;
     trainer.dist.join_engine(&mut trainer.engine)?;
     trainer.fit()
 }
 
-/// Writes `text` to `path` unless the file exists (the run's first resolved recipe stays as it was).
-fn write_once(path: &Path, text: &str) -> Result<()> {
-    if path.exists() {
-        return Ok(());
-    }
-    Ok(pe_data::atomic_file::write(path, text)?)
+/// The checkpoint a run continues from, read and checked.
+struct Start {
+    dir: PathBuf,
+    state: TrainState,
+    /// Why this checkpoint and not the one `last` names, when `last` was broken.
+    why: Option<String>,
 }
 
 fn data_error(config: &ExperimentConfig, error: pe_data::Error) -> anyhow::Error {
@@ -115,7 +118,7 @@ struct TrainLoop {
     state: TrainState,
     checkpoints: Checkpoints,
     observers: Observers,
-    interrupted: Arc<AtomicBool>,
+    stop: StopRequest,
     /// The step at which the losses were last checked to be finite (see `check_losses_finite`).
     losses_checked_at: u64,
 }
@@ -126,8 +129,7 @@ impl TrainLoop {
         dist: Dist,
         device: tch::Device,
         run_dir: PathBuf,
-        checkpoints: Checkpoints,
-        interrupted: Arc<AtomicBool>,
+        stop: StopRequest,
     ) -> Result<Self> {
         let config = experiment.config.clone();
         let train = &config.train;
@@ -163,12 +165,19 @@ impl TrainLoop {
         }
         let steps_per_epoch = train_loader.batches_per_epoch() / train.accum_steps;
         if steps_per_epoch == 0 {
-            bail!(
-                "an epoch of {} samples has no full optimizer step of batch_size {} × accum_steps {}",
-                train_loader.samples_per_epoch(),
-                train.batch_size,
-                train.accum_steps
-            );
+            return Err(ConfigError {
+                location: experiment.source.display().to_string(),
+                key: Some("train.batch_size".into()),
+                message: format!(
+                    "an epoch of {} samples (this process's share of {}) has no full optimizer step of \
+                     batch_size {} × accum_steps {}",
+                    train_loader.samples_per_epoch(),
+                    train_loader.location().display(),
+                    train.batch_size,
+                    train.accum_steps
+                ),
+            }
+            .into());
         }
 
         tch::manual_seed(train.seed as i64);
@@ -184,6 +193,7 @@ impl TrainLoop {
         };
         let identity = Identity::new(&config, dataset);
         Ok(Self {
+            checkpoints: Checkpoints::new(&run_dir),
             config,
             dist,
             run_dir,
@@ -196,84 +206,122 @@ impl TrainLoop {
             steps_per_epoch,
             identity,
             state: TrainState { world: world as u64, ..TrainState::default() },
-            checkpoints,
             // Opened by `claim_run_folder` once the folder is known to hold this experiment: a
             // refused run must not leave an event file in someone else's run.
             observers: Observers::none(),
-            interrupted,
+            stop,
             losses_checked_at: 0,
         })
     }
 
-    /// Makes sure the run folder holds this experiment: compares with what its last checkpoint (or,
-    /// before the first checkpoint, its first start) recorded, refusing any change not allowed.
-    /// A new folder records this run's identity and resolved recipe. Then opens the observers
-    /// (TensorBoard, metrics.jsonl, console), so a refused run writes nothing into the folder.
-    fn claim_run_folder(&mut self, allowed: &[String], resume: bool) -> Result<()> {
-        let last = self.checkpoints.last();
-        let stored = match &last {
-            Some(dir) => Identity::read(dir)?,
-            None => Identity::read(&self.run_dir)?,
+    /// The checkpoint this start continues from: `--resume-from`'s, else the newest (see
+    /// [`Checkpoints::latest`]); `None` for a new run. Its files are checked against their content
+    /// hashes before anything is written.
+    fn start_point(&self, args: &TrainArgs) -> Result<Option<Start>> {
+        let (dir, why) = match &args.resume_from {
+            Some(name) => (self.checkpoints.named(name)?, None),
+            None => match self.checkpoints.latest() {
+                Some(latest) => (latest.dir, latest.why),
+                None if args.resume => bail!("--resume: {} has no checkpoint", self.run_dir.display()),
+                None => return Ok(None),
+            },
         };
-        if let (Some(dir), None, false) = (&last, &stored, resume) {
+        let state = checkpoint::read_state(&dir)?;
+        checkpoint::verify(&dir, None).map_err(|error| self.with_older_checkpoints(error, state.step))?;
+        Ok(Some(Start { dir, state, why }))
+    }
+
+    /// Adds to a checkpoint's error the older checkpoints the run could continue from instead.
+    fn with_older_checkpoints(&self, error: anyhow::Error, step: u64) -> anyhow::Error {
+        let older: Vec<String> = self
+            .checkpoints
+            .steps()
+            .iter()
+            .filter(|(s, _)| *s < step)
+            .map(|(s, _)| format!("step-{s}"))
+            .collect();
+        match older.last() {
+            Some(newest) => error.context(format!(
+                "Continue from an older checkpoint with --resume-from {newest} (this run has {})",
+                older.join(", ")
+            )),
+            None => error.context("This run has no older checkpoint; start a new run with --name NEW_NAME"),
+        }
+    }
+
+    /// Makes sure the run folder holds this experiment: compares with what the checkpoint it
+    /// continues from recorded, refusing any change not allowed. Then opens the observers
+    /// (TensorBoard, metrics.jsonl, console) with the logs cut back to that checkpoint, so a
+    /// refused run writes nothing into the folder and a resumed one has one history.
+    fn claim_run_folder(&mut self, start: Option<&Start>, allowed: &[String], resume: bool) -> Result<()> {
+        let stored = match start {
+            Some(start) => Identity::read(&start.dir)?,
+            None => None,
+        };
+        if let (Some(start), None, false) = (start, &stored, resume) {
             // Written before runs recorded their identity: nothing says which experiment it holds.
             return Err(RunConflict(format!(
                 "{} has no identity.json (it was written before checkpoints recorded their experiment), \
                  so it cannot be checked that it holds this one. Nothing was changed. Continue it as this \
                  experiment with --resume, or start a new run with --name NEW_NAME",
-                dir.display()
+                start.dir.display()
             ))
             .into());
         }
         let main = self.dist.is_main();
-        match stored {
-            Some(stored) => {
-                let changes = self.identity.changes_since(&stored)?;
-                run_identity::check_resume(&changes, allowed, &self.run_dir)?;
-                if main && !changes.is_empty() {
-                    let step =
-                        last.map(|dir| checkpoint::read_state(&dir)).transpose()?.map_or(0, |s| s.step);
-                    run_identity::record_changes(&self.run_dir, step, &changes)?;
-                }
+        if let (Some(stored), Some(start)) = (stored, start) {
+            let changes = self.identity.changes_since(&stored)?;
+            run_identity::check_resume(&changes, allowed, &self.run_dir)?;
+            if main && !changes.is_empty() {
+                run_identity::record_changes(&self.run_dir, start.state.step, &changes)?;
             }
-            None if main => {
-                self.identity.write(&self.run_dir)?;
-                write_once(&self.run_dir.join("config.toml"), &self.identity.config)?;
+        }
+        if !main {
+            return Ok(());
+        }
+        let logs = match start {
+            Some(start) => LogStart::Continue { step: start.state.step, mark: start.state.logs.as_ref() },
+            None => {
+                // No checkpoint: whatever an earlier start left (it never saved) is redone now.
+                run_identity::remove_stale(&self.run_dir)?;
+                pe_data::atomic_file::write(&self.run_dir.join("config.toml"), &self.identity.config)?;
+                LogStart::Fresh
             }
-            None => {}
-        }
-        if main {
-            self.observers = Observers::for_run(&self.run_dir, &self.config)?;
-        }
+        };
+        self.observers = Observers::for_run(&self.run_dir, &self.config, &logs)?;
         Ok(())
     }
 
-    /// Continues from the folder's last checkpoint, if any.
-    fn resume(&mut self) -> Result<()> {
-        let Some(dir) = self.checkpoints.last() else { return Ok(()) };
-        self.restore(&dir)?;
-        if self.dist.is_main() {
-            println!("resumed from {} (step {}, epoch {})", dir.display(), self.state.step, self.state.epoch);
-        }
-        Ok(())
-    }
-
-    fn restore(&mut self, dir: &Path) -> Result<()> {
-        let state = checkpoint::read_state(dir)?;
+    /// Continues from `start`, if any; rank 0 makes it the run's `last`.
+    fn resume(&mut self, start: Option<Start>) -> Result<()> {
+        let Some(start) = start else { return Ok(()) };
         let world = self.dist.world as u64;
+        let state = &start.state;
         if state.world != world && state.batch_in_epoch > 0 {
             bail!(
                 "{} was saved by {} process(es) in the middle of epoch {}; this run has {world}. Resume \
                  it with {} process(es), or from a checkpoint at an epoch boundary",
-                dir.display(),
+                start.dir.display(),
                 state.world,
                 state.epoch + 1,
                 state.world
             );
         }
-        self.engine.restore_checkpoint(dir, state.scaler.as_ref())?;
-        self.state = TrainState { world, ..state };
+        self.engine.restore_checkpoint(&start.dir, state.scaler.as_ref())?;
+        self.state = TrainState { world, ..start.state.clone() };
         self.losses_checked_at = self.state.step;
+        if self.dist.is_main() {
+            if let Some(why) = &start.why {
+                tracing::warn!("{why}");
+            }
+            self.checkpoints.continue_from(&start.dir, self.state.step)?;
+            println!(
+                "resumed from {} (step {}, epoch {})",
+                start.dir.display(),
+                self.state.step,
+                self.state.epoch
+            );
+        }
         Ok(())
     }
 
@@ -287,13 +335,14 @@ impl TrainLoop {
         }
         self.state.scaler = self.engine.scaler_state();
         // Flushed before the checkpoint is published: whoever sees a checkpoint (a resume after a
-        // SIGKILL) finds every point logged up to it in TensorBoard and metrics.jsonl.
+        // SIGKILL) finds every point logged up to it in TensorBoard and metrics.jsonl, and the
+        // checkpoint says where those logs end, so a resume can drop what came after.
         self.observers.flush()?;
-        let (engine, state, identity) = (&self.engine, &self.state, &self.identity);
-        let dir = self.checkpoints.save(state.step, best, |dir| {
+        self.state.logs = self.observers.log_mark()?;
+        let (engine, identity) = (&self.engine, &self.identity);
+        let dir = self.checkpoints.save(&self.state, best, |dir| {
             engine.write_checkpoint(dir)?;
-            identity.write(dir)?;
-            checkpoint::write_state(dir, state)
+            identity.write(dir)
         })?;
         Ok(Some(dir))
     }
@@ -354,8 +403,10 @@ impl TrainLoop {
         if let Some((result, ema)) = last {
             let ema = ema.map(|e| format!(" (EMA {:.2}%)", e.acc1)).unwrap_or_default();
             println!(
-                "final top-1 {:.2}% top-5 {:.2}%{ema} on {} images",
-                result.acc1, result.acc5, result.samples
+                "final top-1 {:.2}% top-5 {:.2}%{ema} on {}",
+                result.acc1,
+                result.acc5,
+                result.counted()
             );
         }
         if let Some(epoch) = self.state.best_epoch {
@@ -368,10 +419,16 @@ impl TrainLoop {
         );
     }
 
-    /// Evaluates a model on every rank's shard and adds the shards up.
-    fn evaluate_sharded(&self, model: &pe_models::Model) -> Result<EvalResult> {
+    /// Evaluates a model on every rank's shard and adds the shards up; each rank names the
+    /// unreadable images of its shard.
+    fn evaluate_sharded(&self, model: &pe_models::Model, epoch: u64) -> Result<EvalResult> {
         let engine = &self.engine;
-        let sums = evaluate(model, &self.eval_loader, &self.normalizer, engine.device, &engine.precision)?;
+        let (sums, bad) =
+            evaluate(model, &self.eval_loader, &self.normalizer, engine.device, &engine.precision)?;
+        if bad.count > 0 {
+            let location = self.eval_loader.location().display();
+            tracing::warn!("{location}, evaluation after epoch {}: left out {bad}", epoch + 1);
+        }
         let mut totals = sums.to_array();
         self.dist.sum(&mut totals)?;
         EvalSums::from_array(totals).result()
@@ -379,16 +436,24 @@ impl TrainLoop {
 
     fn evaluate_and_save(&mut self, epoch: u64) -> Result<(EvalResult, Option<EvalResult>)> {
         self.dist.sync_buffers(&self.engine)?;
-        let result = self.evaluate_sharded(&self.engine.model)?;
+        let result = self.evaluate_sharded(&self.engine.model, epoch)?;
         let ema = match &self.engine.ema {
-            Some(ema) => Some(self.evaluate_sharded(&ema.model)?),
+            Some(ema) => Some(self.evaluate_sharded(&ema.model, epoch)?),
             None => None,
         };
         let step = self.state.step;
         for (section, r) in [(Section::Eval, Some(result)), (Section::EvalEma, ema)] {
             let Some(r) = r else { continue };
-            let values =
-                [("acc1", r.acc1), ("acc5", r.acc5), ("loss", r.loss), ("samples", r.samples as f64)];
+            let mut values =
+                vec![("acc1", r.acc1), ("acc5", r.acc5), ("loss", r.loss), ("samples", r.samples as f64)];
+            if r.unreadable > 0 {
+                values.push(("unreadable", r.unreadable as f64));
+            }
+            self.observers.record(&Record { section, step, epoch: epoch + 1, values: &values })?;
+        }
+        if result.unreadable > 0 {
+            let values = [("count", result.unreadable as f64)];
+            let section = Section::Event("eval_bad_files");
             self.observers.record(&Record { section, step, epoch: epoch + 1, values: &values })?;
         }
         let best = result.acc1 > self.state.best_acc1 || self.state.best_epoch.is_none();
@@ -511,10 +576,10 @@ impl TrainLoop {
         Ok(())
     }
 
-    /// Whether Ctrl-C asks the run to stop after this step. With several processes the ranks must
+    /// Whether a signal asks the run to stop after this step. With several processes the ranks must
     /// agree on the step, which costs a collective and a host sync: they agree at logging steps only.
     fn stop_requested(&self, logged: bool) -> Result<bool> {
-        let pressed = self.interrupted.load(Ordering::SeqCst);
+        let pressed = self.stop.is_requested();
         if self.dist.world == 1 {
             return Ok(pressed);
         }

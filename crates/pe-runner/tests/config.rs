@@ -168,3 +168,35 @@ fn the_binary_exits_2_and_starts_nothing_on_a_bad_recipe() {
     assert!(stderr.contains("bad.toml:12") && stderr.contains("logging.every_step"), "{stderr}");
     assert!(!runs.exists(), "nothing is started");
 }
+
+#[test]
+fn infinite_and_nan_numbers_are_rejected_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (set, key) in [
+        ("optimizer.lr=inf", "optimizer.lr"),
+        ("optimizer.lr=nan", "optimizer.lr"),
+        ("optimizer.weight_decay=inf", "optimizer.weight_decay"),
+        ("optimizer.clip_grad=inf", "optimizer.clip_grad"),
+        ("schedule.min_lr=inf", "schedule.min_lr"),
+        ("schedule.warmup_lr=nan", "schedule.warmup_lr"),
+        ("data.color_jitter=inf", "data"),
+    ] {
+        let error = error_of(dir.path(), MINIMAL, &[set]);
+        assert_eq!(error.key.as_deref(), Some(key), "{set}: {error}");
+        assert_eq!(error.location, format!("--set {set}"), "{set}: {error}");
+    }
+}
+
+#[test]
+fn batches_larger_than_the_machine_are_refused_before_anything_allocates_them() {
+    let dir = tempfile::tempdir().unwrap();
+    // 8 images of 3 × 100000² bytes: 240 GB a batch.
+    let error = error_of(dir.path(), MINIMAL, &["data.img_size=100000"]);
+    assert_eq!(error.key.as_deref(), Some("data.img_size"), "{error}");
+    assert!(error.message.contains("data.img_size = 100000") && error.message.contains("GiB"), "{error}");
+    let error = error_of(dir.path(), MINIMAL, &["train.batch_size=1000000000"]);
+    assert_eq!(error.key.as_deref(), Some("train.batch_size"), "{error}");
+    assert!(error.message.contains("batches of 1000000000 images"), "{error}");
+    // The shipped ImageNet recipes fit comfortably (256 × 3 × 224² per batch).
+    assert!(load_experiment(&experiments_dir().join("resnet50.toml"), &[]).is_ok());
+}

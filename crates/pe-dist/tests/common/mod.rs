@@ -26,8 +26,10 @@ fn test_args(test: &str) -> [&str; 4] {
 /// Runs `test` as `nproc` ranks through the crate's own launcher; panics if a rank fails.
 pub fn launch_ranks(test: &str, nproc: usize) {
     let exe = std::env::current_exe().expect("test binary path");
-    if let Err(e) = Launch::new(nproc, exe).args(&test_args(test)).env(WORKER_VAR, "1").run() {
-        panic!("{e} (its panic message is printed above)");
+    match Launch::new(nproc, exe).args(&test_args(test)).env(WORKER_VAR, "1").run() {
+        Ok(pe_dist::Ended::Finished) => {}
+        Ok(stopped) => panic!("the ranks were stopped: {stopped:?}"),
+        Err(e) => panic!("{e} (its panic message is printed above)"),
     }
 }
 

@@ -229,6 +229,18 @@ impl Default for LoggingConfig {
     }
 }
 
+/// This machine's memory (MemTotal of /proc/meminfo), if it can be read.
+fn host_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
 /// A validation failure: the dotted key and what was expected.
 pub struct Invalid {
     pub key: &'static str,
@@ -273,14 +285,22 @@ impl ExperimentConfig {
             format!("expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got {:?}", t.device)
         })?;
         let o = &self.optimizer;
-        ensure(o.lr > 0.0, "optimizer.lr", || format!("must be positive, got {}", o.lr))?;
-        ensure(o.weight_decay >= 0.0, "optimizer.weight_decay", || "must be >= 0".into())?;
+        ensure(o.lr.is_finite() && o.lr > 0.0, "optimizer.lr", || {
+            format!("must be a finite positive number, got {}", o.lr)
+        })?;
+        ensure(o.weight_decay.is_finite() && o.weight_decay >= 0.0, "optimizer.weight_decay", || {
+            format!("must be finite and >= 0, got {}", o.weight_decay)
+        })?;
         ensure((0.0..1.0).contains(&o.momentum), "optimizer.momentum", || "must be in [0, 1)".into())?;
         ensure(o.betas.iter().all(|b| (0.0..1.0).contains(b)), "optimizer.betas", || {
             "must be in [0, 1)".into()
         })?;
-        ensure(o.eps > 0.0, "optimizer.eps", || "must be positive".into())?;
-        ensure(o.clip_grad >= 0.0, "optimizer.clip_grad", || "must be >= 0 (0 = off)".into())?;
+        ensure(o.eps.is_finite() && o.eps > 0.0, "optimizer.eps", || {
+            format!("must be a finite positive number, got {}", o.eps)
+        })?;
+        ensure(o.clip_grad.is_finite() && o.clip_grad >= 0.0, "optimizer.clip_grad", || {
+            format!("must be finite and >= 0 (0 = off), got {}", o.clip_grad)
+        })?;
         ensure(!(o.nesterov && o.momentum == 0.0), "optimizer.nesterov", || "needs momentum > 0".into())?;
         let s = &self.schedule;
         ensure(
@@ -288,9 +308,16 @@ impl ExperimentConfig {
             "schedule.warmup_epochs",
             || format!("must be in [0, train.epochs = {}), got {}", t.epochs, s.warmup_epochs),
         )?;
-        ensure(s.min_lr >= 0.0 && s.warmup_lr >= 0.0, "schedule.min_lr", || "lrs must be >= 0".into())?;
+        let lr_ok = |lr: f64| lr.is_finite() && lr >= 0.0;
+        ensure(lr_ok(s.min_lr), "schedule.min_lr", || format!("must be finite and >= 0, got {}", s.min_lr))?;
+        ensure(lr_ok(s.warmup_lr), "schedule.warmup_lr", || {
+            format!("must be finite and >= 0, got {}", s.warmup_lr)
+        })?;
         ensure(s.name != ScheduleKind::Step || s.decay_epochs > 0.0, "schedule.decay_epochs", || {
             "must be positive for the step schedule".into()
+        })?;
+        ensure(s.decay_rate.is_finite() && s.decay_rate > 0.0, "schedule.decay_rate", || {
+            format!("must be a finite positive number, got {}", s.decay_rate)
         })?;
         ensure(self.eval.every_epochs >= 1, "eval.every_epochs", || "must be at least 1".into())?;
         ensure(self.logging.every_steps >= 1, "logging.every_steps", || "must be at least 1".into())?;
@@ -301,6 +328,42 @@ impl ExperimentConfig {
                 self.data.img_size
             )
         })?;
+        if let Some(memory) = host_memory_bytes() {
+            self.check_batches_fit(memory)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses batches that cannot fit in `memory` bytes before anything allocates them (an
+    /// allocation that large aborts the process). What is counted is a floor: the loader's
+    /// `prefetch + 1` uint8 batches and one float32 copy for the model, no activations.
+    fn check_batches_fit(&self, memory: u64) -> Result<(), Invalid> {
+        let side = self.data.img_size as u64;
+        let image = 3u64.saturating_mul(side).saturating_mul(side);
+        // uint8 batches (prefetch + 1) plus a float copy (4 bytes a value).
+        let copies = self.data.prefetch as u64 + 1 + 4;
+        for (key, batch) in
+            [("train.batch_size", self.train.batch_size), ("eval.batch_size", self.eval_batch_size())]
+        {
+            let needed = image.saturating_mul(batch as u64).saturating_mul(copies);
+            if needed <= memory {
+                continue;
+            }
+            // Blame the image size when a single image is already too large.
+            let key = if image.saturating_mul(copies) > memory / 64 { "data.img_size" } else { key };
+            return Err(Invalid {
+                key,
+                message: format!(
+                    "batches of {batch} images at data.img_size = {side} need at least {} ({} per uint8 \
+                     batch, {} of them in the loader (data.prefetch + 1) and a float32 copy), more than \
+                     this machine's {} of memory",
+                    gib(needed),
+                    gib(image.saturating_mul(batch as u64)),
+                    self.data.prefetch + 1,
+                    gib(memory)
+                ),
+            });
+        }
         Ok(())
     }
 
