@@ -86,3 +86,52 @@ def test_a_killed_run_keeps_every_event_up_to_its_last_checkpoint(tmp_path):
     events.Reload()
     steps = {e.step for e in events.Scalars("train/loss")}
     assert set(range(1, saved + 1)) <= steps, f"checkpoint at step {saved}, events for {sorted(steps)}"
+
+
+def _kill_after_steps(recipe, run_dir, steps, *extra):
+    """Starts `pe train`, SIGKILLs it once metrics.jsonl has `steps` train lines."""
+    process = subprocess.Popen([PE, "train", str(recipe), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and metrics.read_text().count('"type":"train"') >= steps:
+            break
+        time.sleep(0.005)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.kill()
+    process.wait()
+
+
+def _steps(run_dir, tag):
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return [e.step for e in events.Scalars(tag)]
+
+
+def test_a_killed_and_resumed_run_is_one_series_in_tensorboard(tmp_path):
+    import json
+
+    make_image_folder(tmp_path / "data")
+    recipe = tmp_path / "tb.toml"
+    recipe.write_text(RECIPE.format(data=tmp_path / "data", runs=tmp_path / "runs").replace("epochs = 2", "epochs = 6"))
+    run_dir = tmp_path / "runs" / "tb"
+    every = ("--set", "train.checkpoint_every_steps=3")
+    # Killed past the checkpoint at step 3: steps 4.. were logged and are trained again.
+    _kill_after_steps(recipe, run_dir, 5, *every)
+    run_pe("train", recipe, *every)
+    assert _steps(run_dir, "train/loss") == list(range(1, 25))
+    assert _steps(run_dir, "eval/acc1") == [4, 8, 12, 16, 20, 24]
+
+    # A checkpoint from before checkpoints recorded where the logs ended: the old event files stay,
+    # and the resumed run's session start makes TensorBoard drop what lay beyond the checkpoint.
+    recipe2 = tmp_path / "tb2.toml"
+    recipe2.write_text(recipe.read_text())
+    run2 = tmp_path / "runs" / "tb2"
+    _kill_after_steps(recipe2, run2, 5, *every)
+    last = (run2 / "checkpoints" / "last").resolve()
+    state = json.loads((last / "state.json").read_text())
+    del state["logs"]
+    (last / "state.json").write_text(json.dumps(state))
+    run_pe("train", recipe2, *every)
+    assert len(list(run2.glob("events.out.tfevents.*"))) == 2
+    assert _steps(run2, "train/loss") == list(range(1, 25))

@@ -233,3 +233,23 @@ fn another_process_count_resumes_at_an_epoch_boundary_and_is_refused_inside_an_e
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("saved by 2 process(es)") && stderr.contains("this run has 1"), "{stderr}");
 }
+
+#[test]
+fn ctrl_c_and_sigterm_to_pe_launch_save_once_and_exit_128_plus_the_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
+        let (recipe, run) = resnet_run(dir.path(), &format!("stop{code}"), 60);
+        let text = std::fs::read_to_string(&recipe).unwrap().replace("epochs = 2", "epochs = 40");
+        std::fs::write(&recipe, text).unwrap();
+        let mut launcher = launch(2).arg("train").arg(&recipe).stdout(Stdio::null()).spawn().unwrap();
+        wait_for_steps(&mut launcher, &run, 2);
+        let sent = Command::new("kill").args([signal, &launcher.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+        let status = launcher.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "pe launch after kill {signal}");
+        let last = std::fs::canonicalize(run.join("checkpoints/last")).expect("a checkpoint");
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(last.join("state.json")).unwrap()).unwrap();
+        assert_eq!(state["step"].as_u64().unwrap(), step_losses(&run).len() as u64, "saved where it stopped");
+    }
+}

@@ -101,30 +101,6 @@ fn a_missing_dataset_stops_at_once_naming_the_layout() {
 }
 
 #[test]
-fn ctrl_c_saves_a_checkpoint_and_exits_130() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    tiny_image_folder(&data, 3, 20, 2, 24);
-    let runs = dir.path().join("runs");
-    // No periodic checkpoints: the one after Ctrl-C is the first.
-    let recipe = tiny_recipe(dir.path(), "sigint", &data, &runs, "", "");
-    let text = std::fs::read_to_string(&recipe)
-        .unwrap()
-        .replace("checkpoint_every_steps = 1", "checkpoint_every_steps = 0");
-    std::fs::write(&recipe, text).unwrap();
-    let run = runs.join("sigint");
-    let mut child = start_and_wait_for_steps(&recipe, &run, 2);
-    std::process::Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
-    let saved = std::fs::canonicalize(run.join("checkpoints/last")).expect("a checkpoint was saved");
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(saved.join("state.json")).unwrap()).unwrap();
-    let step = state["step"].as_u64().unwrap();
-    assert!(step >= 2 && step == step_losses(&run).len() as u64, "saved at the last finished step");
-}
-
-#[test]
 fn bf16_and_fp16_autocast_train_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
