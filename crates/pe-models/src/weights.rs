@@ -9,14 +9,16 @@ use std::path::{Path, PathBuf};
 
 use tch::{nn, Kind, Tensor};
 
+/// The reasons are kept as text in the message (not as an error source), so a report that prints
+/// the whole chain names the file once.
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
-    #[error("reading weights {path}: {source}")]
-    Read { path: PathBuf, source: tch::TchError },
-    #[error("writing weights {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
-    #[error("writing weights {path}: {source}")]
-    Encode { path: PathBuf, source: tch::TchError },
+    #[error("no weights file {path}")]
+    Missing { path: PathBuf },
+    #[error("reading weights {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("writing weights {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
     #[error("weights {path} do not fit the model:{}{}{}", list("missing", .missing), list("unexpected", .unexpected), list("wrong shape", .mismatched))]
     Mismatch { path: PathBuf, missing: Vec<String>, unexpected: Vec<String>, mismatched: Vec<String> },
 }
@@ -59,15 +61,25 @@ pub fn save(vs: &nn::VarStore, path: &Path) -> Result<(), WeightsError> {
         .collect();
     let tmp = path.with_extension("safetensors.tmp");
     Tensor::write_safetensors(&tensors, &tmp)
-        .map_err(|source| WeightsError::Encode { path: path.into(), source })?;
-    std::fs::rename(&tmp, path).map_err(|source| WeightsError::Write { path: path.into(), source })
+        .map_err(|e| WeightsError::Write { path: path.into(), reason: reason(&e, &tmp) })?;
+    std::fs::rename(&tmp, path).map_err(|e| WeightsError::Write { path: path.into(), reason: e.to_string() })
+}
+
+/// tch's message without the path it repeats (`safetensors error PATH: ...`).
+fn reason(error: &tch::TchError, path: &Path) -> String {
+    let text = error.to_string();
+    let prefix = format!("safetensors error {}: ", path.display());
+    text.strip_prefix(&prefix).map_or_else(|| text.clone(), str::to_owned)
 }
 
 /// Loads `path` into `vs` strictly: every variable must be present with the same shape, and
 /// the file may hold nothing else (BN counters aside). Values are cast to each variable's kind.
 pub fn load(vs: &nn::VarStore, path: &Path) -> Result<(), WeightsError> {
+    if !path.exists() {
+        return Err(WeightsError::Missing { path: path.into() });
+    }
     let file: HashMap<String, Tensor> = Tensor::read_safetensors(path)
-        .map_err(|source| WeightsError::Read { path: path.into(), source })?
+        .map_err(|e| WeightsError::Read { path: path.into(), reason: reason(&e, path) })?
         .into_iter()
         .collect();
     let variables = vs.variables();
