@@ -20,9 +20,9 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// NCCL when CUDA is available, Gloo otherwise (torch's default choice).
-    pub fn auto() -> Self {
-        if tch::Cuda::is_available() {
+    /// The backend for tensors on `device`: NCCL for CUDA, Gloo otherwise (what torch picks).
+    pub fn for_device(device: tch::Device) -> Self {
+        if device.is_cuda() {
             Backend::Nccl
         } else {
             Backend::Gloo

@@ -1,8 +1,52 @@
 //! Turning a host `pe_data::Batch` (uint8 NCHW) into normalised, optionally mixed, device tensors.
 
 use pe_data::mixup::{partner, MixKind};
-use pe_data::{Batch, MixPlan, Mixup};
+use pe_data::{Batch, DataConfig, MixPlan, Mixup};
 use tch::{Device, Kind, Tensor};
+
+use crate::step_engine::Targets;
+
+/// What the model trains on, made from each host batch on the device: normalised images and,
+/// when the recipe mixes, the Mixup/CutMix images with soft targets (else the labels). Each batch's
+/// mix is a function of (seed, epoch, batch, rank), so a resumed run mixes as the first one did.
+pub struct TrainInputs {
+    normalizer: Normalizer,
+    mixup: Option<Mixup>,
+    seed: u64,
+    rank: u64,
+    device: Device,
+}
+
+impl TrainInputs {
+    pub fn new(data: &DataConfig, classes: usize, seed: u64, rank: usize, device: Device) -> Self {
+        Self {
+            normalizer: Normalizer::new(data.mean, data.std, device),
+            mixup: Mixup::from_config(data, classes),
+            seed,
+            rank: rank as u64,
+            device,
+        }
+    }
+
+    /// The normaliser (evaluation uses it unmixed).
+    pub fn normalizer(&self) -> &Normalizer {
+        &self.normalizer
+    }
+
+    /// Float images [B, 3, H, W] and their targets, on the device.
+    pub fn prepare(&self, batch: &Batch) -> (Tensor, Targets) {
+        let (images, labels) = to_device(batch, self.device);
+        let images = self.normalizer.apply(&images);
+        match &self.mixup {
+            Some(mixup) => {
+                let plan = mixup.plan_for(self.seed, batch.epoch, batch.index, self.rank, batch.h, batch.w);
+                let targets = soft_targets(mixup, &batch.labels, &plan, self.device);
+                (mix(&images, &plan), Targets::Soft(targets))
+            }
+            None => (images, Targets::Labels(labels)),
+        }
+    }
+}
 
 /// Per-channel normalisation applied on the device, so the host→device copy stays uint8.
 pub struct Normalizer {

@@ -8,7 +8,7 @@
 //! sides see the same machine at the same moments.
 
 use std::io::BufRead;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 
 use pe_models::ModelConfig;
 
-use crate::config::{Amp, OptimizerConfig, OptimizerKind, TrainConfig};
+use crate::config::{Amp, DeviceChoice, DistBackend, OptimizerConfig, OptimizerKind};
 use crate::dist::Dist;
 use crate::step_engine::{EngineConfig, StepEngine, Targets, CUDA_GRAPH_WARMUP_STEPS};
 
@@ -43,7 +43,7 @@ pub struct BenchArgs {
     threads: i32,
     /// cpu, cuda, cuda:N or auto (CUDA when libtorch sees a GPU).
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceChoice,
     /// Autocast dtype, as `train.amp`: off, bf16 or fp16.
     #[arg(long, default_value = "off")]
     amp: String,
@@ -86,7 +86,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.threads > 0 {
         tch::set_num_threads(args.threads);
     }
-    let device = crate::device::resolve(&args.device)?;
+    let device = args.device.resolve()?;
     if device.is_cuda() {
         // As `pe train` does: cuDNN picks the fastest convolution algorithms for the fixed shapes.
         tch::Cuda::cudnn_set_benchmark(true);
@@ -112,11 +112,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     // Under `pe launch`/torchrun every rank runs this bench: the engine then reduces gradients as
     // in training and rank 0 reports the whole world's throughput.
-    let dist = Dist::from_env(
-        &TrainConfig { dist_timeout_s: 300, ..TrainConfig::default() },
-        device,
-        &format!("{args:?}"),
-    )?;
+    let dist = Dist::from_env(DistBackend::Auto, Duration::from_secs(300), device, &format!("{args:?}"))?;
     let device = dist.device(device);
     let mut engine = StepEngine::new(&config, device)?;
     dist.join_engine(&mut engine)?;

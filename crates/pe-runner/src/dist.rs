@@ -10,9 +10,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tch::{Device, Kind, Tensor};
 
-use pe_dist::{Backend, DistEnv, ProcessGroup, ReduceOp, Reducer, ReducerOptions};
+use pe_dist::{DistEnv, ProcessGroup, ReduceOp, Reducer, ReducerOptions};
 
-use crate::config::TrainConfig;
+use crate::config::DistBackend;
 use crate::step_engine::{GradSync, StepEngine};
 
 pub struct Dist {
@@ -29,18 +29,17 @@ impl Dist {
         Self { rank: 0, world: 1, local_rank: 0, group: None }
     }
 
-    /// Joins the ranks torchrun's environment names (a one-process run when it names none),
-    /// with `train.dist_backend` ("auto": NCCL on CUDA, Gloo on CPU) and `train.dist_timeout_s`,
-    /// and checks that every rank resolved the same recipe.
-    pub fn from_env(train: &TrainConfig, device: Device, resolved_recipe: &str) -> Result<Self> {
+    /// Joins the ranks torchrun's environment names (a one-process run when it names none) with
+    /// `backend` for `device`, each collective waiting at most `timeout` for the others, and
+    /// checks that every rank resolved the same recipe.
+    pub fn from_env(
+        backend: DistBackend,
+        timeout: Duration,
+        device: Device,
+        resolved_recipe: &str,
+    ) -> Result<Self> {
         let Some(env) = DistEnv::from_env()? else { return Ok(Self::single()) };
-        let backend = match train.dist_backend.as_str() {
-            "auto" if device.is_cuda() => Backend::Nccl,
-            "auto" => Backend::Gloo,
-            name => name.parse()?,
-        };
-        let timeout = Duration::from_secs(train.dist_timeout_s);
-        let group = ProcessGroup::new(&env, backend, timeout)?;
+        let group = ProcessGroup::new(&env, backend.resolve(device), timeout)?;
         let mut hasher = DefaultHasher::new();
         resolved_recipe.hash(&mut hasher);
         group.check_same(
@@ -91,8 +90,8 @@ impl Dist {
         let Some(group) = &self.group else { return Ok(()) };
         let state: Vec<Tensor> = engine.named_state().into_iter().map(|(_, t)| t).collect();
         tch::no_grad(|| group.broadcast_coalesced_(&state, 0)).context("broadcasting rank 0's model")?;
-        if let Some(ema) = &engine.ema {
-            let ema_state: Vec<Tensor> = ema.vs.variables().into_values().collect();
+        if let Some(ema) = engine.ema_named_state() {
+            let ema_state: Vec<Tensor> = ema.into_iter().map(|(_, t)| t).collect();
             tch::no_grad(|| group.broadcast_coalesced_(&ema_state, 0))
                 .context("broadcasting rank 0's EMA")?;
         }
@@ -110,8 +109,8 @@ impl Dist {
     pub fn sync_buffers(&self, engine: &StepEngine) -> Result<()> {
         let Some(group) = &self.group else { return Ok(()) };
         let mut buffers = engine.buffers();
-        if let Some(ema) = &engine.ema {
-            buffers.extend(ema.vs.variables().into_values());
+        if let Some(ema) = engine.ema_named_state() {
+            buffers.extend(ema.into_iter().map(|(_, t)| t));
         }
         if !buffers.is_empty() {
             tch::no_grad(|| group.broadcast_coalesced_(&buffers, 0))

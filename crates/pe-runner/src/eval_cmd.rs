@@ -33,7 +33,7 @@ pub struct EvalArgs {
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let config = load_experiment(&args.experiment, &args.overrides)?.config;
-    let device = crate::device::resolve(&config.train.device)?;
+    let device = config.train.device.resolve()?;
     let weights_file = if args.checkpoint.is_dir() {
         let name = if args.ema { checkpoint::EMA } else { checkpoint::MODEL };
         let file = args.checkpoint.join(name);

@@ -73,6 +73,8 @@ pub trait Observer {
     fn analysis(&mut self, _report: &pe_analyze::Report, _step: u64) -> Result<()> {
         Ok(())
     }
+    /// A line for the person watching the run (what it resolved, where it resumed, the result).
+    fn say(&mut self, _text: &str) {}
     /// The run ended; `finished` is false when it stopped early (Ctrl-C).
     fn run_ended(&mut self, _finished: bool) -> Result<()> {
         Ok(())
@@ -186,6 +188,10 @@ impl Observers {
 
     pub fn analysis(&mut self, report: &pe_analyze::Report, step: u64) -> Result<()> {
         self.sinks.iter_mut().try_for_each(|s| s.analysis(report, step))
+    }
+
+    pub fn say(&mut self, text: &str) {
+        self.sinks.iter_mut().for_each(|s| s.say(text));
     }
 
     pub fn run_ended(&mut self, finished: bool) -> Result<()> {
@@ -303,6 +309,10 @@ impl Observer for Console {
             _ => {}
         }
         Ok(())
+    }
+
+    fn say(&mut self, text: &str) {
+        println!("{text}");
     }
 }
 

@@ -8,18 +8,19 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use pe_data::{Loader, Mixup};
+use pe_data::Loader;
 use tch::Tensor;
 
-use crate::batch::{self, Normalizer};
-use crate::checkpoint::{self, Checkpoints, TrainState};
+use crate::batch::TrainInputs;
+use crate::checkpoint::TrainState;
 use crate::config::{load::to_toml, load_experiment, ConfigError, Experiment, ExperimentConfig};
 use crate::dist::Dist;
 use crate::evaluate::{evaluate, EvalResult, EvalSums};
 use crate::observers::{LogStart, Observers, Record, Section};
-use crate::run_identity::{self, DatasetIdentity, Identity, RunConflict, RunLock};
+use crate::run_folder::{RunFolder, Start, StartRequest};
+use crate::run_identity::{self, DatasetIdentity, Identity};
 use crate::schedule::Schedule;
-use crate::step_engine::{EngineConfig, StepEngine, StepReport, Targets};
+use crate::step_engine::{EngineConfig, MicroBatch, StepEngine};
 use crate::stop::StopRequest;
 
 #[derive(Debug, Args)]
@@ -61,37 +62,30 @@ pub fn run(args: TrainArgs, stop: StopRequest) -> Result<Outcome> {
     run_identity::validate_allowed(&args.allow_change)?;
     let config = &experiment.config;
     let resolved = to_toml(config);
-    let device = crate::device::resolve(&config.train.device)?;
-    let dist = Dist::from_env(&config.train, device, &resolved)?;
+    let device = config.train.device.resolve()?;
+    let dist = Dist::from_env(config.train.dist_backend, config.train.dist_timeout(), device, &resolved)?;
     let device = dist.device(device);
-    let run_dir = config.logging.runs_dir.join(&config.name);
     // Everything that can refuse the recipe (data, batch sizes, the model) comes before the run
     // folder is touched: a refused start leaves nothing behind.
-    let mut trainer = TrainLoop::new(&experiment, dist, device, run_dir.clone(), stop)?;
-    // Held until the process exits: one writer per run folder.
-    let _lock = if trainer.dist.is_main() {
-        std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-        Some(RunLock::acquire(&run_dir)?)
-    } else {
-        None
+    let mut trainer = TrainLoop::new(&experiment, dist, device, stop)?;
+    trainer.folder.lock()?;
+    let request = StartRequest {
+        require: args.resume || args.resume_from.is_some(),
+        from: args.resume_from.as_deref(),
+        allowed: &args.allow_change,
     };
-    let start = trainer.start_point(&args)?;
-    let resuming = args.resume || args.resume_from.is_some();
-    trainer.claim_run_folder(start.as_ref(), &args.allow_change, resuming)?;
-    if trainer.dist.is_main() {
-        println!("# resolved experiment {} (from {})\n{resolved}", config.name, args.experiment.display());
+    let start = trainer.folder.claim(&request)?;
+    trainer.open_observers(start.as_ref())?;
+    trainer.observers.say(&format!(
+        "# resolved experiment {} (from {})\n{resolved}",
+        config.name,
+        args.experiment.display()
+    ));
+    if let Some(start) = start {
+        trainer.resume(start)?;
     }
-    trainer.resume(start)?;
     trainer.dist.join_engine(&mut trainer.engine)?;
     trainer.fit()
-}
-
-/// The checkpoint a run continues from, read and checked.
-struct Start {
-    dir: PathBuf,
-    state: TrainState,
-    /// Why this checkpoint and not the one `last` names, when `last` was broken.
-    why: Option<String>,
 }
 
 fn data_error(config: &ExperimentConfig, error: pe_data::Error) -> anyhow::Error {
@@ -106,17 +100,14 @@ fn data_error(config: &ExperimentConfig, error: pe_data::Error) -> anyhow::Error
 struct TrainLoop {
     config: ExperimentConfig,
     dist: Dist,
-    run_dir: PathBuf,
+    folder: RunFolder,
     engine: StepEngine,
     schedule: Schedule,
     train_loader: Loader,
     eval_loader: Loader,
-    normalizer: Normalizer,
-    mixup: Option<Mixup>,
+    inputs: TrainInputs,
     steps_per_epoch: usize,
-    identity: Identity,
     state: TrainState,
-    checkpoints: Checkpoints,
     observers: Observers,
     stop: StopRequest,
     /// The step at which the losses were last checked to be finite (see `check_losses_finite`).
@@ -124,13 +115,7 @@ struct TrainLoop {
 }
 
 impl TrainLoop {
-    fn new(
-        experiment: &Experiment,
-        dist: Dist,
-        device: tch::Device,
-        run_dir: PathBuf,
-        stop: StopRequest,
-    ) -> Result<Self> {
+    fn new(experiment: &Experiment, dist: Dist, device: tch::Device, stop: StopRequest) -> Result<Self> {
         let config = experiment.config.clone();
         let train = &config.train;
         if train.threads > 0 {
@@ -148,8 +133,8 @@ impl TrainLoop {
             Loader::eval_with_classes(&config.data, config.eval_batch_size(), rank, world, classes)
                 .map_err(|e| data_error(&config, e))?;
         if dist.is_main() && !eval_loader.missing_classes().is_empty() {
-            println!(
-                "warning: the {} split has no images of {} class(es): {}",
+            tracing::warn!(
+                "the {} split has no images of {} class(es): {}",
                 config.data.val_split,
                 eval_loader.missing_classes().len(),
                 eval_loader.missing_classes().join(", ")
@@ -183,118 +168,49 @@ impl TrainLoop {
         tch::manual_seed(train.seed as i64);
         let engine = StepEngine::new(&EngineConfig::from_experiment(&config), device)?;
         let schedule = Schedule::new(&config.schedule, config.peak_lr(world), steps_per_epoch, train.epochs);
-        let normalizer = Normalizer::new(config.data.mean, config.data.std, device);
-        let mixup = Mixup::from_config(&config.data, classes as usize);
+        let inputs = TrainInputs::new(&config.data, classes as usize, train.seed, rank, device);
         let dataset = DatasetIdentity {
             root: config.data.root.display().to_string(),
             classes: train_loader.classes().to_vec(),
             train_samples: train_loader.len(),
             val_samples: eval_loader.len(),
         };
-        let identity = Identity::new(&config, dataset);
+        let run_dir = config.logging.runs_dir.join(&config.name);
+        let folder = RunFolder::new(run_dir, Identity::new(&config, dataset), dist.is_main());
         Ok(Self {
-            checkpoints: Checkpoints::new(&run_dir),
             config,
             dist,
-            run_dir,
+            folder,
             engine,
             schedule,
             train_loader,
             eval_loader,
-            normalizer,
-            mixup,
+            inputs,
             steps_per_epoch,
-            identity,
             state: TrainState { world: world as u64, ..TrainState::default() },
-            // Opened by `claim_run_folder` once the folder is known to hold this experiment: a
-            // refused run must not leave an event file in someone else's run.
+            // Opened once the folder is known to hold this experiment: a refused run must not
+            // leave an event file in someone else's run.
             observers: Observers::none(),
             stop,
             losses_checked_at: 0,
         })
     }
 
-    /// The checkpoint this start continues from: `--resume-from`'s, else the newest (see
-    /// [`Checkpoints::latest`]); `None` for a new run. Its files are checked against their content
-    /// hashes before anything is written.
-    fn start_point(&self, args: &TrainArgs) -> Result<Option<Start>> {
-        let (dir, why) = match &args.resume_from {
-            Some(name) => (self.checkpoints.named(name)?, None),
-            None => match self.checkpoints.latest() {
-                Some(latest) => (latest.dir, latest.why),
-                None if args.resume => bail!("--resume: {} has no checkpoint", self.run_dir.display()),
-                None => return Ok(None),
-            },
-        };
-        let state = checkpoint::read_state(&dir)?;
-        checkpoint::verify(&dir, None).map_err(|error| self.with_older_checkpoints(error, state.step))?;
-        Ok(Some(Start { dir, state, why }))
-    }
-
-    /// Adds to a checkpoint's error the older checkpoints the run could continue from instead.
-    fn with_older_checkpoints(&self, error: anyhow::Error, step: u64) -> anyhow::Error {
-        let older: Vec<String> = self
-            .checkpoints
-            .steps()
-            .iter()
-            .filter(|(s, _)| *s < step)
-            .map(|(s, _)| format!("step-{s}"))
-            .collect();
-        match older.last() {
-            Some(newest) => error.context(format!(
-                "Continue from an older checkpoint with --resume-from {newest} (this run has {})",
-                older.join(", ")
-            )),
-            None => error.context("This run has no older checkpoint; start a new run with --name NEW_NAME"),
-        }
-    }
-
-    /// Makes sure the run folder holds this experiment: compares with what the checkpoint it
-    /// continues from recorded, refusing any change not allowed. Then opens the observers
-    /// (TensorBoard, metrics.jsonl, console) with the logs cut back to that checkpoint, so a
-    /// refused run writes nothing into the folder and a resumed one has one history.
-    fn claim_run_folder(&mut self, start: Option<&Start>, allowed: &[String], resume: bool) -> Result<()> {
-        let stored = match start {
-            Some(start) => Identity::read(&start.dir)?,
-            None => None,
-        };
-        if let (Some(start), None, false) = (start, &stored, resume) {
-            // Written before runs recorded their identity: nothing says which experiment it holds.
-            return Err(RunConflict(format!(
-                "{} has no identity.json (it was written before checkpoints recorded their experiment), \
-                 so it cannot be checked that it holds this one. Nothing was changed. Continue it as this \
-                 experiment with --resume, or start a new run with --name NEW_NAME",
-                start.dir.display()
-            ))
-            .into());
-        }
-        let main = self.dist.is_main();
-        if let (Some(stored), Some(start)) = (stored, start) {
-            let changes = self.identity.changes_since(&stored)?;
-            run_identity::check_resume(&changes, allowed, &self.run_dir)?;
-            if main && !changes.is_empty() {
-                run_identity::record_changes(&self.run_dir, start.state.step, &changes)?;
-            }
-        }
-        if !main {
+    /// TensorBoard, metrics.jsonl and the console (rank 0), the logs cut back to `start`.
+    fn open_observers(&mut self, start: Option<&Start>) -> Result<()> {
+        if !self.dist.is_main() {
             return Ok(());
         }
         let logs = match start {
             Some(start) => LogStart::Continue { step: start.state.step, mark: start.state.logs.as_ref() },
-            None => {
-                // No checkpoint: whatever an earlier start left (it never saved) is redone now.
-                run_identity::remove_stale(&self.run_dir)?;
-                pe_data::atomic_file::write(&self.run_dir.join("config.toml"), &self.identity.config)?;
-                LogStart::Fresh
-            }
+            None => LogStart::Fresh,
         };
-        self.observers = Observers::for_run(&self.run_dir, &self.config, &logs)?;
+        self.observers = Observers::for_run(self.folder.dir(), &self.config, &logs)?;
         Ok(())
     }
 
-    /// Continues from `start`, if any; rank 0 makes it the run's `last`.
-    fn resume(&mut self, start: Option<Start>) -> Result<()> {
-        let Some(start) = start else { return Ok(()) };
+    /// Continues from `start`: its weights, optimizer state and where training stood.
+    fn resume(&mut self, start: Start) -> Result<()> {
         let world = self.dist.world as u64;
         let state = &start.state;
         if state.world != world && state.batch_in_epoch > 0 {
@@ -308,20 +224,15 @@ impl TrainLoop {
             );
         }
         self.engine.restore_checkpoint(&start.dir, state.scaler.as_ref())?;
-        self.state = TrainState { world, ..start.state.clone() };
+        self.folder.continue_from(&start)?;
+        self.state = TrainState { world, ..start.state };
         self.losses_checked_at = self.state.step;
-        if self.dist.is_main() {
-            if let Some(why) = &start.why {
-                tracing::warn!("{why}");
-            }
-            self.checkpoints.continue_from(&start.dir, self.state.step)?;
-            println!(
-                "resumed from {} (step {}, epoch {})",
-                start.dir.display(),
-                self.state.step,
-                self.state.epoch
-            );
-        }
+        self.observers.say(&format!(
+            "resumed from {} (step {}, epoch {})",
+            start.dir.display(),
+            self.state.step,
+            self.state.epoch
+        ));
         Ok(())
     }
 
@@ -339,12 +250,8 @@ impl TrainLoop {
         // checkpoint says where those logs end, so a resume can drop what came after.
         self.observers.flush()?;
         self.state.logs = self.observers.log_mark()?;
-        let (engine, identity) = (&self.engine, &self.identity);
-        let dir = self.checkpoints.save(&self.state, best, |dir| {
-            engine.write_checkpoint(dir)?;
-            identity.write(dir)
-        })?;
-        Ok(Some(dir))
+        let engine = &self.engine;
+        Ok(Some(self.folder.save(&self.state, best, |dir| engine.write_checkpoint(dir))?))
     }
 
     fn fit(mut self) -> Result<Outcome> {
@@ -356,7 +263,8 @@ impl TrainLoop {
             match self.train_epoch(epoch)? {
                 EpochEnd::Interrupted => {
                     if let Some(dir) = self.save(false)? {
-                        println!("saved {} — rerun the same command to resume", dir.display());
+                        self.observers
+                            .say(&format!("saved {} — rerun the same command to resume", dir.display()));
                     }
                     self.observers.run_ended(false)?;
                     return Ok(Outcome::Interrupted);
@@ -381,9 +289,7 @@ impl TrainLoop {
         }
         self.observers.run_ended(true)?;
         self.observers.flush()?;
-        if self.dist.is_main() {
-            self.report(last_eval);
-        }
+        self.report(last_eval);
         Ok(Outcome::Finished)
     }
 
@@ -394,37 +300,43 @@ impl TrainLoop {
         if every == 0 || !(epoch + 1).is_multiple_of(every) || !self.dist.is_main() {
             return Ok(());
         }
-        let analysis = pe_analyze::Analysis::new(&self.engine.model)?;
+        let analysis = pe_analyze::Analysis::new(self.engine.model())?;
         let report = analysis.report(&self.config.name, pe_analyze::RunInfo::default(), None)?;
         self.observers.analysis(&report, self.state.step)
     }
 
-    fn report(&self, last: Option<(EvalResult, Option<EvalResult>)>) {
+    fn report(&mut self, last: Option<(EvalResult, Option<EvalResult>)>) {
         if let Some((result, ema)) = last {
             let ema = ema.map(|e| format!(" (EMA {:.2}%)", e.acc1)).unwrap_or_default();
-            println!(
+            self.observers.say(&format!(
                 "final top-1 {:.2}% top-5 {:.2}%{ema} on {}",
                 result.acc1,
                 result.acc5,
                 result.counted()
-            );
+            ));
         }
         if let Some(epoch) = self.state.best_epoch {
-            println!("best top-1 {:.2}% after epoch {}", self.state.best_acc1, epoch + 1);
+            self.observers.say(&format!("best top-1 {:.2}% after epoch {}", self.state.best_acc1, epoch + 1));
         }
-        println!(
+        let dir = self.folder.dir();
+        self.observers.say(&format!(
             "logs: {} (TensorBoard: make tensorboard; metrics: {})",
-            self.run_dir.display(),
-            self.run_dir.join("metrics.jsonl").display()
-        );
+            dir.display(),
+            dir.join("metrics.jsonl").display()
+        ));
     }
 
     /// Evaluates a model on every rank's shard and adds the shards up; each rank names the
     /// unreadable images of its shard.
     fn evaluate_sharded(&self, model: &pe_models::Model, epoch: u64) -> Result<EvalResult> {
         let engine = &self.engine;
-        let (sums, bad) =
-            evaluate(model, &self.eval_loader, &self.normalizer, engine.device, &engine.precision)?;
+        let (sums, bad) = evaluate(
+            model,
+            &self.eval_loader,
+            self.inputs.normalizer(),
+            engine.device(),
+            engine.precision(),
+        )?;
         if bad.count > 0 {
             let location = self.eval_loader.location().display();
             tracing::warn!("{location}, evaluation after epoch {}: left out {bad}", epoch + 1);
@@ -436,9 +348,9 @@ impl TrainLoop {
 
     fn evaluate_and_save(&mut self, epoch: u64) -> Result<(EvalResult, Option<EvalResult>)> {
         self.dist.sync_buffers(&self.engine)?;
-        let result = self.evaluate_sharded(&self.engine.model, epoch)?;
-        let ema = match &self.engine.ema {
-            Some(ema) => Some(self.evaluate_sharded(&ema.model, epoch)?),
+        let result = self.evaluate_sharded(self.engine.model(), epoch)?;
+        let ema = match self.engine.ema_model() {
+            Some(ema) => Some(self.evaluate_sharded(ema, epoch)?),
             None => None,
         };
         let step = self.state.step;
@@ -509,10 +421,15 @@ impl TrainLoop {
             let logged = (self.state.step + 1).is_multiple_of(self.config.logging.every_steps as u64);
             // The last micro-batch also updates the weights (one call, so a CUDA graph can hold both).
             let lr = self.schedule.lr(self.state.step as usize);
-            let (loss, report) =
-                self.micro_batch(&batch, last_micro_batch.then_some((lr, logged))).with_context(|| {
-                    format!("at step {} (epoch {}, batch {})", self.state.step, batch.epoch + 1, batch.index)
-                })?;
+            let kind = if last_micro_batch {
+                MicroBatch::Update { lr, want_grad_norm: logged }
+            } else {
+                MicroBatch::Accumulate
+            };
+            let (images, targets) = self.inputs.prepare(&batch);
+            let (loss, report) = self.engine.micro_batch(&images, &targets, kind).with_context(|| {
+                format!("at step {} (epoch {}, batch {})", self.state.step, batch.epoch + 1, batch.index)
+            })?;
             if logged {
                 let share = loss / accum as f64;
                 step_loss = Some(step_loss.map_or_else(|| share.shallow_clone(), |sum| sum + &share));
@@ -584,36 +501,6 @@ impl TrainLoop {
             return Ok(pressed);
         }
         Ok(logged && self.dist.any(pressed)?)
-    }
-
-    /// One micro-batch to the device, mixed when the recipe mixes, through the engine: forward and
-    /// backward only, or, for the last micro-batch of a step (`update` = the learning rate and
-    /// whether to read the gradient norm), with gradient reduction and the optimizer update.
-    fn micro_batch(
-        &mut self,
-        batch: &pe_data::Batch,
-        update: Option<(f64, bool)>,
-    ) -> Result<(Tensor, Option<StepReport>)> {
-        let device = self.engine.device;
-        let (images, labels) = batch::to_device(batch, device);
-        let images = self.normalizer.apply(&images);
-        let (images, targets) = match &self.mixup {
-            Some(mixup) => {
-                let rank = self.dist.rank as u64;
-                let plan =
-                    mixup.plan_for(self.config.train.seed, batch.epoch, batch.index, rank, batch.h, batch.w);
-                let targets = batch::soft_targets(mixup, &batch.labels, &plan, device);
-                (batch::mix(&images, &plan), Targets::Soft(targets))
-            }
-            None => (images, Targets::Labels(labels)),
-        };
-        match update {
-            Some((lr, want_grad_norm)) => {
-                let (loss, report) = self.engine.step(&images, &targets, lr, want_grad_norm)?;
-                Ok((loss, Some(report)))
-            }
-            None => Ok((self.engine.forward_backward(&images, &targets, false)?, None)),
-        }
     }
 
     fn log_step(

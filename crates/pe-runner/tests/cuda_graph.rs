@@ -160,12 +160,10 @@ fn train(config: &EngineConfig, lrs: &[f64]) -> Run {
     let mut engine = StepEngine::new(config, device).expect("building the engine");
     let snapshot = |engine: &StepEngine| -> Vec<Tensor> {
         let mut all: Vec<Tensor> = engine.trainable_parameters().into_iter().map(|(_, t)| t).collect();
-        if let Some(ema) = &engine.ema {
+        if let Some(named) = engine.ema_named_state() {
             // The EMA's weights, not its BatchNorm statistics: those move from 0 and 1 to the batch
             // statistics whatever the learning rate, and counted in how far training moved the model
             // they drowned a wrong learning rate (a baked one differed by only 2.8e-2 on resnet_mini).
-            let mut named: Vec<(String, Tensor)> = ema.vs.variables().into_iter().collect();
-            named.sort_by(|a, b| a.0.cmp(&b.0));
             all.extend(
                 named
                     .into_iter()

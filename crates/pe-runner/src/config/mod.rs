@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use pe_data::DataConfig;
 use pe_models::ModelConfig;
 
+pub use crate::device::DeviceChoice;
+
 pub use load::{load_experiment, ConfigError, Experiment};
 
 /// A fully resolved experiment, as written to `runs/<name>/config.toml`.
@@ -121,6 +123,27 @@ impl Default for ScheduleConfig {
     }
 }
 
+/// The c10d backend of a multi-process run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DistBackend {
+    /// NCCL on CUDA, Gloo on the CPU (see [`pe_dist::Backend::for_device`]).
+    Auto,
+    Gloo,
+    Nccl,
+}
+
+impl DistBackend {
+    /// The backend for a run on `device`.
+    pub fn resolve(self, device: tch::Device) -> pe_dist::Backend {
+        match self {
+            DistBackend::Auto => pe_dist::Backend::for_device(device),
+            DistBackend::Gloo => pe_dist::Backend::Gloo,
+            DistBackend::Nccl => pe_dist::Backend::Nccl,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Amp {
@@ -151,7 +174,7 @@ pub struct TrainConfig {
     /// is dropped). The numbers it trains to are those of the eager step.
     pub cuda_graph: bool,
     /// "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
-    pub device: String,
+    pub device: DeviceChoice,
     pub seed: u64,
     /// Also write `last` every this many optimizer steps; 0 = only at epoch ends.
     pub checkpoint_every_steps: usize,
@@ -160,9 +183,16 @@ pub struct TrainConfig {
     /// libtorch intra-op threads; 0 = libtorch's default.
     pub threads: usize,
     /// c10d backend of a multi-process run: "auto" (NCCL on CUDA, Gloo on CPU), "gloo" or "nccl".
-    pub dist_backend: String,
+    pub dist_backend: DistBackend,
     /// Seconds a rank waits for the others (rendezvous, every collective) before failing.
     pub dist_timeout_s: u64,
+}
+
+impl TrainConfig {
+    /// How long a rank waits for the others (`dist_timeout_s`).
+    pub fn dist_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.dist_timeout_s)
+    }
 }
 
 impl Default for TrainConfig {
@@ -175,12 +205,12 @@ impl Default for TrainConfig {
             amp: Amp::Off,
             channels_last: false,
             cuda_graph: false,
-            device: "auto".into(),
+            device: DeviceChoice::Auto,
             seed: 0,
             checkpoint_every_steps: 0,
             max_steps: 0,
             threads: 0,
-            dist_backend: "auto".into(),
+            dist_backend: DistBackend::Auto,
             dist_timeout_s: 1800,
         }
     }
@@ -274,16 +304,10 @@ impl ExperimentConfig {
                 t.accum_steps
             )
         })?;
-        ensure(!t.cuda_graph || t.device != "cpu", "train.cuda_graph", || {
+        ensure(!t.cuda_graph || t.device != DeviceChoice::Cpu, "train.cuda_graph", || {
             "needs a CUDA device (train.device = \"cuda\" or \"auto\" on a GPU machine), got \"cpu\"".into()
         })?;
-        ensure(["auto", "gloo", "nccl"].contains(&t.dist_backend.as_str()), "train.dist_backend", || {
-            format!("expected \"auto\", \"gloo\" or \"nccl\", got {:?}", t.dist_backend)
-        })?;
         ensure(t.dist_timeout_s >= 1, "train.dist_timeout_s", || "must be at least 1".into())?;
-        ensure(crate::device::parse(&t.device).is_ok(), "train.device", || {
-            format!("expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got {:?}", t.device)
-        })?;
         let o = &self.optimizer;
         ensure(o.lr.is_finite() && o.lr > 0.0, "optimizer.lr", || {
             format!("must be a finite positive number, got {}", o.lr)
