@@ -200,3 +200,17 @@ fn batches_larger_than_the_machine_are_refused_before_anything_allocates_them() 
     // The shipped ImageNet recipes fit comfortably (256 × 3 × 224² per batch).
     assert!(load_experiment(&experiments_dir().join("resnet50.toml"), &[]).is_ok());
 }
+
+#[test]
+fn a_bad_device_or_backend_is_a_config_error_at_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    for (line, key, expected) in [
+        ("device = \"gpu\"", "train.device", "\"cuda:N\", got \"gpu\""),
+        ("dist_backend = \"mpi\"", "train.dist_backend", "`gloo`"),
+    ] {
+        let error = error_of(dir.path(), &MINIMAL.replace("epochs = 10", &format!("epochs = 10\n{line}")), &[]);
+        assert_eq!(error.key.as_deref(), Some(key), "{error}");
+        assert!(error.location.ends_with("exp.toml:9") && error.message.contains(expected), "{error}");
+        assert!(!error.message.contains('\n'), "one line: {error}");
+    }
+}

@@ -172,7 +172,9 @@ pub fn load_experiment(path: &Path, overrides: &[String]) -> Result<Experiment, 
 fn typed<T: DeserializeOwned>(value: Value) -> Result<T, (String, String)> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let mut key = e.path().to_string();
+        // toml appends the key path ("\nin `train.device`"); the error names the key already.
         let message = e.inner().to_string();
+        let message = message.split("\nin `").next().unwrap_or_default().trim_end().to_owned();
         if let Some(field) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
             if key == "." {
                 key = field.to_owned();
