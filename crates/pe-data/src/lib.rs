@@ -5,7 +5,7 @@
 //! [`transforms::Transform`] into uint8 NCHW [`loader::Batch`]es, and [`mixup::Mixup`] mixes a batch
 //! and produces soft targets. [`fashion_mnist::prepare`] turns Debian's IDX files into an ImageFolder,
 //! [`imagenet::prepare`] the ImageNet archives, and [`shards`] packs an ImageFolder into tar shards
-//! that the loader streams instead (`Loader::train_shards`).
+//! that the loader streams instead ([`source`] is what a loader reads from).
 pub mod atomic_file;
 pub mod config;
 pub mod decode;
@@ -18,11 +18,12 @@ pub mod mixup;
 pub mod rng;
 pub mod sampler;
 pub mod shards;
+pub mod source;
 pub mod transforms;
 
 pub use config::{DataConfig, DataFormat};
 pub use error::{Error, Result};
 pub use index::{ImageFolder, IndexCache};
-pub use loader::{BadFile, BadFileReport, Batch, Loader, LoaderOptions};
+pub use loader::{BadFile, BadFileReport, Batch, Loader, LoaderOptions, Split};
 pub use mixup::{MixPlan, Mixup};
 pub use transforms::Transform;

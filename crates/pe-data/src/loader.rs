@@ -12,10 +12,11 @@
 //! evaluation it is left out of its batch, so every image is counted once or not at all. The epoch's
 //! bad files are reported once, at the end of the epoch (count and the first few paths).
 //!
-//! Sources: an [`ImageFolder`] (one file per sample, random access) or a [`ShardSet`] of tar shards
-//! (streamed by one reader thread per epoch in the order [`crate::shards::plan`] computes; decoding
-//! stays on the pool). Both give the same batches' shape, transforms, keyed randomness, bad-sample
-//! handling and `epoch_from` resume; a shard epoch replaces a bad sample by another of its batch.
+//! Sources ([`crate::source`]): an [`ImageFolder`] (one file per sample, random access) or a
+//! [`ShardSet`] of tar shards (streamed by one reader thread per epoch in the order
+//! [`crate::shards::plan`] computes; decoding stays on the pool). Every source gives the same
+//! batches' shape, transforms, keyed randomness, bad-sample handling and `epoch_from` resume; a
+//! shard epoch replaces a bad sample by another of its batch.
 //!
 //! Host memory: image buffers handed back with [`Loader::recycle`] are reused for later batches.
 //! (Pinned memory needs libtorch's allocator, which this crate deliberately does not link.)
@@ -24,9 +25,10 @@ use crate::config::{DataConfig, DataFormat};
 use crate::error::{Error, Result};
 use crate::index::{ImageFolder, IndexCache};
 use crate::rng::{Rng, Stream};
-use crate::sampler::{epoch_slots, Sampling, Slot};
-use crate::shards::feed::{Feed, Item};
-use crate::shards::{epoch_plan, ShardSet};
+use crate::sampler::Sampling;
+use crate::shards::source::ShardSource;
+use crate::shards::ShardSet;
+use crate::source::{BatchSamples, EpochCut, EpochSamples, FolderSource, SampleSource, SplitInfo};
 use crate::transforms::{Scratch, Transform};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -151,21 +153,24 @@ impl std::fmt::Display for BadFileReport {
     }
 }
 
-/// Where samples come from.
-enum Source {
-    Folder(ImageFolder),
-    /// The shard set, and an [`ImageFolder`] with its directory and classes only (for `dataset()`).
-    Shards(Arc<ShardSet>, ImageFolder),
+/// Which split of a data set to open, and for what.
+#[derive(Clone, Copy, Debug)]
+pub enum Split<'a> {
+    /// `data.train_split`: shuffled, augmented, the last incomplete batch dropped.
+    Train { batch_size: usize, seed: u64 },
+    /// `data.val_split`, labels numbered by `classes` (the run's list, from its training split or
+    /// a checkpoint) or, with `None`, by the split's own classes.
+    Eval { batch_size: usize, classes: Option<&'a [String]> },
 }
 
 struct Shared {
-    source: Source,
+    source: Box<dyn SampleSource>,
     transform: Transform,
     opts: LoaderOptions,
     recycled: Mutex<Vec<Vec<u8>>>,
 }
 
-/// A data loader over one ImageFolder split.
+/// A data loader over one split.
 pub struct Loader {
     shared: Arc<Shared>,
     pool: Arc<rayon::ThreadPool>,
@@ -182,24 +187,47 @@ impl std::fmt::Debug for Loader {
 }
 
 impl Loader {
-    /// A loader with its own pool of `opts.workers` threads.
+    /// A loader over an ImageFolder split, with its own pool of `opts.workers` threads.
     pub fn new(dataset: ImageFolder, transform: Transform, opts: LoaderOptions) -> Result<Self> {
-        Self::with_source(Source::Folder(dataset), transform, opts)
+        Self::with_source(Box::new(FolderSource::new(dataset)), transform, opts)
     }
 
     /// A loader streaming a shard set (see [`crate::shards`]).
     pub fn from_shards(set: ShardSet, transform: Transform, opts: LoaderOptions) -> Result<Self> {
-        let meta = ImageFolder {
-            dir: set.dir.clone(),
-            classes: set.classes.clone(),
-            missing_classes: set.missing_classes.clone(),
-            samples: Vec::new(),
-            source: crate::index::IndexSource::Cache,
-        };
-        Self::with_source(Source::Shards(Arc::new(set), meta), transform, opts)
+        Self::with_source(Box::new(ShardSource::new(set)), transform, opts)
     }
 
-    fn with_source(source: Source, transform: Transform, opts: LoaderOptions) -> Result<Self> {
+    /// `split` of the data set `cfg` describes, in its `format`, as rank `rank` of `world` sees it:
+    /// `<root>/<split>` as an ImageFolder indexed with the cache beside it, or as shards.
+    pub fn open(cfg: &DataConfig, split: Split, rank: usize, world: usize) -> Result<Self> {
+        let (name, classes) = match split {
+            Split::Train { .. } => (&cfg.train_split, None),
+            Split::Eval { classes, .. } => (&cfg.val_split, classes),
+        };
+        let source: Box<dyn SampleSource> = match (cfg.format, classes) {
+            (DataFormat::Folder, None) => {
+                Box::new(FolderSource::new(ImageFolder::open(&cfg.root, name, IndexCache::Beside)?))
+            }
+            (DataFormat::Folder, Some(classes)) => Box::new(FolderSource::new(
+                ImageFolder::open_with_classes(&cfg.root, name, classes, IndexCache::Beside)?,
+            )),
+            (DataFormat::Shards, None) => Box::new(ShardSource::new(ShardSet::open(&cfg.root, name)?)),
+            (DataFormat::Shards, Some(classes)) => {
+                Box::new(ShardSource::new(ShardSet::open_with_classes(&cfg.root, name, classes)?))
+            }
+        };
+        let (transform, opts) = match split {
+            Split::Train { batch_size, seed } => {
+                (Transform::train(cfg)?, LoaderOptions::train(cfg, batch_size, seed, rank, world))
+            }
+            Split::Eval { batch_size, .. } => {
+                (Transform::eval(cfg)?, LoaderOptions::eval(cfg, batch_size, rank, world))
+            }
+        };
+        Self::with_source(source, transform, opts)
+    }
+
+    fn with_source(source: Box<dyn SampleSource>, transform: Transform, opts: LoaderOptions) -> Result<Self> {
         if opts.batch_size == 0 {
             return Err(Error::Config("batch_size must be > 0".into()));
         }
@@ -226,99 +254,24 @@ impl Loader {
         })
     }
 
-    /// The training loader of `cfg`: `<root>/<train_split>`, an ImageFolder indexed with the cache
-    /// beside it, or shards when `cfg.format` says so.
-    pub fn train(cfg: &DataConfig, batch_size: usize, seed: u64, rank: usize, world: usize) -> Result<Self> {
-        if cfg.format == DataFormat::Shards {
-            return Self::train_shards(cfg, batch_size, seed, rank, world);
-        }
-        let ds = ImageFolder::open(&cfg.root, &cfg.train_split, IndexCache::Beside)?;
-        Self::new(ds, Transform::train(cfg)?, LoaderOptions::train(cfg, batch_size, seed, rank, world))
-    }
-
-    /// The evaluation loader of `cfg`: `<root>/<val_split>`.
-    pub fn eval(cfg: &DataConfig, batch_size: usize, rank: usize, world: usize) -> Result<Self> {
-        if cfg.format == DataFormat::Shards {
-            return Self::eval_shards(cfg, batch_size, rank, world, None);
-        }
-        let ds = ImageFolder::open(&cfg.root, &cfg.val_split, IndexCache::Beside)?;
-        Self::new(ds, Transform::eval(cfg)?, LoaderOptions::eval(cfg, batch_size, rank, world))
-    }
-
-    /// The evaluation loader of `cfg` with labels numbered by the run's class list (from the training
-    /// split or a checkpoint): see [`ImageFolder::open_with_classes`]. Warn about
-    /// `dataset().missing_classes`.
-    pub fn eval_with_classes(
-        cfg: &DataConfig,
-        batch_size: usize,
-        rank: usize,
-        world: usize,
-        classes: &[String],
-    ) -> Result<Self> {
-        if cfg.format == DataFormat::Shards {
-            return Self::eval_shards(cfg, batch_size, rank, world, Some(classes));
-        }
-        let ds = ImageFolder::open_with_classes(&cfg.root, &cfg.val_split, classes, IndexCache::Beside)?;
-        Self::new(ds, Transform::eval(cfg)?, LoaderOptions::eval(cfg, batch_size, rank, world))
-    }
-
-    /// The training loader over the shard set at `cfg.root` (written by `pe prepare shards`).
-    pub fn train_shards(
-        cfg: &DataConfig,
-        batch_size: usize,
-        seed: u64,
-        rank: usize,
-        world: usize,
-    ) -> Result<Self> {
-        let set = ShardSet::open(&cfg.root, &cfg.train_split)?;
-        Self::from_shards(
-            set,
-            Transform::train(cfg)?,
-            LoaderOptions::train(cfg, batch_size, seed, rank, world),
-        )
-    }
-
-    /// The evaluation loader over the shard set at `cfg.root`, labels numbered by `classes` (the run's
-    /// class list) or, with `None`, by the shard index's own list.
-    pub fn eval_shards(
-        cfg: &DataConfig,
-        batch_size: usize,
-        rank: usize,
-        world: usize,
-        classes: Option<&[String]>,
-    ) -> Result<Self> {
-        let set = match classes {
-            Some(c) => ShardSet::open_with_classes(&cfg.root, &cfg.val_split, c)?,
-            None => ShardSet::open(&cfg.root, &cfg.val_split)?,
-        };
-        Self::from_shards(set, Transform::eval(cfg)?, LoaderOptions::eval(cfg, batch_size, rank, world))
-    }
-
-    /// The indexed data set. For a shard loader only its directory and classes are filled in (no
-    /// samples): prefer [`Loader::classes`], [`Loader::len`] and [`Loader::location`].
-    pub fn dataset(&self) -> &ImageFolder {
-        match &self.shared.source {
-            Source::Folder(f) => f,
-            Source::Shards(_, meta) => meta,
-        }
+    /// The split: its folder, class list and the classes it has no sample of.
+    pub fn split(&self) -> &SplitInfo {
+        self.shared.source.split()
     }
 
     /// The run's class list; labels index into it.
     pub fn classes(&self) -> &[String] {
-        &self.dataset().classes
+        &self.split().classes
     }
 
     /// Classes with no sample in this split (warn about these).
     pub fn missing_classes(&self) -> &[String] {
-        &self.dataset().missing_classes
+        &self.split().missing_classes
     }
 
     /// Samples in the split (all ranks).
     pub fn len(&self) -> usize {
-        match &self.shared.source {
-            Source::Folder(f) => f.len(),
-            Source::Shards(s, _) => s.len(),
-        }
+        self.shared.source.samples()
     }
 
     /// True when the split has no sample.
@@ -328,7 +281,7 @@ impl Loader {
 
     /// The split folder (image folder or shard folder).
     pub fn location(&self) -> &std::path::Path {
-        &self.dataset().dir
+        &self.split().dir
     }
 
     /// The per-sample transform.
@@ -343,11 +296,7 @@ impl Loader {
 
     /// Samples this rank sees per epoch.
     pub fn samples_per_epoch(&self) -> usize {
-        let s = self.shared.opts.sampling;
-        match &self.shared.source {
-            Source::Folder(f) => epoch_slots(f.len(), 0, 0, s).len(),
-            Source::Shards(set, _) => epoch_plan(&set.counts(), 0, 0, s, 0).len(),
-        }
+        self.shared.source.samples_per_epoch(self.shared.opts.sampling)
     }
 
     /// Batches per epoch.
@@ -384,19 +333,16 @@ impl Loader {
     /// continues mid-epoch without decoding the batches it already trained on.
     pub fn epoch_from(&self, epoch: u64, start: usize) -> EpochIter {
         let o = &self.shared.opts;
-        let (feed, start) = match &self.shared.source {
-            Source::Folder(f) => {
-                let slots = epoch_slots(f.len(), o.seed, epoch, o.sampling);
-                let batches = self.batches_from(&slots, start);
-                (BatchFeed::Slots(batches.1.into()), batches.0)
-            }
-            Source::Shards(set, _) => {
-                let plan = epoch_plan(&set.counts(), o.seed, epoch, o.sampling, o.shuffle_buffer);
-                let (start, batches) = self.batches_from(&plan, start);
-                let channel = (2 * o.batch_size).max(64);
-                (BatchFeed::Shards(Feed::start(Arc::clone(set), batches, channel)), start)
-            }
+        let cut = EpochCut {
+            seed: o.seed,
+            epoch,
+            sampling: o.sampling,
+            batch_size: o.batch_size,
+            drop_last: o.drop_last,
+            start,
+            shuffle_buffer: o.shuffle_buffer,
         };
+        let (start, feed) = self.shared.source.epoch(&cut);
         EpochIter {
             shared: Arc::clone(&self.shared),
             pool: Arc::clone(&self.pool),
@@ -409,46 +355,6 @@ impl Loader {
             finished: false,
         }
     }
-
-    /// The epoch's batches from batch `start` on (the incomplete last one dropped if so configured).
-    fn batches_from<T: Clone>(&self, order: &[T], start: usize) -> (usize, Vec<Vec<T>>) {
-        let o = &self.shared.opts;
-        let mut batches: Vec<Vec<T>> = order.chunks(o.batch_size).map(<[T]>::to_vec).collect();
-        if o.drop_last && batches.last().is_some_and(|b| b.len() < o.batch_size) {
-            batches.pop();
-        }
-        let start = start.min(batches.len());
-        batches.drain(..start);
-        (start, batches)
-    }
-}
-
-/// Where an epoch's batches come from.
-enum BatchFeed {
-    Slots(VecDeque<Vec<Slot>>),
-    Shards(Feed),
-}
-
-/// One batch's samples, ready for the pool.
-enum Work {
-    Slots(Vec<Slot>),
-    Items(Vec<Item>),
-}
-
-impl BatchFeed {
-    fn next(&mut self) -> Option<Work> {
-        match self {
-            BatchFeed::Slots(b) => b.pop_front().map(Work::Slots),
-            BatchFeed::Shards(f) => f.next_batch().map(Work::Items),
-        }
-    }
-
-    fn remaining(&self) -> usize {
-        match self {
-            BatchFeed::Slots(b) => b.len(),
-            BatchFeed::Shards(f) => f.remaining(),
-        }
-    }
 }
 
 /// The batches of one epoch, in order. Dropping it cancels the batches not yet started.
@@ -456,7 +362,7 @@ pub struct EpochIter {
     shared: Arc<Shared>,
     pool: Arc<rayon::ThreadPool>,
     epoch: u64,
-    feed: BatchFeed,
+    feed: Box<dyn EpochSamples>,
     next_index: u64,
     pending: VecDeque<mpsc::Receiver<Result<Batch>>>,
     cancel: Arc<AtomicBool>,
@@ -477,7 +383,7 @@ impl EpochIter {
 
     fn launch(&mut self) {
         while self.pending.len() < self.shared.opts.prefetch {
-            let Some(work) = self.feed.next() else { break };
+            let Some(work) = self.feed.next_batch() else { break };
             let (tx, rx) = mpsc::sync_channel(1);
             let (shared, cancel, epoch, index) =
                 (Arc::clone(&self.shared), Arc::clone(&self.cancel), self.epoch, self.next_index);
@@ -486,7 +392,7 @@ impl EpochIter {
                 if cancel.load(Ordering::Relaxed) {
                     return;
                 }
-                let _ = tx.send(build_batch(&shared, epoch, index, &work));
+                let _ = tx.send(build_batch(&shared, epoch, index, work.as_ref()));
             });
             self.pending.push_back(rx);
         }
@@ -505,7 +411,7 @@ impl Iterator for EpochIter {
                     let fate = if self.shared.opts.replace_bad_files { "replaced" } else { "left out" };
                     tracing::warn!(
                         "{} epoch {}: {} {fate}",
-                        self.shared.location().display(),
+                        self.shared.source.split().dir.display(),
                         self.epoch + 1,
                         self.report
                     );
@@ -539,24 +445,6 @@ impl Drop for EpochIter {
 
 thread_local! {
     static SCRATCH: RefCell<Option<Scratch>> = const { RefCell::new(None) };
-    /// The file bytes of the sample being read on this thread, reused so that a read costs no
-    /// allocation (and no fresh pages) per file.
-    static FILE_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Read all of `path` into this thread's file buffer and hand the bytes to `f`.
-fn with_file_bytes<T>(path: &std::path::Path, f: impl FnOnce(&[u8]) -> T) -> std::io::Result<T> {
-    use std::io::Read;
-    FILE_BUF.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        buf.clear();
-        let mut file = std::fs::File::open(path)?;
-        if let Ok(meta) = file.metadata() {
-            buf.reserve(meta.len() as usize);
-        }
-        file.read_to_end(&mut buf)?;
-        Ok(f(&buf))
-    })
 }
 
 /// What filling one slot gave: the sample used (`None` when a bad file was left out) and the bad
@@ -566,22 +454,10 @@ struct SampleOut {
     bad: Vec<BadFile>,
 }
 
-impl Shared {
-    fn location(&self) -> &std::path::Path {
-        match &self.source {
-            Source::Folder(f) => &f.dir,
-            Source::Shards(_, meta) => &meta.dir,
-        }
-    }
-}
-
-fn build_batch(shared: &Shared, epoch: u64, index: u64, work: &Work) -> Result<Batch> {
+fn build_batch(shared: &Shared, epoch: u64, index: u64, work: &dyn BatchSamples) -> Result<Batch> {
     let t = &shared.transform;
     let per = t.sample_len();
-    let n = match work {
-        Work::Slots(s) => s.len(),
-        Work::Items(s) => s.len(),
-    };
+    let n = work.slots();
     let mut images = shared
         .recycled
         .lock()
@@ -589,21 +465,11 @@ fn build_batch(shared: &Shared, epoch: u64, index: u64, work: &Work) -> Result<B
         .and_then(|mut r| r.iter().position(|v| v.capacity() >= per * n).map(|i| r.swap_remove(i)))
         .unwrap_or_default();
     images.resize(per * n, 0);
-    let outs: Vec<Result<SampleOut>> = match (work, &shared.source) {
-        (Work::Slots(slots), Source::Folder(ds)) => images
-            .par_chunks_mut(per)
-            .zip(slots.par_iter())
-            .map(|(out, slot)| load_file(shared, ds, epoch, *slot, out))
-            .collect(),
-        (Work::Items(items), _) => images
-            .par_chunks_mut(per)
-            .enumerate()
-            .map(|(k, out)| load_item(shared, epoch, items, k, out))
-            .collect(),
-        (Work::Slots(_), Source::Shards(..)) => {
-            vec![Err(Error::Config("slots given to a shard loader".into()))]
-        }
-    };
+    let outs: Vec<Result<SampleOut>> = images
+        .par_chunks_mut(per)
+        .enumerate()
+        .map(|(slot, out)| fill_slot(shared, epoch, work, slot, out))
+        .collect();
     let mut batch = Batch {
         images,
         labels: Vec::with_capacity(n),
@@ -647,57 +513,31 @@ fn transform_bytes(shared: &Shared, bytes: &[u8], rng: &mut Rng, out: &mut [u8])
     })
 }
 
-/// A folder sample; an unreadable file is replaced by a keyed random other file of the data set.
-fn load_file(shared: &Shared, ds: &ImageFolder, epoch: u64, slot: Slot, out: &mut [u8]) -> Result<SampleOut> {
-    fill_slot(shared, epoch, slot.position, slot.index, ds.len(), out, |index, rng, out| {
-        let (path, label) = &ds.samples[index];
-        with_file_bytes(path, |bytes| transform_bytes(shared, bytes, rng, out))
-            .map_err(|e| format!("read: {e}"))
-            .and_then(|r| r)
-            .map(|()| (*label as i64, index))
-            .map_err(|reason| BadFile { path: path.clone(), reason })
-    })
-}
-
-/// A shard sample (`items[k]`); a bad one is replaced by a keyed random other sample of the batch
-/// (a stream has no random access), so the result still depends only on (seed, epoch, position).
-fn load_item(shared: &Shared, epoch: u64, items: &[Item], k: usize, out: &mut [u8]) -> Result<SampleOut> {
-    fill_slot(shared, epoch, items[k].position, k, items.len(), out, |pick, rng, out| {
-        let item = &items[pick];
-        item.sample
-            .as_ref()
-            .map_err(String::clone)
-            .and_then(|s| transform_bytes(shared, &s.bytes, rng, out).map(|()| (s.label as i64, s.index)))
-            .map_err(|reason| BadFile { path: item.name.clone(), reason })
-    })
-}
-
-/// Fills the slot at `position` from candidate `first` with `try_one(candidate, rng, out)`. A bad
-/// candidate is left out, or (`replace_bad_files`) replaced by a keyed random other one of
-/// `0..candidates`, up to [`MAX_ATTEMPTS`] tries: the result depends only on (seed, epoch, position).
+/// Fills `slot` of `work` into `out`. A bad candidate is left out, or (`replace_bad_files`)
+/// replaced by a keyed random other one of the batch's candidates, up to [`MAX_ATTEMPTS`] tries:
+/// the result depends only on (seed, epoch, position), never on which thread ran it.
 fn fill_slot(
     shared: &Shared,
     epoch: u64,
-    position: u64,
-    first: usize,
-    candidates: usize,
+    work: &dyn BatchSamples,
+    slot: usize,
     out: &mut [u8],
-    try_one: impl Fn(usize, &mut Rng, &mut [u8]) -> std::result::Result<(i64, usize), BadFile>,
 ) -> Result<SampleOut> {
     let seed = shared.opts.seed;
-    let mut candidate = first;
+    let position = work.position(slot);
+    let mut candidate = work.planned(slot);
     let mut bad = Vec::new();
     for attempt in 0..MAX_ATTEMPTS {
         let mut rng = Rng::keyed(Stream::Sample, &[seed, epoch, position, attempt]);
-        match try_one(candidate, &mut rng, out) {
+        match work.read(candidate, &mut |bytes| transform_bytes(shared, bytes, &mut rng, out)) {
             Ok(used) => return Ok(SampleOut { used: Some(used), bad }),
             Err(file) => bad.push(file),
         }
         if !shared.opts.replace_bad_files {
             return Ok(SampleOut { used: None, bad });
         }
-        candidate =
-            Rng::keyed(Stream::Replace, &[seed, epoch, position, attempt]).below(candidates as u64) as usize;
+        candidate = Rng::keyed(Stream::Replace, &[seed, epoch, position, attempt])
+            .below(work.candidates() as u64) as usize;
     }
     too_many(bad)
 }

@@ -3,7 +3,7 @@
 
 use pe_data::config::DataConfig;
 use pe_data::index::{ImageFolder, IndexCache};
-use pe_data::loader::{Loader, LoaderOptions};
+use pe_data::loader::{Loader, LoaderOptions, Split};
 use pe_data::mixup::{partner, MixKind, Mixup};
 use pe_data::sampler::Sampling;
 use pe_data::{Error, Transform};
@@ -55,6 +55,7 @@ fn batches_have_the_promised_shape() {
     let t = tempfile::tempdir().unwrap();
     make_folder(t.path());
     let l = loader(t.path(), 2, |_| {});
+    let folder = ImageFolder::open(t.path(), "train", IndexCache::Beside).unwrap();
     assert_eq!(l.batches_per_epoch(), 5); // 21 samples, batch 4, last dropped
     let batches: Vec<_> = l.epoch(0).map(|b| b.unwrap()).collect();
     assert_eq!(batches.len(), 5);
@@ -63,7 +64,7 @@ fn batches_have_the_promised_shape() {
         assert_eq!(b.images.len(), 4 * 3 * 24 * 24);
         assert!(b.labels.iter().all(|&l| (0..3).contains(&l)));
         for (k, &idx) in b.indices.iter().enumerate() {
-            assert_eq!(l.dataset().samples[idx].1 as i64, b.labels[k]);
+            assert_eq!(folder.samples[idx].1 as i64, b.labels[k]);
         }
         assert!(b.bad_files.is_empty());
     }
@@ -154,7 +155,7 @@ fn eval_loader_is_ordered_and_complete() {
     make_folder(t.path());
     std::fs::rename(t.path().join("train"), t.path().join("val")).unwrap();
     let c = DataConfig { workers: 2, ..cfg(t.path()) };
-    let l = Loader::eval(&c, 8, 0, 1).unwrap();
+    let l = Loader::open(&c, Split::Eval { batch_size: 8, classes: None }, 0, 1).unwrap();
     let batches: Vec<_> = l.epoch(0).map(|b| b.unwrap()).collect();
     assert_eq!(batches.iter().map(|b| b.n).collect::<Vec<_>>(), vec![8, 8, 5]);
     let indices: Vec<usize> = batches.iter().flat_map(|b| b.indices.clone()).collect();
@@ -219,7 +220,7 @@ fn mixup_targets_on_loader_batches() {
     make_folder(t.path());
     let l = loader(t.path(), 2, |_| {});
     let c = DataConfig { mixup_alpha: 0.8, cutmix_alpha: 1.0, label_smoothing: 0.0, ..cfg(t.path()) };
-    let m = Mixup::from_config(&c, l.dataset().num_classes()).unwrap();
+    let m = Mixup::from_config(&c, l.classes().len()).unwrap();
     for b in l.epoch(0).map(|b| b.unwrap()) {
         let plan = m.plan_for(42, b.epoch, b.index, 0, b.h, b.w);
         let targets = m.soft_targets(&b.labels, &plan);

@@ -2,9 +2,9 @@
 //! sample once, determinism whatever the worker count, exact mid-epoch resume, disjoint ranks, bad
 //! samples replaced and counted, bad shards named).
 
-use pe_data::config::DataConfig;
+use pe_data::config::{DataConfig, DataFormat};
 use pe_data::index::{ImageFolder, IndexCache};
-use pe_data::loader::{Loader, LoaderOptions};
+use pe_data::loader::{Loader, LoaderOptions, Split};
 use pe_data::shards::{write_shards, ShardIndex, ShardSet, ShardWriteOptions};
 use pe_data::Transform;
 use std::collections::BTreeMap;
@@ -125,21 +125,23 @@ fn eval_shards_cover_the_split_once_with_the_run_labels() {
     let (src, dst) = (t.path().join("folder"), t.path().join("shards"));
     make_folder(&src);
     write(&src, &dst, 6000);
-    let c = DataConfig { workers: 2, ..cfg(&dst) };
+    let c = DataConfig { workers: 2, format: DataFormat::Shards, ..cfg(&dst) };
     let folder = ImageFolder::open(&src, "train", IndexCache::Off).unwrap();
     let mut labels = Vec::new();
     for rank in 0..2 {
-        let l = Loader::eval_shards(&c, 3, rank, 2, Some(&folder.classes)).unwrap();
+        let l =
+            Loader::open(&c, Split::Eval { batch_size: 3, classes: Some(&folder.classes) }, rank, 2).unwrap();
         labels.extend(l.epoch(0).flat_map(|b| b.unwrap().labels));
     }
     labels.sort_unstable();
     assert_eq!(labels, vec![0, 0, 2, 2]); // val lacks class1 and keeps training's numbering
-    let l = Loader::eval_shards(&c, 3, 0, 1, None).unwrap();
+    let l = Loader::open(&c, Split::Eval { batch_size: 3, classes: None }, 0, 1).unwrap();
     assert_eq!(l.len(), 4);
     assert_eq!(l.missing_classes(), ["class1"]);
     assert_eq!(l.classes(), ["class0", "class1", "class2"]);
     // A run class list lacking one of the set's classes is an error naming it.
-    let err = Loader::eval_shards(&c, 3, 0, 1, Some(&["class0".to_string()])).unwrap_err();
+    let err = Loader::open(&c, Split::Eval { batch_size: 3, classes: Some(&["class0".to_string()]) }, 0, 1)
+        .unwrap_err();
     assert!(err.to_string().contains("class1"), "{err}");
 }
 

@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use tch::{nn, Device};
 
 use pe_analyze::{figures, headline_scalars, log_to_tensorboard, render, Analysis, Energy, Report, RunInfo};
-use pe_data::{DataConfig, Loader};
+use pe_data::{DataConfig, Loader, Split};
 use pe_models::{weights, Model, ModelConfig};
 
 use crate::batch::{to_device, Normalizer};
@@ -241,7 +241,7 @@ fn measure(
         }
         None => {}
     }
-    let loader = Loader::eval(&data, batch_size, 0, 1)
+    let loader = Loader::open(&data, Split::Eval { batch_size, classes: None }, 0, 1)
         .with_context(|| format!("opening the validation split of {:?} (see data/README.md)", data.root))?;
     let normalizer = Normalizer::new(data.mean, data.std, Device::Cpu);
     let mut energy = analysis.energy();

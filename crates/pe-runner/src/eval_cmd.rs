@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use tch::nn;
 
-use pe_data::Loader;
+use pe_data::{Loader, Split};
 use pe_models::weights;
 
 use crate::amp::Precision;
@@ -54,13 +54,17 @@ pub fn run(args: EvalArgs) -> Result<()> {
     // A checkpoint knows the class list it was trained with; a bare weights file falls back to
     // the validation split's own folders.
     let identity = if args.checkpoint.is_dir() { Identity::read(&args.checkpoint)? } else { None };
+    let batch_size = config.eval_batch_size();
     let opened = match &identity {
-        Some(identity) => {
-            Loader::eval_with_classes(&config.data, config.eval_batch_size(), 0, 1, &identity.dataset.classes)
-        }
+        Some(identity) => Loader::open(
+            &config.data,
+            Split::Eval { batch_size, classes: Some(&identity.dataset.classes) },
+            0,
+            1,
+        ),
         None => {
             println!("note: no run identity beside the weights: classes are the validation split's folders");
-            Loader::eval(&config.data, config.eval_batch_size(), 0, 1)
+            Loader::open(&config.data, Split::Eval { batch_size, classes: None }, 0, 1)
         }
     };
     let loader = opened.with_context(|| {

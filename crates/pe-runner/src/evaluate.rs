@@ -125,7 +125,7 @@ pub fn evaluate(
 mod tests {
     use super::*;
     use crate::config::Amp;
-    use pe_data::DataConfig;
+    use pe_data::{DataConfig, Split};
 
     /// `val/c0` and `val/c1`, five PNGs each: red 0 / 100 tells the class.
     fn two_class_split(dir: &std::path::Path) -> DataConfig {
@@ -153,7 +153,7 @@ mod tests {
     fn evaluation_hands_the_batch_buffers_back_to_the_loader() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = two_class_split(dir.path());
-        let loader = Loader::eval(&cfg, 4, 0, 1).unwrap();
+        let loader = Loader::open(&cfg, Split::Eval { batch_size: 4, classes: None }, 0, 1).unwrap();
         let (sums, _) = evaluate_split(&cfg, &loader);
         assert_eq!(sums.samples, 10.0);
         // Three batches; how many buffers they used depends on timing, but every one came back.
@@ -167,7 +167,7 @@ mod tests {
         let zero = dir.path().join("val/c1/zero.png");
         std::fs::write(&zero, b"").unwrap();
         // Batches of 4 over 11 files: the bad one sits inside a batch, whose other images stay.
-        let loader = Loader::eval(&cfg, 4, 0, 1).unwrap();
+        let loader = Loader::open(&cfg, Split::Eval { batch_size: 4, classes: None }, 0, 1).unwrap();
         let (sums, bad) = evaluate_split(&cfg, &loader);
         assert_eq!((sums.samples, sums.unreadable), (10.0, 1.0));
         assert_eq!(bad.first.iter().map(|b| b.path.clone()).collect::<Vec<_>>(), [zero]);

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use pe_data::Loader;
+use pe_data::{Loader, Split};
 use tch::Tensor;
 
 use crate::batch::TrainInputs;
@@ -125,13 +125,14 @@ impl TrainLoop {
             tch::Cuda::cudnn_set_benchmark(true);
         }
         let (rank, world) = (dist.rank, dist.world);
-        let train_loader = Loader::train(&config.data, train.batch_size, train.seed, rank, world)
-            .map_err(|e| data_error(&config, e))?;
+        let split = Split::Train { batch_size: train.batch_size, seed: train.seed };
+        let train_loader =
+            Loader::open(&config.data, split, rank, world).map_err(|e| data_error(&config, e))?;
         // The training split defines the classes; validation folders map through its list.
         let classes = train_loader.classes();
+        let split = Split::Eval { batch_size: config.eval_batch_size(), classes: Some(classes) };
         let eval_loader =
-            Loader::eval_with_classes(&config.data, config.eval_batch_size(), rank, world, classes)
-                .map_err(|e| data_error(&config, e))?;
+            Loader::open(&config.data, split, rank, world).map_err(|e| data_error(&config, e))?;
         if dist.is_main() && !eval_loader.missing_classes().is_empty() {
             tracing::warn!(
                 "the {} split has no images of {} class(es): {}",

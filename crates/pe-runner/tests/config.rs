@@ -208,7 +208,8 @@ fn a_bad_device_or_backend_is_a_config_error_at_its_line() {
         ("device = \"gpu\"", "train.device", "\"cuda:N\", got \"gpu\""),
         ("dist_backend = \"mpi\"", "train.dist_backend", "`gloo`"),
     ] {
-        let error = error_of(dir.path(), &MINIMAL.replace("epochs = 10", &format!("epochs = 10\n{line}")), &[]);
+        let error =
+            error_of(dir.path(), &MINIMAL.replace("epochs = 10", &format!("epochs = 10\n{line}")), &[]);
         assert_eq!(error.key.as_deref(), Some(key), "{error}");
         assert!(error.location.ends_with("exp.toml:9") && error.message.contains(expected), "{error}");
         assert!(!error.message.contains('\n'), "one line: {error}");

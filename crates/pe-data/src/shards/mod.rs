@@ -13,6 +13,7 @@ pub(crate) mod feed;
 pub mod index;
 pub mod plan;
 pub mod read;
+pub mod source;
 pub mod write;
 
 pub use index::{ShardIndex, ShardInfo, SplitShards, INDEX_FILE};
