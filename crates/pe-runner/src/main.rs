@@ -4,8 +4,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use pe_runner::stop::StopRequest;
-use pe_runner::{bench, config, eval_cmd, forward, info, launch_cmd, prepare, run_identity, summary, train};
+use pe_runner::cmd::{analyze, bench, eval, forward, info, launch, prepare, summary, train};
+use pe_runner::config;
+use pe_runner::train::epoch_loop::Outcome;
+use pe_runner::train::run_identity;
+use pe_runner::train::stop::StopRequest;
 
 /// Library messages (`tracing`) go to stderr as `LEVEL target: message`; `RUST_LOG` overrides the
 /// default, which shows our crates' info and above and everyone else's warnings.
@@ -38,7 +41,7 @@ enum Command {
     /// Train an experiment (resumes automatically when its run folder has a checkpoint).
     Train(train::TrainArgs),
     /// Evaluate a checkpoint on an experiment's validation split.
-    Eval(eval_cmd::EvalArgs),
+    Eval(eval::EvalArgs),
     /// Parameters (with/without head) and MACs of registry models, beside the paper's numbers.
     Summary(summary::SummaryArgs),
     /// Prepare a dataset: Fashion-MNIST from Debian's package, ImageNet from its archives, or tar shards of an ImageFolder.
@@ -48,10 +51,10 @@ enum Command {
     /// Time one training step (forward, backward, AdamW) of a registry model on random data.
     Bench(bench::BenchArgs),
     /// How trained weights use their space: spectra, ranks, W/Wᵀ overlap, energy outside col(W).
-    Analyze(pe_runner::analyze_cmd::AnalyzeArgs),
+    Analyze(analyze::AnalyzeArgs),
     /// Run a `pe` command as N ranks on this machine with torchrun's environment
     /// (`pe launch --nproc 2 -- train X.toml`).
-    Launch(launch_cmd::LaunchArgs),
+    Launch(launch::LaunchArgs),
     /// Show the libtorch in use, where it was loaded from, and the devices it sees.
     Info,
 }
@@ -64,17 +67,17 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Train(args) => StopRequest::install().and_then(|stop| {
             Ok(match train::run(args, stop.clone())? {
-                train::Outcome::Finished => ExitCode::SUCCESS,
-                train::Outcome::Interrupted => ExitCode::from(stop.exit_code()),
+                Outcome::Finished => ExitCode::SUCCESS,
+                Outcome::Interrupted => ExitCode::from(stop.exit_code()),
             })
         }),
-        Command::Eval(args) => eval_cmd::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Eval(args) => eval::run(args).map(|()| ExitCode::SUCCESS),
         Command::Summary(args) => summary::run(args).map(|()| ExitCode::SUCCESS),
         Command::Prepare(args) => prepare::run(args).map(|()| ExitCode::SUCCESS),
         Command::Forward(args) => forward::run(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
-        Command::Analyze(args) => pe_runner::analyze_cmd::run(args).map(|()| ExitCode::SUCCESS),
-        Command::Launch(args) => launch_cmd::run(args),
+        Command::Analyze(args) => analyze::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Launch(args) => launch::run(args),
         Command::Info => info::run().map(|()| ExitCode::SUCCESS),
     };
     match result {

@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 use common::*;
 use pe_models::ModelConfig;
 use pe_runner::config::{load_experiment, Amp, OptimizerConfig, OptimizerKind};
-use pe_runner::step_engine::{
+use pe_runner::train::step_engine::{
     check_cuda_graph_config, EngineConfig, StepEngine, Targets, CUDA_GRAPH_WARMUP_STEPS,
 };
 

@@ -3,10 +3,10 @@
 //! and the EMA; plus CutMix pixels on plans as training draws them.
 
 use pe_data::mixup::{partner, MixKind, MixPlan, Mixup};
-use pe_runner::batch;
-use pe_runner::ema::Ema;
-use pe_runner::grad_norm::clip_grad_norm;
-use pe_runner::loss::{cross_entropy, soft_target_cross_entropy};
+use pe_runner::train::batch;
+use pe_runner::train::ema::Ema;
+use pe_runner::train::grad_norm::clip_grad_norm;
+use pe_runner::train::loss::{cross_entropy, soft_target_cross_entropy};
 use serde_json::Value;
 use tch::{nn, Device, Kind, Tensor};
 

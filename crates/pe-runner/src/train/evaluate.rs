@@ -11,9 +11,9 @@ use tch::{Device, Kind};
 
 use pe_data::{BadFileReport, Loader};
 
-use crate::amp::Precision;
-use crate::batch::{to_device, Normalizer};
-use crate::loss::{correct_top_k, cross_entropy};
+use crate::train::amp::Precision;
+use crate::train::batch::{to_device, Normalizer};
+use crate::train::loss::{correct_top_k, cross_entropy};
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct EvalResult {

@@ -8,8 +8,8 @@ use tch::{Device, Tensor};
 
 use pe_torch::cuda_graph::{CudaGraph, CudaStream};
 
-use crate::optimizer::Optimizer;
-use crate::step_engine::{EngineConfig, StepEngine, StepOutputs, StepReport, Targets};
+use crate::train::optimizer::Optimizer;
+use crate::train::step_engine::{EngineConfig, StepEngine, StepOutputs, StepReport, Targets};
 
 /// Eager steps run on the capture stream before the step is captured: cuBLAS/cuDNN workspaces,
 /// the optimizer's state and the loss scale's device copy must all exist before capture, and

@@ -13,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 use pe_dist::{DistEnv, ProcessGroup, ReduceOp, Reducer, ReducerOptions};
 
 use crate::config::DistBackend;
-use crate::step_engine::{GradSync, StepEngine};
+use crate::train::step_engine::{GradSync, StepEngine};
 
 pub struct Dist {
     pub rank: usize,

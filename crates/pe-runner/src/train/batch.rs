@@ -4,7 +4,7 @@ use pe_data::mixup::{partner, MixKind};
 use pe_data::{Batch, DataConfig, MixPlan, Mixup};
 use tch::{Device, Kind, Tensor};
 
-use crate::step_engine::Targets;
+use crate::train::step_engine::Targets;
 
 /// What the model trains on, made from each host batch on the device: normalised images and,
 /// when the recipe mixes, the Mixup/CutMix images with soft targets (else the labels). Each batch's

@@ -13,10 +13,10 @@ use pe_analyze::{figures, headline_scalars, log_to_tensorboard, render, Analysis
 use pe_data::{DataConfig, Loader, Split};
 use pe_models::{weights, Model, ModelConfig};
 
-use crate::batch::{to_device, Normalizer};
-use crate::checkpoint;
 use crate::config::{load_experiment, ExperimentConfig};
-use crate::tensorboard::{EventWriter, HParam};
+use crate::train::batch::{to_device, Normalizer};
+use crate::train::checkpoint;
+use crate::train::tensorboard::{EventWriter, HParam};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {

@@ -7,7 +7,7 @@
 //! `pe bench` times this same engine, so a benchmark measures what training runs.
 //!
 //! With [`EngineConfig::cuda_graph`] that same body is captured once into a CUDA graph and replayed
-//! ([`crate::graphed_step`]).
+//! ([`crate::train::graphed_step`]).
 
 use std::path::Path;
 
@@ -18,15 +18,15 @@ use tch::{Device, Tensor};
 use pe_models::{weights, Model, ModelConfig};
 use pe_torch::scaler::{GradScaler, GradScalerState};
 
-use crate::amp::Precision;
-use crate::checkpoint;
 use crate::config::{Amp, ExperimentConfig, OptimizerConfig};
-use crate::ema::Ema;
-use crate::grad_norm::clip_grad_norm;
-use crate::graphed_step::GraphedStep;
-pub use crate::graphed_step::{check_cuda_graph_config, CUDA_GRAPH_WARMUP_STEPS};
-use crate::loss::{cross_entropy, soft_target_cross_entropy};
-use crate::optimizer::Optimizer;
+use crate::train::amp::Precision;
+use crate::train::checkpoint;
+use crate::train::ema::Ema;
+use crate::train::grad_norm::clip_grad_norm;
+use crate::train::graphed_step::GraphedStep;
+pub use crate::train::graphed_step::{check_cuda_graph_config, CUDA_GRAPH_WARMUP_STEPS};
+use crate::train::loss::{cross_entropy, soft_target_cross_entropy};
+use crate::train::optimizer::Optimizer;
 
 /// Everything that decides what a step computes, separable from a whole experiment so that
 /// `pe bench` can build the engine for a bare model preset.

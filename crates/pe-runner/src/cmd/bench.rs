@@ -18,8 +18,8 @@ use tch::{Device, Kind, Tensor};
 use pe_models::ModelConfig;
 
 use crate::config::{Amp, DeviceChoice, DistBackend, OptimizerConfig, OptimizerKind};
-use crate::dist::Dist;
-use crate::step_engine::{EngineConfig, StepEngine, Targets, CUDA_GRAPH_WARMUP_STEPS};
+use crate::train::dist::Dist;
+use crate::train::step_engine::{EngineConfig, StepEngine, Targets, CUDA_GRAPH_WARMUP_STEPS};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::checkpoint::{self, Checkpoints, TrainState};
-use crate::run_identity::{self, Identity, RunConflict, RunLock};
+use crate::train::checkpoint::{self, Checkpoints, TrainState};
+use crate::train::run_identity::{self, Identity, RunConflict, RunLock};
 
 /// `runs/<name>/` as one process of a run sees it (rank 0 writes, the others read).
 pub struct RunFolder {

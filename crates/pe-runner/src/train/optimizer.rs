@@ -6,7 +6,7 @@ use tch::{nn, Device, Kind, Tensor};
 use pe_torch::optim::{AdamW, AdamWConfig, ParamGroup, Sgd, SgdConfig};
 
 use crate::config::{OptimizerConfig, OptimizerKind};
-use crate::param_groups;
+use crate::train::param_groups;
 
 pub struct Optimizer {
     inner: Box<dyn pe_torch::optim::Optimizer>,

@@ -1,49 +1,26 @@
-//! `pe train`: the epoch loop. It walks epochs and batches, asks the step engine for steps, the
-//! schedule for learning rates and the loaders for data, evaluates, and hands metrics to the
-//! observers and state to the checkpointer (both on rank 0 only).
+//! The epoch loop of a training run. It walks epochs and batches, asks the step engine for steps,
+//! the schedule for learning rates and the loaders for data, evaluates, and hands metrics to the
+//! observers and state to the run folder (both on rank 0 only).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
 
 use pe_data::{Loader, Split};
 use tch::Tensor;
 
-use crate::batch::TrainInputs;
-use crate::checkpoint::TrainState;
-use crate::config::{load::to_toml, load_experiment, ConfigError, Experiment, ExperimentConfig};
-use crate::dist::Dist;
-use crate::evaluate::{evaluate, EvalResult, EvalSums};
-use crate::observers::{LogStart, Observers, Record, Section};
-use crate::run_folder::{RunFolder, Start, StartRequest};
-use crate::run_identity::{self, DatasetIdentity, Identity};
-use crate::schedule::Schedule;
-use crate::step_engine::{EngineConfig, MicroBatch, StepEngine};
-use crate::stop::StopRequest;
-
-#[derive(Debug, Args)]
-pub struct TrainArgs {
-    /// The experiment recipe (TOML).
-    pub experiment: PathBuf,
-    /// Override a key, e.g. `--set train.epochs=1 --set data.root=/data/imagenet`.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub overrides: Vec<String>,
-    /// Require a checkpoint to resume from (without it, a run resumes when its folder has one).
-    #[arg(long, group = "resuming")]
-    pub resume: bool,
-    /// Resume from this checkpoint of the run instead of the newest (`step-N`, `best`, `last`), e.g.
-    /// when the newest fails its content check; later checkpoints are dropped at the next save.
-    #[arg(long, value_name = "CHECKPOINT", group = "resuming")]
-    pub resume_from: Option<String>,
-    /// The run's name, i.e. its folder under `logging.runs_dir` (default: the recipe's `name`).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Keys this resume may change from the stored run (e.g. `train.epochs`), with --resume.
-    #[arg(long, num_args = 1.., value_name = "KEY", requires = "resuming")]
-    pub allow_change: Vec<String>,
-}
+use crate::config::{load::to_toml, ConfigError, Experiment, ExperimentConfig};
+use crate::train::batch::TrainInputs;
+use crate::train::checkpoint::TrainState;
+use crate::train::dist::Dist;
+use crate::train::evaluate::{evaluate, EvalResult, EvalSums};
+use crate::train::observers::{LogStart, Observers, Record, Section};
+use crate::train::run_folder::{RunFolder, Start, StartRequest};
+use crate::train::run_identity::{DatasetIdentity, Identity};
+use crate::train::schedule::Schedule;
+use crate::train::step_engine::{EngineConfig, MicroBatch, StepEngine};
+use crate::train::stop::StopRequest;
 
 /// What a finished (or stopped) run reports.
 pub enum Outcome {
@@ -51,15 +28,8 @@ pub enum Outcome {
     Interrupted,
 }
 
-/// Trains the experiment of `args`. When `stop` is requested (a signal: see [`crate::stop`]) the
-/// run saves after the current step and returns [`Outcome::Interrupted`].
-pub fn run(args: TrainArgs, stop: StopRequest) -> Result<Outcome> {
-    let mut overrides = args.overrides.clone();
-    if let Some(name) = &args.name {
-        overrides.push(format!("name={name:?}"));
-    }
-    let experiment = load_experiment(&args.experiment, &overrides)?;
-    run_identity::validate_allowed(&args.allow_change)?;
+/// Trains `experiment` from where its run folder stands (see [`RunFolder::claim`]).
+pub fn train(experiment: &Experiment, request: &StartRequest, stop: StopRequest) -> Result<Outcome> {
     let config = &experiment.config;
     let resolved = to_toml(config);
     let device = config.train.device.resolve()?;
@@ -67,19 +37,14 @@ pub fn run(args: TrainArgs, stop: StopRequest) -> Result<Outcome> {
     let device = dist.device(device);
     // Everything that can refuse the recipe (data, batch sizes, the model) comes before the run
     // folder is touched: a refused start leaves nothing behind.
-    let mut trainer = TrainLoop::new(&experiment, dist, device, stop)?;
+    let mut trainer = TrainLoop::new(experiment, dist, device, stop)?;
     trainer.folder.lock()?;
-    let request = StartRequest {
-        require: args.resume || args.resume_from.is_some(),
-        from: args.resume_from.as_deref(),
-        allowed: &args.allow_change,
-    };
-    let start = trainer.folder.claim(&request)?;
+    let start = trainer.folder.claim(request)?;
     trainer.open_observers(start.as_ref())?;
     trainer.observers.say(&format!(
         "# resolved experiment {} (from {})\n{resolved}",
         config.name,
-        args.experiment.display()
+        experiment.source.display()
     ));
     if let Some(start) = start {
         trainer.resume(start)?;

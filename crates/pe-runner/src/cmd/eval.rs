@@ -9,12 +9,12 @@ use tch::nn;
 use pe_data::{Loader, Split};
 use pe_models::weights;
 
-use crate::amp::Precision;
-use crate::batch::Normalizer;
-use crate::checkpoint;
 use crate::config::load_experiment;
-use crate::evaluate::evaluate;
-use crate::run_identity::Identity;
+use crate::train::amp::Precision;
+use crate::train::batch::Normalizer;
+use crate::train::checkpoint;
+use crate::train::evaluate::evaluate;
+use crate::train::run_identity::Identity;
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {

@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
-use crate::checkpoint::LogMark;
 use crate::config::load::to_toml;
 use crate::config::ExperimentConfig;
-use crate::metrics::{Keep, MetricsLog};
-use crate::tensorboard::{self, EventWriter, HParam};
+use crate::train::checkpoint::LogMark;
+use crate::train::metrics::{Keep, MetricsLog};
+use crate::train::tensorboard::{self, EventWriter, HParam};
 
 /// Which stream a record belongs to: TensorBoard tags are `{section}/{name}`, metrics.jsonl records
 /// carry `"type": section`.

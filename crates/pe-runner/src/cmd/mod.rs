@@ -1,0 +1,12 @@
+//! The `pe` subcommands: each parses its arguments and drives the library (`pe train` drives
+//! [`crate::train`]).
+
+pub mod analyze;
+pub mod bench;
+pub mod eval;
+pub mod forward;
+pub mod info;
+pub mod launch;
+pub mod prepare;
+pub mod summary;
+pub mod train;
