@@ -109,13 +109,6 @@ impl GradScaler {
         &self.scale
     }
 
-    /// Replaces the scale (`update(new_scale)` in PyTorch), keeping the growth tracker.
-    pub fn set_scale(&mut self, scale: f64) -> Result<()> {
-        let device = self.scale.device();
-        self.scale = Tensor::f_full([], scale, (Kind::Float, device))?;
-        Ok(())
-    }
-
     /// `loss * scale` (the loss itself when disabled); call `.backward()` on the result.
     pub fn scale_loss(&self, loss: &Tensor) -> Tensor {
         if !self.enabled {

@@ -72,15 +72,9 @@ impl RunFolder {
             return Ok(None);
         };
         match Identity::read(&start.dir)? {
+            // Written before runs recorded their identity: nothing says which experiment it holds.
             None if !request.require => {
-                // Written before runs recorded their identity: nothing says which experiment it holds.
-                return Err(RunConflict(format!(
-                    "{} has no identity.json (it was written before checkpoints recorded their \
-                     experiment), so it cannot be checked that it holds this one. Nothing was changed. \
-                     Continue it as this experiment with --resume, or start a new run with --name NEW_NAME",
-                    start.dir.display()
-                ))
-                .into());
+                return Err(RunConflict::NoIdentity { checkpoint: start.dir.clone() }.into());
             }
             None => {}
             Some(stored) => {

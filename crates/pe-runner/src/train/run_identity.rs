@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -63,10 +63,31 @@ pub struct Change {
     pub new: String,
 }
 
-/// This command would continue a different experiment's run folder (exit code 2).
+/// Why this command may not train this run folder (exit code 2; nothing was changed).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct RunConflict(pub String);
+pub enum RunConflict {
+    /// The folder's checkpoint holds another experiment: the keys that differ, none of them allowed.
+    #[error("{}", another_experiment(run_dir, refused))]
+    AnotherExperiment { run_dir: PathBuf, refused: Vec<Change> },
+    /// A checkpoint from before identities were stored: continued only with `--resume`.
+    #[error(
+        "{} has no identity.json (it was written before checkpoints recorded their experiment), so it \
+         cannot be checked that it holds this one. Nothing was changed. Continue it as this experiment \
+         with --resume, or start a new run with --name NEW_NAME",
+        checkpoint.display()
+    )]
+    NoIdentity { checkpoint: PathBuf },
+    /// Another process holds the folder's lock.
+    #[error(
+        "{} is in use by another `pe train` (pid {pid}); one process trains a run folder at a time. \
+         Wait for it, stop it, or start a new run with --name NEW_NAME",
+        run_dir.display()
+    )]
+    Busy { run_dir: PathBuf, pid: String },
+    /// `--allow-change` named a key no resume may change.
+    #[error("--allow-change {key}: only these keys may change when a run resumes: {}", RESUMABLE_KEYS.join(", "))]
+    NotResumable { key: String },
+}
 
 impl Identity {
     pub fn new(config: &ExperimentConfig, dataset: DatasetIdentity) -> Self {
@@ -150,6 +171,14 @@ pub fn check_resume(changes: &[Change], allowed: &[String], run_dir: &Path) -> R
     if refused.is_empty() {
         return Ok(());
     }
+    Err(RunConflict::AnotherExperiment {
+        run_dir: run_dir.to_owned(),
+        refused: refused.into_iter().cloned().collect(),
+    })
+}
+
+/// The message of [`RunConflict::AnotherExperiment`]: every change and the two ways forward.
+fn another_experiment(run_dir: &Path, refused: &[Change]) -> String {
     let listed: Vec<String> =
         refused.iter().map(|c| format!("  {}: {} -> {}", c.key, c.old, c.new)).collect();
     let resumable: Vec<&str> =
@@ -170,17 +199,14 @@ pub fn check_resume(changes: &[Change], allowed: &[String], run_dir: &Path) -> R
             RESUMABLE_KEYS.join(", ")
         );
     }
-    Err(RunConflict(message))
+    message
 }
 
 /// Rejects `--allow-change` keys that no resume may change.
 pub fn validate_allowed(allowed: &[String]) -> Result<(), RunConflict> {
     match allowed.iter().find(|key| !RESUMABLE_KEYS.contains(&key.as_str())) {
         None => Ok(()),
-        Some(key) => Err(RunConflict(format!(
-            "--allow-change {key}: only these keys may change when a run resumes: {}",
-            RESUMABLE_KEYS.join(", ")
-        ))),
+        Some(key) => Err(RunConflict::NotResumable { key: key.clone() }),
     }
 }
 
@@ -233,13 +259,8 @@ impl RunLock {
             Err(fs::TryLockError::WouldBlock) => {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
-                return Err(RunConflict(format!(
-                    "{} is in use by another `pe train` (pid {}); one process trains a run folder at a time. \
-                     Wait for it, stop it, or start a new run with --name NEW_NAME",
-                    run_dir.display(),
-                    holder.trim()
-                ))
-                .into());
+                let pid = holder.trim().to_owned();
+                return Err(RunConflict::Busy { run_dir: run_dir.to_owned(), pid }.into());
             }
             Err(fs::TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("locking {}", path.display()))
