@@ -7,7 +7,7 @@
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
-use pe_layers::{Bottleneck, PeStage};
+use pe_layers::{Bottleneck, PeStage, StageEntry};
 use pe_models::resnet::Stage;
 use pe_models::vit::{AnyAttention, AnyMlp};
 use pe_models::{Model, ResNet, Vit};
@@ -211,11 +211,12 @@ impl Matrices {
     }
 
     fn pe_stage(&mut self, prefix: &str, stage: &PeStage) {
-        if let Some(transition) = &stage.transition {
-            self.conv(format!("{prefix}.transition.0"), Role::Shortcut, &transition.conv.ws);
-        }
-        if let Some(first) = &stage.first {
-            self.bottleneck(format!("{prefix}.0"), first);
+        match &stage.entry {
+            StageEntry::Identity => {}
+            StageEntry::Projection(transition) => {
+                self.conv(format!("{prefix}.transition.0"), Role::Shortcut, &transition.conv.ws);
+            }
+            StageEntry::Standard(first) => self.bottleneck(format!("{prefix}.0"), first),
         }
         let shared = self.push(
             format!("{prefix}.shared_w"),
@@ -223,7 +224,7 @@ impl Matrices {
             Layout::Tied,
             &stage.shared_w.weight,
         );
-        let first_pe = usize::from(stage.first.is_some());
+        let first_pe = stage.first_pe_block();
         for (offset, block) in stage.blocks.iter().enumerate() {
             let name = format!("{prefix}.{}", first_pe + offset);
             self.conv(format!("{name}.conv2"), Role::Conv3x3, &block.conv2.ws);

@@ -27,6 +27,6 @@ pub use conv::Conv;
 pub use drop_path::DropPath;
 pub use error::Error;
 pub use mlp::{Mlp, MlpConfig, PeMlp};
-pub use pe_stage::{FirstBlock, PeBottleneck, PeStage, PeStageConfig};
+pub use pe_stage::{FirstBlock, PeBottleneck, PeStage, PeStageConfig, StageEntry};
 pub use residual::{BasicBlock, Bottleneck, ConvBn, ResidualConfig};
 pub use stage_shared::StageShared;

@@ -41,26 +41,34 @@ pub struct PeStageConfig {
 }
 
 impl PeStageConfig {
+    /// Whether the stage enters through a projection (`transition`): with [`FirstBlock::Projection`]
+    /// when its stride or channel count changes.
+    pub fn has_projection(&self) -> bool {
+        self.first_block == FirstBlock::Projection
+            && (self.stride != 1 || self.in_channels != self.out_channels)
+    }
+
+    /// The index of the stage's first PE block (1 when block 0 is a standard bottleneck).
+    pub fn first_pe_block(&self) -> usize {
+        usize::from(self.first_block == FirstBlock::Standard)
+    }
+
     /// Builds the stage under `path`: `shared_w`, then `transition.{0,1}` or block `0`
     /// (per [`FirstBlock`]), then PE blocks `k..n` named by their index as torchvision does.
     pub fn init(&self, path: nn::Path) -> Result<PeStage, Error> {
         if self.blocks == 0 {
             return Err(Error::EmptyStage);
         }
-        let mut first_index = 0;
-        let (transition, first) = match self.first_block {
-            FirstBlock::Projection => {
-                let needs = self.stride != 1 || self.in_channels != self.out_channels;
-                let transition = needs.then(|| {
-                    ConvBn::projection(&path / "transition", self.in_channels, self.out_channels, self.stride)
-                });
-                (transition, None)
-            }
+        let entry = match self.first_block {
+            FirstBlock::Projection if !self.has_projection() => StageEntry::Identity,
+            FirstBlock::Projection => StageEntry::Projection(ConvBn::projection(
+                &path / "transition",
+                self.in_channels,
+                self.out_channels,
+                self.stride,
+            )),
+            FirstBlock::Standard if self.blocks < 2 => return Err(Error::NoBlockToShare),
             FirstBlock::Standard => {
-                if self.blocks < 2 {
-                    return Err(Error::NoBlockToShare);
-                }
-                first_index = 1;
                 let block = ResidualConfig {
                     in_channels: self.in_channels,
                     width: self.width,
@@ -68,16 +76,16 @@ impl PeStageConfig {
                     stride: self.stride,
                     zero_init_last_bn: self.zero_init_last_bn,
                 };
-                (None, Some(block.bottleneck(&path / "0")))
+                StageEntry::Standard(Box::new(block.bottleneck(&path / "0")))
             }
         };
         let shared_w = StageShared::new(&path, self.width, self.out_channels);
-        let blocks = (first_index..self.blocks)
+        let blocks = (self.first_pe_block()..self.blocks)
             .map(|index| {
                 PeBottleneck::new(&path / index, self.width, self.out_channels, self.zero_init_last_bn)
             })
             .collect();
-        Ok(PeStage { shared_w, transition, first, blocks })
+        Ok(PeStage { shared_w, entry, blocks })
     }
 }
 
@@ -117,30 +125,45 @@ impl PeBottleneck {
     }
 }
 
-/// A stage: its entrance (projection or standard block), then PE blocks that all borrow `shared_w`.
+/// How a stage enters its channel count and resolution (see [`FirstBlock`]).
+#[derive(Debug)]
+pub enum StageEntry {
+    /// Same channels and resolution: the input goes straight to the PE blocks.
+    Identity,
+    /// A 1×1 strided conv + BN (`transition.{0,1}`) before the PE blocks.
+    Projection(ConvBn),
+    /// Block 0 is a standard bottleneck; the PE blocks are 1..n.
+    Standard(Box<Bottleneck>),
+}
+
+/// A stage: its entrance, then PE blocks that all borrow `shared_w`.
 #[derive(Debug)]
 pub struct PeStage {
     pub shared_w: StageShared,
-    pub transition: Option<ConvBn>,
-    pub first: Option<Bottleneck>,
+    pub entry: StageEntry,
     pub blocks: Vec<PeBottleneck>,
 }
 
 impl PeStage {
+    /// The index of the stage's first PE block (1 when block 0 is a standard bottleneck).
+    pub fn first_pe_block(&self) -> usize {
+        usize::from(matches!(self.entry, StageEntry::Standard(_)))
+    }
+
     /// The forward pass, handing each bottleneck's hidden activation to `probe` with the block's
     /// index as torchvision numbers it (for weight-space analysis).
     pub fn forward_probed(&self, xs: &Tensor, train: bool, probe: &mut dyn FnMut(usize, &Tensor)) -> Tensor {
         // [B, C_in, H, W] -> [B, C, H/s, W/s]
-        let mut xs = match (&self.transition, &self.first) {
-            (Some(transition), _) => transition.forward_t(xs, train),
-            (None, Some(first)) => {
+        let mut xs = match &self.entry {
+            StageEntry::Identity => xs.shallow_clone(),
+            StageEntry::Projection(transition) => transition.forward_t(xs, train),
+            StageEntry::Standard(first) => {
                 let (out, hidden) = first.forward_with_hidden(xs, train);
                 probe(0, &hidden);
                 out
             }
-            (None, None) => xs.shallow_clone(),
         };
-        let first_pe = usize::from(self.first.is_some());
+        let first_pe = self.first_pe_block();
         for (offset, block) in self.blocks.iter().enumerate() {
             let (out, hidden) = block.forward_with_hidden(&xs, &self.shared_w, train);
             probe(first_pe + offset, &hidden);

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use pe_layers::{Bottleneck, FirstBlock, PeStage, PeStageConfig, ResidualConfig};
+use pe_layers::{Bottleneck, FirstBlock, PeStage, PeStageConfig, ResidualConfig, StageEntry};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
@@ -119,7 +119,7 @@ fn projection_entrance_changes_channels_and_resolution_before_the_pe_blocks() {
     let vs = store();
     let config = PeStageConfig { in_channels: 8, stride: 2, ..stage_config(2) };
     let stage = config.init(vs.root()).unwrap();
-    assert!(stage.transition.is_some() && stage.first.is_none());
+    assert!(matches!(stage.entry, StageEntry::Projection(_)));
     assert_eq!(stage.blocks.len(), 2);
     let out = stage.forward_t(&Tensor::randn([2, 8, 8, 8], tch::kind::FLOAT_CPU), false);
     assert_eq!(out.size(), [2, C, 4, 4]);
@@ -136,7 +136,7 @@ fn standard_entrance_keeps_block_zero_as_a_torchvision_bottleneck() {
     let config =
         PeStageConfig { in_channels: 8, stride: 2, first_block: FirstBlock::Standard, ..stage_config(3) };
     let stage = config.init(vs.root()).unwrap();
-    assert!(stage.transition.is_none() && stage.first.is_some());
+    assert!(matches!(stage.entry, StageEntry::Standard(_)));
     assert_eq!(stage.blocks.len(), 2, "blocks 1 and 2 share W");
     let names = vs.variables();
     for name in ["0.conv1.weight", "0.conv3.weight", "0.downsample.0.weight", "1.conv2.weight", "2.bn3.bias"]
@@ -151,7 +151,7 @@ fn standard_entrance_keeps_block_zero_as_a_torchvision_bottleneck() {
 fn no_entrance_when_the_stage_keeps_channels_and_resolution() {
     let vs = store();
     let stage = stage_config(2).init(vs.root()).unwrap();
-    assert!(stage.transition.is_none() && stage.first.is_none());
+    assert!(matches!(stage.entry, StageEntry::Identity));
 }
 
 #[test]

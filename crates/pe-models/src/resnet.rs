@@ -182,14 +182,11 @@ impl ResNetConfig {
         let (kernel, stride) = self.stem_conv();
         let conv1 = Conv::new(&path / "conv1", self.in_channels, self.stem_channels, kernel, stride);
         let bn1 = batch_norm(&path / "bn1", self.stem_channels, false);
-        let mut stages = Vec::with_capacity(self.layers.len());
-        let mut c_in = self.stem_channels;
-        for (index, &blocks) in self.layers.iter().enumerate() {
-            let stage_path = &path / format!("layer{}", index + 1);
-            let stride = if index == 0 { 1 } else { 2 };
-            stages.push(self.init_stage(stage_path, index, blocks, c_in, stride)?);
-            c_in = self.stage_out(index);
-        }
+        let stages = self
+            .stage_plans()
+            .iter()
+            .map(|plan| self.init_stage(&path / &plan.name, plan))
+            .collect::<Result<Vec<_>, _>>()?;
         let fc = torch_default_linear(&path / "fc", self.feature_dim(), self.num_classes);
         Ok(ResNet { conv1, bn1, stages, fc, config: self.clone() })
     }
@@ -201,17 +198,14 @@ impl ResNetConfig {
         }
     }
 
-    fn init_stage(
-        &self,
-        path: nn::Path,
-        index: usize,
-        blocks: usize,
-        c_in: i64,
-        stride: i64,
-    ) -> Result<Stage, pe_layers::Error> {
-        let (width, c_out) = (self.widths[index], self.stage_out(index));
-        if self.pe_stages.contains(&(index + 1)) {
-            let config = PeStageConfig {
+    /// The stages as `init` builds them and `costs` counts them: one walk of the architecture.
+    fn stage_plans(&self) -> Vec<StagePlan> {
+        let mut c_in = self.stem_channels;
+        let mut plans = Vec::with_capacity(self.layers.len());
+        for (index, &blocks) in self.layers.iter().enumerate() {
+            let (width, c_out) = (self.widths[index], self.stage_out(index));
+            let stride = if index == 0 { 1 } else { 2 };
+            let pe = self.pe_stages.contains(&(index + 1)).then_some(PeStageConfig {
                 in_channels: c_in,
                 width,
                 out_channels: c_out,
@@ -219,7 +213,24 @@ impl ResNetConfig {
                 stride,
                 first_block: self.first_block,
                 zero_init_last_bn: self.zero_init_last_bn,
-            };
+            });
+            plans.push(StagePlan {
+                name: format!("layer{}", index + 1),
+                c_in,
+                width,
+                c_out,
+                blocks,
+                stride,
+                pe,
+            });
+            c_in = c_out;
+        }
+        plans
+    }
+
+    fn init_stage(&self, path: nn::Path, plan: &StagePlan) -> Result<Stage, pe_layers::Error> {
+        let StagePlan { c_in, width, c_out, blocks, stride, .. } = *plan;
+        if let Some(config) = &plan.pe {
             return Ok(Stage::Pe(Box::new(config.init(path)?)));
         }
         let block_config = |block: usize| ResidualConfig {
@@ -247,17 +258,14 @@ impl ResNetConfig {
         if self.stem == Stem::Imagenet {
             (h, w) = (out_size(h, 3, 2), out_size(w, 3, 2));
         }
-        let mut c_in = self.stem_channels;
-        for (index, &blocks) in self.layers.iter().enumerate() {
-            let name = format!("layer{}", index + 1);
-            let (width, c_out) = (self.widths[index], self.stage_out(index));
-            let stride = if index == 0 { 1 } else { 2 };
+        for plan in self.stage_plans() {
+            let StagePlan { c_in, width, c_out, blocks, stride, .. } = plan;
+            let name = plan.name.as_str();
             let (h_out, w_out) = (out_size(h, 3, stride), out_size(w, 3, stride));
-            let mut first_pe = 0;
-            if self.pe_stages.contains(&(index + 1)) {
+            if let Some(config) = &plan.pe {
                 sheet.push(Cost::param(format!("{name}.shared_w"), width * c_out));
-                match self.first_block {
-                    FirstBlock::Projection if stride != 1 || c_in != c_out => {
+                match config.first_block {
+                    FirstBlock::Projection if config.has_projection() => {
                         sheet.conv(&format!("{name}.transition.0"), c_in, c_out, 1, h_out, w_out);
                         sheet.norm(&format!("{name}.transition.1"), c_out);
                     }
@@ -270,10 +278,9 @@ impl ResNetConfig {
                             (h, w),
                             stride,
                         );
-                        first_pe = 1;
                     }
                 }
-                for block in first_pe..blocks {
+                for block in config.first_pe_block()..blocks {
                     let block_name = format!("{name}.{block}");
                     // W x and Wᵀ h: the MACs of two 1×1 convs, no parameters of their own.
                     sheet.push(Cost::macs(
@@ -308,12 +315,24 @@ impl ResNetConfig {
                     }
                 }
             }
-            (h, w, c_in) = (h_out, w_out, c_out);
+            (h, w) = (h_out, w_out);
         }
         sheet.linear("fc", self.feature_dim(), self.num_classes, 1);
         sheet.mark_head("fc");
         sheet
     }
+}
+
+/// One stage's shape: its input and output channels, bottleneck width, blocks and stride, and its
+/// PE stage config when the stage shares one `W`.
+struct StagePlan {
+    name: String,
+    c_in: i64,
+    width: i64,
+    c_out: i64,
+    blocks: usize,
+    stride: i64,
+    pe: Option<PeStageConfig>,
 }
 
 /// torchvision's bottleneck: 1×1 reduce at the input resolution, strided 3×3, 1×1 expand.
