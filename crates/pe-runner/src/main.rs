@@ -1,6 +1,8 @@
 //! `pe`: the command-line entry point of the workspace.
 
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
@@ -59,12 +61,27 @@ enum Command {
     Info,
 }
 
+/// `pe summary | head`: once `head` has read enough, the next write raises SIGPIPE, and the
+/// process ends as Unix tools do (killed by SIGPIPE, the shell's 141) instead of Rust's default,
+/// a panic on the failed write.
+fn end_quietly_when_the_output_closes() {
+    let always = Arc::new(AtomicBool::new(true));
+    // Failing to register only keeps Rust's default (an error instead of a quiet end).
+    let _ = signal_hook::flag::register_conditional_default(signal_hook::consts::SIGPIPE, always);
+}
+
 /// Exit codes: 0 success, 1 failure, 2 invalid configuration (nothing started), 128 + the signal
 /// when a run was stopped by one and saved (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1).
 fn main() -> ExitCode {
     pe_torch::allocator::keep_freed_memory();
     log_to_stderr();
-    let result = match Cli::parse().command {
+    let command = Cli::parse().command;
+    // A run must not die because its output pipe closed (it would lose its steps since the last
+    // checkpoint); it writes through a sink that ignores that (see observers.rs).
+    if !matches!(command, Command::Train(_) | Command::Launch(_)) {
+        end_quietly_when_the_output_closes();
+    }
+    let result = match command {
         Command::Train(args) => StopRequest::install().and_then(|stop| {
             Ok(match train::run(args, stop.clone())? {
                 Outcome::Finished => ExitCode::SUCCESS,
@@ -83,7 +100,10 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) if error.is::<config::ConfigError>() || error.is::<run_identity::RunConflict>() => {
-            eprintln!("error: {error}");
+            // Every rank of a launch reads the same recipe: one of them says what is wrong.
+            if std::env::var("RANK").map_or(true, |rank| rank == "0") {
+                eprintln!("error: {error}");
+            }
             ExitCode::from(2)
         }
         Err(error) => {

@@ -16,12 +16,16 @@ pub struct LaunchArgs {
     pub command: Vec<String>,
 }
 
-/// Exits as the ranks did: 0, or 128 + the stop signal that was forwarded to them (130 Ctrl-C).
+/// Exits as the ranks did: 0, 2 when a rank refused its configuration, or 128 + the stop signal
+/// that was forwarded to them (130 Ctrl-C).
 pub fn run(args: LaunchArgs) -> Result<ExitCode> {
     anyhow::ensure!(args.nproc >= 1, "--nproc must be at least 1");
     let pe = std::env::current_exe().context("locating the running `pe` binary")?;
-    Ok(match pe_dist::launch(args.nproc, pe, &args.command)? {
-        pe_dist::Ended::Finished => ExitCode::SUCCESS,
-        pe_dist::Ended::Stopped { code } => ExitCode::from(code),
-    })
+    match pe_dist::launch(args.nproc, pe, &args.command) {
+        Ok(pe_dist::Ended::Finished) => Ok(ExitCode::SUCCESS),
+        Ok(pe_dist::Ended::Stopped { code }) => Ok(ExitCode::from(code)),
+        // A rank refused its configuration (rank 0 printed why): exit as it did, 2.
+        Err(pe_dist::Error::RankFailed { status, .. }) if status.code() == Some(2) => Ok(ExitCode::from(2)),
+        Err(error) => Err(error.into()),
+    }
 }

@@ -22,7 +22,8 @@ pub struct TrainState {
     pub epoch: u64,
     pub batch_in_epoch: u64,
     pub best_acc1: f64,
-    pub best_epoch: Option<u64>,
+    /// The epoch (1-based, as logs print it) after which the best top-1 was measured.
+    pub best_after_epoch: Option<u64>,
     /// Optimizer steps skipped because fp16 gradients overflowed.
     pub skipped_steps: u64,
     /// GradScaler state (absent unless fp16).
@@ -47,7 +48,7 @@ impl Default for TrainState {
             epoch: 0,
             batch_in_epoch: 0,
             best_acc1: 0.0,
-            best_epoch: None,
+            best_after_epoch: None,
             skipped_steps: 0,
             scaler: None,
             world: one_process(),
@@ -81,6 +82,9 @@ struct StateFile {
     /// File name -> `blake3:<hex>` (absent in checkpoints from before hashes were stored).
     #[serde(default)]
     files: BTreeMap<String, String>,
+    /// What checkpoints stored before `best_after_epoch`: the same epoch, 0-based.
+    #[serde(default, rename = "best_epoch", skip_serializing)]
+    legacy_best_epoch: Option<u64>,
 }
 
 /// A checkpoint file whose bytes are not those it was saved with.
@@ -303,7 +307,8 @@ fn write_state_file(dir: &Path, state: &TrainState) -> Result<()> {
             files.insert(name, content_hash(&path)?);
         }
     }
-    let text = serde_json::to_string_pretty(&StateFile { state: state.clone(), files })?;
+    let text =
+        serde_json::to_string_pretty(&StateFile { state: state.clone(), files, legacy_best_epoch: None })?;
     let path = dir.join(STATE);
     let mut file = fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     file.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
@@ -324,7 +329,12 @@ fn read_state_file(dir: &Path) -> Result<StateFile> {
 }
 
 pub fn read_state(dir: &Path) -> Result<TrainState> {
-    Ok(read_state_file(dir)?.state)
+    let file = read_state_file(dir)?;
+    let mut state = file.state;
+    if state.best_after_epoch.is_none() {
+        state.best_after_epoch = file.legacy_best_epoch.map(|epoch| epoch + 1);
+    }
+    Ok(state)
 }
 
 /// Checks `files` of the checkpoint `dir` (or all of them, with `None`) against the hashes its
@@ -348,5 +358,24 @@ pub fn verify(dir: &Path, files: Option<&[&str]>) -> Result<()> {
 fn sync_dir(dir: &Path) {
     if let Ok(handle) = fs::File::open(dir) {
         let _ = handle.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_old_state_json_with_a_0_based_best_epoch_reads_as_1_based() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = r#"{"step": 12, "epoch": 2, "batch_in_epoch": 0, "best_acc1": 50.0, "best_epoch": 1,
+            "skipped_steps": 0, "scaler": null, "world": 1}"#;
+        std::fs::write(dir.path().join(STATE), old).unwrap();
+        assert_eq!(read_state(dir.path()).unwrap().best_after_epoch, Some(2));
+        let state = TrainState { best_after_epoch: Some(2), ..TrainState::default() };
+        write_state_file(dir.path(), &state).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(STATE)).unwrap();
+        assert!(text.contains("\"best_after_epoch\": 2") && !text.contains("\"best_epoch\""), "{text}");
+        assert_eq!(read_state(dir.path()).unwrap(), state);
     }
 }

@@ -193,11 +193,14 @@ impl TrainLoop {
         self.folder.continue_from(&start)?;
         self.state = TrainState { world, ..start.state };
         self.losses_checked_at = self.state.step;
+        let place = match self.state.batch_in_epoch {
+            0 => format!("after epoch {}", self.state.epoch),
+            batch => format!("inside epoch {}, batch {batch}", self.state.epoch + 1),
+        };
         self.observers.say(&format!(
-            "resumed from {} (step {}, epoch {})",
+            "resumed from {} (step {}, {place})",
             start.dir.display(),
-            self.state.step,
-            self.state.epoch
+            self.state.step
         ));
         Ok(())
     }
@@ -236,17 +239,21 @@ impl TrainLoop {
                     return Ok(Outcome::Interrupted);
                 }
                 EpochEnd::MaxSteps => {
-                    last_eval = Some(self.evaluate_and_save(epoch)?);
+                    // The run ends here, at an epoch end or not: analysis and evaluation are due.
+                    self.analyze_if_due(epoch, true)?;
+                    let batches = (self.steps_per_epoch * self.config.train.accum_steps) as u64;
+                    let at_epoch_end = self.state.batch_in_epoch == batches;
+                    last_eval = Some(self.evaluate_and_save(epoch, at_epoch_end)?);
                     break;
                 }
                 EpochEnd::Completed => {
                     self.state.epoch += 1;
                     self.state.batch_in_epoch = 0;
-                    self.analyze_if_due(epoch)?;
-                    let due = (epoch + 1).is_multiple_of(self.config.eval.every_epochs as u64)
-                        || epoch + 1 == epochs;
+                    let last = epoch + 1 == epochs;
+                    self.analyze_if_due(epoch, last)?;
+                    let due = (epoch + 1).is_multiple_of(self.config.eval.every_epochs as u64) || last;
                     if due {
-                        last_eval = Some(self.evaluate_and_save(epoch)?);
+                        last_eval = Some(self.evaluate_and_save(epoch, true)?);
                     } else {
                         self.save(false)?;
                     }
@@ -259,11 +266,13 @@ impl TrainLoop {
         Ok(Outcome::Finished)
     }
 
-    /// Every `logging.analyze_every_epochs` epochs, rank 0 logs the weight-space analysis
-    /// (singular-value histograms, ranks, tied-pair overlaps) of the current weights.
-    fn analyze_if_due(&mut self, epoch: u64) -> Result<()> {
+    /// Every `logging.analyze_every_epochs` epochs and when the run ends (`last`), as evaluation
+    /// does, rank 0 logs the weight-space analysis (singular-value histograms, ranks, tied-pair
+    /// overlaps) of the current weights.
+    fn analyze_if_due(&mut self, epoch: u64, last: bool) -> Result<()> {
         let every = self.config.logging.analyze_every_epochs as u64;
-        if every == 0 || !(epoch + 1).is_multiple_of(every) || !self.dist.is_main() {
+        let due = last || (epoch + 1).is_multiple_of(every.max(1));
+        if every == 0 || !due || !self.dist.is_main() {
             return Ok(());
         }
         let analysis = pe_analyze::Analysis::new(self.engine.model())?;
@@ -281,12 +290,19 @@ impl TrainLoop {
                 result.counted()
             ));
         }
-        if let Some(epoch) = self.state.best_epoch {
-            self.observers.say(&format!("best top-1 {:.2}% after epoch {}", self.state.best_acc1, epoch + 1));
+        if let Some(epoch) = self.state.best_after_epoch {
+            self.observers.say(&format!("best top-1 {:.2}% after epoch {}", self.state.best_acc1, epoch));
         }
         let dir = self.folder.dir();
+        // `make tensorboard` serves runs/ only.
+        let runs_dir = &self.config.logging.runs_dir;
+        let serve = if runs_dir == std::path::Path::new("runs") {
+            "make tensorboard".to_owned()
+        } else {
+            format!(".venv/bin/tensorboard --logdir {}", runs_dir.display())
+        };
         self.observers.say(&format!(
-            "logs: {} (TensorBoard: make tensorboard; metrics: {})",
+            "logs: {} (TensorBoard: {serve}; metrics: {})",
             dir.display(),
             dir.join("metrics.jsonl").display()
         ));
@@ -312,7 +328,13 @@ impl TrainLoop {
         EvalSums::from_array(totals).result()
     }
 
-    fn evaluate_and_save(&mut self, epoch: u64) -> Result<(EvalResult, Option<EvalResult>)> {
+    /// Evaluates the model (and EMA) after `epoch`'s steps or, when `train.max_steps` stopped the
+    /// run inside it (`at_epoch_end` false), after the steps it trained; then saves.
+    fn evaluate_and_save(
+        &mut self,
+        epoch: u64,
+        at_epoch_end: bool,
+    ) -> Result<(EvalResult, Option<EvalResult>)> {
         self.dist.sync_buffers(&self.engine)?;
         let result = self.evaluate_sharded(self.engine.model(), epoch)?;
         let ema = match self.engine.ema_model() {
@@ -327,17 +349,24 @@ impl TrainLoop {
             if r.unreadable > 0 {
                 values.push(("unreadable", r.unreadable as f64));
             }
-            self.observers.record(&Record { section, step, epoch: epoch + 1, values: &values })?;
+            let within_epoch = !at_epoch_end;
+            self.observers.record(&Record {
+                section,
+                step,
+                epoch: epoch + 1,
+                within_epoch,
+                values: &values,
+            })?;
         }
         if result.unreadable > 0 {
             let values = [("count", result.unreadable as f64)];
             let section = Section::Event("eval_bad_files");
-            self.observers.record(&Record { section, step, epoch: epoch + 1, values: &values })?;
+            self.observers.record(&Record::new(section, step, epoch + 1, &values))?;
         }
-        let best = result.acc1 > self.state.best_acc1 || self.state.best_epoch.is_none();
+        let best = result.acc1 > self.state.best_acc1 || self.state.best_after_epoch.is_none();
         if best {
             self.state.best_acc1 = result.acc1;
-            self.state.best_epoch = Some(epoch);
+            self.state.best_after_epoch = Some(epoch + 1);
         }
         self.save(best)?;
         Ok((result, ema))
@@ -360,7 +389,13 @@ impl TrainLoop {
         let accum = self.config.train.accum_steps as u64;
         let batches = self.steps_per_epoch as u64 * accum;
         let start = self.state.batch_in_epoch;
-        self.observers.epoch_started(epoch, start / accum, self.steps_per_epoch as u64);
+        // The bar's length (and ETA) stops where train.max_steps does.
+        let mut steps = self.steps_per_epoch as u64;
+        let max = self.config.train.max_steps as u64;
+        if max > 0 {
+            steps = steps.min(start / accum + max.saturating_sub(self.state.step));
+        }
+        self.observers.epoch_started(epoch, start / accum, steps);
         let end = self.run_batches(epoch, start, batches, accum);
         self.observers.epoch_ended();
         end
@@ -432,12 +467,7 @@ impl TrainLoop {
         if bad.count > 0 {
             // The loader already printed the paths; keep the count for scripts.
             let values = [("count", bad.count as f64)];
-            let record = Record {
-                section: Section::Event("bad_files"),
-                step: self.state.step,
-                epoch: epoch + 1,
-                values: &values,
-            };
+            let record = Record::new(Section::Event("bad_files"), self.state.step, epoch + 1, &values);
             self.observers.record(&record)?;
         }
         Ok(EpochEnd::Completed)
@@ -492,7 +522,7 @@ impl TrainLoop {
         }
         let (step, epoch) = (self.state.step, epoch + 1);
         for (section, values) in [(Section::Train, train.as_slice()), (Section::Perf, perf.as_slice())] {
-            self.observers.record(&Record { section, step, epoch, values })?;
+            self.observers.record(&Record::new(section, step, epoch, values))?;
         }
         *window = Window::start();
         Ok(())

@@ -46,10 +46,18 @@ pub struct Record<'a> {
     pub section: Section,
     pub step: u64,
     pub epoch: u64,
+    /// True when the step is inside its epoch (an evaluation that `train.max_steps` brought
+    /// forward), not at its end.
+    pub within_epoch: bool,
     pub values: &'a [(&'static str, f64)],
 }
 
-impl Record<'_> {
+impl<'a> Record<'a> {
+    /// A record at `step` of `epoch` (1-based).
+    pub fn new(section: Section, step: u64, epoch: u64, values: &'a [(&'static str, f64)]) -> Self {
+        Self { section, step, epoch, within_epoch: false, values }
+    }
+
     pub fn get(&self, name: &str) -> Option<f64> {
         self.values.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
     }
@@ -140,9 +148,11 @@ impl Observers {
             LogStart::Continue { step, .. } => events.session_start(step + 1)?,
         }
         let files = LogFiles { metrics: metrics_path, events: events.path().to_owned() };
+        let bar = progress && std::io::stderr().is_terminal();
+        let console = Console { step_lines: !bar, last_train: None };
         let mut sinks: Vec<Box<dyn Observer>> =
-            vec![Box::new(TensorBoard(events)), Box::new(Jsonl(metrics)), Box::new(Console)];
-        if progress && std::io::stderr().is_terminal() {
+            vec![Box::new(TensorBoard(events)), Box::new(Jsonl(metrics)), Box::new(console)];
+        if bar {
             sinks.push(Box::new(Progress { bar: None, epochs }));
         }
         Ok(Self { sinks, files: Some(files) })
@@ -284,27 +294,51 @@ impl Observer for Jsonl {
     }
 }
 
-/// The evaluation line a user reads in the terminal.
-struct Console;
+/// The lines a user reads in the terminal (or a log file): evaluations, what the run says, and,
+/// without a progress bar (stderr not a terminal: CI, `nohup`, SLURM's output files), one line
+/// per logged step.
+struct Console {
+    step_lines: bool,
+    /// The logged step's loss and learning rate, printed with its throughput (the next record).
+    last_train: Option<(f64, f64)>,
+}
 
 impl Observer for Console {
     fn record(&mut self, record: &Record) -> Result<()> {
-        let (Some(acc1), Some(acc5), Some(loss)) =
-            (record.get("acc1"), record.get("acc5"), record.get("loss"))
-        else {
-            return Ok(());
-        };
         match record.section {
-            Section::Eval => {
-                let left_out = record.get("unreadable").map(|n| format!(" ({n} unreadable images left out)"));
-                println!(
-                    "epoch {} eval: top-1 {acc1:.2}% top-5 {acc5:.2}% loss {loss:.4}{}",
-                    record.epoch,
-                    left_out.unwrap_or_default()
-                )
+            Section::Train if self.step_lines => {
+                self.last_train = record.get("loss").zip(record.get("lr"));
             }
-            Section::EvalEma => {
-                println!("epoch {} eval (EMA): top-1 {acc1:.2}% top-5 {acc5:.2}%", record.epoch)
+            Section::Perf if self.step_lines => {
+                if let Some((loss, lr)) = self.last_train.take() {
+                    let rate = record.get("img_per_s").map(|r| format!(", {r:.1} img/s")).unwrap_or_default();
+                    print_line(&format!(
+                        "epoch {} step {}: loss {loss:.4} lr {lr:.2e}{rate}",
+                        record.epoch, record.step
+                    ));
+                }
+            }
+            Section::Eval | Section::EvalEma => {
+                let (Some(acc1), Some(acc5), Some(loss)) =
+                    (record.get("acc1"), record.get("acc5"), record.get("loss"))
+                else {
+                    return Ok(());
+                };
+                let when = if record.within_epoch {
+                    format!("step {} (inside epoch {}, train.max_steps reached)", record.step, record.epoch)
+                } else {
+                    format!("epoch {}", record.epoch)
+                };
+                if record.section == Section::Eval {
+                    let left_out =
+                        record.get("unreadable").map(|n| format!(" ({n} unreadable images left out)"));
+                    print_line(&format!(
+                        "{when} eval: top-1 {acc1:.2}% top-5 {acc5:.2}% loss {loss:.4}{}",
+                        left_out.unwrap_or_default()
+                    ));
+                } else {
+                    print_line(&format!("{when} eval (EMA): top-1 {acc1:.2}% top-5 {acc5:.2}%"));
+                }
             }
             _ => {}
         }
@@ -312,8 +346,15 @@ impl Observer for Console {
     }
 
     fn say(&mut self, text: &str) {
-        println!("{text}");
+        print_line(text);
     }
+}
+
+/// One line to stdout. A closed stdout (`pe train ... | head`) is not the run's failure: the line
+/// is dropped, and the run trains on (its logs and checkpoints are in the run folder).
+fn print_line(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
 /// A progress bar per epoch, with the last loss and learning rate.
@@ -341,9 +382,12 @@ impl Observer for Progress {
     fn epoch_started(&mut self, epoch: u64, done: u64, steps: u64) {
         let bar = indicatif::ProgressBar::new(steps).with_position(done);
         let style = indicatif::ProgressStyle::with_template(
-            "epoch {prefix} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}] {msg}",
+            "epoch {prefix} {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}, {rate}] {msg}",
         )
-        .expect("a valid progress template");
+        .expect("a valid progress template")
+        .with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.2} steps/s", state.per_sec());
+        });
         bar.set_style(style);
         bar.set_prefix(format!("{}/{}", epoch + 1, self.epochs));
         self.bar = Some(bar);
