@@ -5,16 +5,24 @@ use std::path::{Path, PathBuf};
 /// Errors of dataset indexing, decoding, preparation and configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An I/O operation on a path failed.
-    #[error("{op} {path}: {source}")]
+    /// An I/O operation on a path failed. The OS error is part of the message, not a separate
+    /// source, so a report that prints the whole chain says it once.
+    #[error("{op} {path}: {error}")]
     Io {
         /// What we were doing ("read", "create directory", ...).
         op: &'static str,
         /// The path involved.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
+    },
+    /// A `pe prepare` source does not exist: `what` it should hold and what provides it.
+    #[error("{path} does not exist: it should hold {what}")]
+    MissingSource {
+        /// The `--from` path.
+        path: PathBuf,
+        /// What belongs there and where it comes from.
+        what: &'static str,
     },
     /// The dataset root or split folder does not exist.
     #[error("dataset folder {0} does not exist (`pe prepare imagenet` or `pe prepare fashion-mnist` makes one; or fix `data.root`)")]
@@ -99,7 +107,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An [`Error::Io`] for `path`.
     pub fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
-        Error::Io { op, path: path.to_path_buf(), source }
+        Error::Io { op, path: path.to_path_buf(), error: source }
     }
 }
 

@@ -88,9 +88,14 @@ fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
     } else if plain.is_file() {
         Ok(plain)
     } else {
-        Err(Error::MissingRoot(gz))
+        Err(Error::MissingSource { path: gz, what: IDX_SOURCE })
     }
 }
+
+/// What `--from` must hold, and where it comes from.
+const IDX_SOURCE: &str = "Fashion-MNIST's IDX files (train-images-idx3-ubyte.gz, ...), which Debian's \
+                          `dataset-fashion-mnist` package installs in /usr/share/datasets/fashion-mnist \
+                          (`make data` installs it and runs this)";
 
 /// Read an unsigned-byte IDX file (gzip-compressed when it ends in `.gz`).
 pub fn read_idx(path: &Path) -> Result<Idx> {
@@ -192,7 +197,7 @@ fn write_split(images: &Idx, labels: &Idx, dir: &Path) -> Result<(usize, usize)>
 /// Convert the IDX files in `from` into an ImageFolder at `to` (idempotent, restartable).
 pub fn prepare(from: &Path, to: &Path) -> Result<Summary> {
     if !from.is_dir() {
-        return Err(Error::MissingRoot(from.to_path_buf()));
+        return Err(Error::MissingSource { path: from.to_path_buf(), what: IDX_SOURCE });
     }
     let (train_images, train_labels) = read_split(from, "train")?;
     let (val_images, val_labels) = read_split(from, "t10k")?;
@@ -310,8 +315,9 @@ mod tests {
     #[test]
     fn bad_inputs_name_the_file() {
         let t = tempfile::tempdir().unwrap();
-        let err = prepare(&t.path().join("nope"), t.path()).unwrap_err();
-        assert!(err.to_string().contains("nope"));
+        let err = prepare(&t.path().join("nope"), t.path()).unwrap_err().to_string();
+        assert!(err.contains("nope") && err.contains("dataset-fashion-mnist"), "{err}");
+        assert!(!err.contains("data.root"), "not the hint for a missing training folder: {err}");
         let from = t.path().join("idx");
         std::fs::create_dir_all(&from).unwrap();
         fake(&from, 3, 2);
