@@ -101,7 +101,6 @@ fn comparison(reports: &[Report]) -> Vec<(&'static str, Grid)> {
             .into_iter()
             .chain(cell(&|r| format!("{} / {}", r.matrices.len(), r.pairs.len()))),
     );
-    runs.row(["SVD + metrics (s)".into()].into_iter().chain(cell(&|r| format!("{:.2}", r.weight_seconds))));
     runs.row(["activation batches".into()].into_iter().chain(cell(&|r| r.batches.to_string())));
 
     let summaries: Vec<Vec<RoleSummary>> = reports.iter().map(Report::role_summaries).collect();

@@ -66,8 +66,6 @@ pub struct Report {
     pub run: RunInfo,
     pub matrices: Vec<MatrixReport>,
     pub pairs: Vec<PairReport>,
-    /// Wall time of the SVDs and metrics (no activations).
-    pub weight_seconds: f64,
     /// How many batches of activations were measured (0 = weights only).
     pub batches: usize,
 }

@@ -50,3 +50,23 @@ fn weights_without_a_run_need_a_model_name() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("pass --model NAME"));
 }
+
+#[test]
+fn a_report_of_the_same_weights_is_the_same_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("vit_pe_mini.safetensors");
+    save_model("vit_pe_mini", &weights);
+    let report = |format: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pe"))
+            .args(["analyze", "--model", "vit_pe_mini", "--format", format])
+            .arg(&weights)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    for format in ["markdown", "json"] {
+        // Timings go to stderr, not into the report.
+        assert_eq!(report(format), report(format), "--format {format} differs between two runs");
+    }
+}

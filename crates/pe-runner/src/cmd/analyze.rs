@@ -88,13 +88,12 @@ pub fn run(args: AnalyzeArgs) -> Result<()> {
         if reports.iter().any(|r: &Report| r.label == source.label) {
             source.label = format!("{}-{}", source.label, index + 1);
         }
-        let report = analyze(&source, &args)?;
+        let (report, seconds) = analyze(&source, &args)?;
         eprintln!(
-            "{}: {} matrices, {} tied pairs: SVDs and metrics in {:.2} s",
+            "{}: {} matrices, {} tied pairs: SVDs and metrics in {seconds:.2} s",
             report.label,
             report.matrices.len(),
             report.pairs.len(),
-            report.weight_seconds
         );
         if let Some(dir) = &args.tensorboard {
             write_events(&dir.join(&report.label), &report, &source)?;
@@ -201,7 +200,8 @@ fn file_name(path: &Path) -> String {
     path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
 }
 
-fn analyze(source: &Source, args: &AnalyzeArgs) -> Result<Report> {
+/// The report of `source` and how long its SVDs and metrics took.
+fn analyze(source: &Source, args: &AnalyzeArgs) -> Result<(Report, f64)> {
     let vs = nn::VarStore::new(Device::Cpu);
     let model = source.model.init(vs.root())?;
     weights::load(&vs, &source.weights)?;
@@ -217,7 +217,7 @@ fn analyze(source: &Source, args: &AnalyzeArgs) -> Result<Report> {
         top1: source.run_dir.as_deref().and_then(final_top1),
         params: Some(vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()),
     };
-    Ok(analysis.report(&source.label, run, energy.as_ref())?)
+    Ok((analysis.report(&source.label, run, energy.as_ref())?, analysis.seconds()))
 }
 
 /// Feeds `batches` validation batches through the model into the energy meters.
