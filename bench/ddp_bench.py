@@ -16,7 +16,7 @@ MODELS = ["resnet_mini_pe", "vit_mini"]
 
 def bench(pe, model, batch, steps, nproc):
     args = ["bench", "--model", model, "--batch", str(batch), "--steps", str(steps), "--warmup", "3",
-            "--threads", "1"]
+            "--threads", "1", "--format", "json"]
     command = [pe, *args] if nproc == 1 else [pe, "launch", "--nproc", str(nproc), "--", *args]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads([line for line in out.splitlines() if line.startswith("{")][-1])

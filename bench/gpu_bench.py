@@ -42,7 +42,7 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 def rust_synthetic(pe, name, batch, steps, warmup):
     cmd = [pe, "bench", "--model", name, "--batch", str(batch), "--img-size", str(IMG), "--device", "cuda",
-           "--amp", "bf16", "--channels-last", "--steps", str(steps), "--warmup", str(warmup)]
+           "--amp", "bf16", "--channels-last", "--steps", str(steps), "--warmup", str(warmup), "--format", "json"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     record = json.loads(out.strip().splitlines()[-1])
     return record["ms_per_step"], record["cuda_peak_mb"]

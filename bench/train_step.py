@@ -161,7 +161,7 @@ def spread(times):
 
 def measure(args, name, batch, img_size):
     flags = step_args(args, name, batch, img_size)
-    rust = ServedStep([args.pe, "bench", *flags, "--serve"])
+    rust = ServedStep([args.pe, "bench", *flags, "--serve", "--format", "json"])
     torch_side = ServedStep([sys.executable, __file__, "--serve-torch", "--pe", args.pe, *flags])
     sides = (rust, torch_side)
     times = ([], [])

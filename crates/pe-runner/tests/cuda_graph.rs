@@ -336,6 +336,8 @@ fn pe_bench_runs_with_a_cuda_graph() {
             "--amp",
             "bf16",
             "--cuda-graph",
+            "--format",
+            "json",
         ]),
         "pe bench --device cuda --cuda-graph",
     );

@@ -58,11 +58,55 @@ pub struct BenchArgs {
     /// print `{"ms": ...}` after each; the summary follows at end of input.
     #[arg(long)]
     serve: bool,
+    /// The summary: a table to read, or one JSON object for scripts.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Table,
+    Json,
 }
 
 /// The `q` quantile (nearest rank) of per-step times; `sorted` is non-empty and ascending.
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// The summary for a person: what was timed, and the numbers.
+fn table(r: &serde_json::Value) -> String {
+    let layout = if r["channels_last"] == true { "channels_last" } else { "contiguous" };
+    let graph = if r["cuda_graph"] == true { ", CUDA graph" } else { "" };
+    let mut text = format!(
+        "pe bench {}: batch {} at {}×{}, amp {}, {layout}{graph}, {} process(es) × {} thread(s)\n",
+        r["model"].as_str().unwrap_or_default(),
+        r["batch"],
+        r["img_size"],
+        r["img_size"],
+        r["amp"].as_str().unwrap_or_default(),
+        r["processes"],
+        r["threads"]
+    );
+    let number = |key: &str| r[key].as_f64().unwrap_or(f64::NAN);
+    text += &format!(
+        "  ms/step    {:.1} median ({:.1}–{:.1}, 10th–90th percentile) over {} steps\n",
+        number("ms_per_step"),
+        number("ms_p10"),
+        number("ms_p90"),
+        r["steps"]
+    );
+    text += &format!("  img/s      {:.1}\n", number("img_per_s"));
+    if let Some(share) = r["allreduce_hidden_share"].as_f64() {
+        text += &format!("  all-reduce hidden behind backward  {:.0} %\n", 100.0 * share);
+    }
+    if let Some(mb) = r["peak_rss_mb"].as_f64() {
+        text += &format!("  peak RSS   {mb:.0} MB\n");
+    }
+    if let Some(mb) = r["cuda_peak_mb"].as_f64() {
+        text += &format!("  CUDA peak  {mb:.0} MB\n");
+    }
+    text
 }
 
 /// Peak resident set size of this process in bytes (VmHWM).
@@ -167,6 +211,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "img_per_s": images_per_step * 1e3 / median, "allreduce_hidden_share": hidden,
         "peak_rss_mb": peak_rss_bytes().map(|b| b as f64 / 1048576.0),
         "cuda_peak_mb": cuda_peak_mb(device)?});
-    println!("{record}");
+    match args.format {
+        Format::Json => println!("{record}"),
+        Format::Table => print!("{}", table(&record)),
+    }
     Ok(())
 }
