@@ -106,8 +106,9 @@ fn writer_packs_every_image_once_with_its_label() {
         assert_eq!(bytes, &std::fs::read(path).unwrap(), "{key}");
         assert_eq!(cls, &label.to_string());
     }
-    // A rerun of a complete set does nothing; an interrupted one (no index) starts clean.
-    let again = write_shards(&src, &dst, &ShardWriteOptions::default(), &mut |_, _, _| {}).unwrap();
+    // A rerun of a complete set (same settings) does nothing; an interrupted one (no index) starts clean.
+    let same = ShardWriteOptions { shard_bytes: 6000, ..Default::default() };
+    let again = write_shards(&src, &dst, &same, &mut |_, _, _| {}).unwrap();
     assert!(!again.written);
     std::fs::remove_file(dst.join("index.json")).unwrap();
     std::fs::write(dst.join("train/000099.tar.tmp"), b"half").unwrap();
@@ -204,4 +205,29 @@ fn bad_samples_are_replaced_and_bad_shards_named() {
         "{:?}",
         b.bad_files
     );
+}
+
+#[test]
+fn a_rerun_with_other_settings_is_refused_naming_them_and_force_rebuilds() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("folder"), t.path().join("shards"));
+    make_folder(&src);
+    let first = write(&src, &dst, 6000);
+    // The same settings again: nothing to do.
+    let same = ShardWriteOptions { shard_bytes: 6000, ..Default::default() };
+    assert!(!write_shards(&src, &dst, &same, &mut |_, _, _| {}).unwrap().written);
+    // Other settings: refused, naming both, and the set is untouched.
+    let bigger = ShardWriteOptions { shard_bytes: 1 << 20, ..Default::default() };
+    let err = write_shards(&src, &dst, &bigger, &mut |_, _, _| {}).unwrap_err().to_string();
+    assert!(err.contains("--force") && err.contains("1 MB shards"), "{err}");
+    assert_eq!(ShardIndex::load(&dst).unwrap(), first);
+    // Forced: rebuilt with the new size (one shard per split), old shard files gone.
+    let forced = ShardWriteOptions { force: true, ..bigger };
+    let rebuilt = write_shards(&src, &dst, &forced, &mut |_, _, _| {}).unwrap();
+    assert!(rebuilt.written);
+    assert_eq!(rebuilt.index.splits["train"].shards.len(), 1);
+    assert!(first.splits["train"].shards.len() > 1, "the first set had several shards");
+    let files = std::fs::read_dir(dst.join("train")).unwrap().count();
+    assert_eq!(files, 1, "the first set's shard files were removed");
+    assert_eq!(ShardSet::open(&dst, "train").unwrap().len(), first.splits["train"].samples);
 }

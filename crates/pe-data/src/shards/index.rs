@@ -42,12 +42,34 @@ pub struct ShardIndex {
     pub classes: Vec<String>,
     /// Split name -> shards.
     pub splits: BTreeMap<String, SplitShards>,
+    /// How the set was written (absent in sets written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_with: Option<WrittenWith>,
+}
+
+/// The writer settings a shard set was made with: another request makes another set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrittenWith {
+    pub shard_bytes: u64,
+    pub seed: u64,
+    pub splits: Vec<String>,
+}
+
+impl std::fmt::Display for WrittenWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const MB: u64 = 1 << 20;
+        match self.shard_bytes {
+            bytes if bytes % MB == 0 => write!(f, "{} MB shards", bytes / MB)?,
+            bytes => write!(f, "{bytes}-byte shards")?,
+        }
+        write!(f, ", seed {}, splits {}", self.seed, self.splits.join(", "))
+    }
 }
 
 impl ShardIndex {
     /// An empty index for `classes`.
     pub fn new(classes: Vec<String>) -> Self {
-        ShardIndex { format: FORMAT.into(), classes, splits: BTreeMap::new() }
+        ShardIndex { format: FORMAT.into(), classes, splits: BTreeMap::new(), written_with: None }
     }
 
     /// Read `<root>/index.json`.

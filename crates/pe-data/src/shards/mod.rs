@@ -16,7 +16,7 @@ pub mod read;
 pub mod source;
 pub mod write;
 
-pub use index::{ShardIndex, ShardInfo, SplitShards, INDEX_FILE};
+pub use index::{ShardIndex, ShardInfo, SplitShards, WrittenWith, INDEX_FILE};
 pub use plan::{epoch_plan, Planned};
 pub use read::{RawSample, ShardSet};
 pub use write::{write_shards, ShardWriteOptions, ShardWriteSummary};

@@ -7,9 +7,11 @@
 //! mixes classes; the training split defines the class list and the others are mapped through it.
 //!
 //! Interruption: shards are written as `*.tar.tmp` and renamed when complete, and `index.json` is
-//! written last; a run that finds no index starts the splits afresh, one that finds it does nothing.
+//! written last; a run that finds no index starts the splits afresh, one that finds it does nothing
+//! (when it was written with the same settings; other settings are refused unless forced, which
+//! rebuilds the set).
 
-use super::index::{ShardIndex, ShardInfo, SplitShards};
+use super::index::{ShardIndex, ShardInfo, SplitShards, WrittenWith};
 use crate::error::{Error, IoContext, Result};
 use crate::index::{ImageFolder, IndexCache};
 use crate::rng::{Rng, Stream};
@@ -25,11 +27,24 @@ pub struct ShardWriteOptions {
     pub seed: u64,
     /// The split that defines the class list, then the others (missing ones are skipped).
     pub splits: Vec<String>,
+    /// Rebuild a complete set that was written with other settings.
+    pub force: bool,
 }
 
 impl Default for ShardWriteOptions {
     fn default() -> Self {
-        ShardWriteOptions { shard_bytes: 1 << 30, seed: 0, splits: vec!["train".into(), "val".into()] }
+        ShardWriteOptions {
+            shard_bytes: 1 << 30,
+            seed: 0,
+            splits: vec!["train".into(), "val".into()],
+            force: false,
+        }
+    }
+}
+
+impl ShardWriteOptions {
+    fn written_with(&self) -> WrittenWith {
+        WrittenWith { shard_bytes: self.shard_bytes, seed: self.seed, splits: self.splits.clone() }
     }
 }
 
@@ -75,7 +90,19 @@ pub fn write_shards(
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<ShardWriteSummary> {
     if let Ok(index) = ShardIndex::load(to) {
-        return Ok(ShardWriteSummary { index, written: false });
+        let asked = opts.written_with();
+        match &index.written_with {
+            Some(had) if *had != asked && !opts.force => {
+                return Err(Error::Config(format!(
+                    "{} holds a complete shard set written with {had}; this asks for {asked}. Rebuild \
+                     it with --force, or write to another --to",
+                    to.display()
+                )));
+            }
+            // Written before the settings were recorded: nothing to compare, keep it unless forced.
+            _ if !opts.force => return Ok(ShardWriteSummary { index, written: false }),
+            _ => remove_set(to, &index)?,
+        }
     }
     if opts.shard_bytes == 0 {
         return Err(Error::Config("shard size must be > 0".into()));
@@ -98,8 +125,22 @@ pub fn write_shards(
         shards.missing_classes = folder.missing_classes.clone();
         index.splits.insert(split.clone(), shards);
     }
+    index.written_with = Some(opts.written_with());
     index.save(to)?;
     Ok(ShardWriteSummary { index, written: true })
+}
+
+/// Removes a shard set's index and its splits' shard files (before a forced rebuild).
+fn remove_set(to: &Path, index: &ShardIndex) -> Result<()> {
+    let path = to.join(super::INDEX_FILE);
+    std::fs::remove_file(&path).io_ctx("remove", &path)?;
+    for (split, shards) in &index.splits {
+        for shard in &shards.shards {
+            let file = to.join(split).join(&shard.file);
+            std::fs::remove_file(&file).io_ctx("remove", &file)?;
+        }
+    }
+    Ok(())
 }
 
 /// The tar member key of a sample: its path below the split, extension dropped, no dots.

@@ -53,6 +53,9 @@ enum Dataset {
         /// Target shard size in MB.
         #[arg(long, default_value_t = 1024)]
         shard_mb: u64,
+        /// Rebuild a complete shard set at --to that was written with other settings.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -95,9 +98,9 @@ pub fn run(args: PrepareArgs) -> Result<()> {
             bar.finish_and_clear();
             println!("{}: {summary}", to.display());
         }
-        Dataset::Shards { from, to, shard_mb } => {
-            let opts =
-                ShardWriteOptions { shard_bytes: shard_mb.saturating_mul(1 << 20), ..Default::default() };
+        Dataset::Shards { from, to, shard_mb, force } => {
+            let shard_bytes = shard_mb.saturating_mul(1 << 20);
+            let opts = ShardWriteOptions { shard_bytes, force, ..Default::default() };
             let bar = bar();
             let mut progress = on_progress(&bar);
             let summary = write_shards(&from, &to, &opts, &mut |split, done, total| {
