@@ -20,7 +20,7 @@ export LIBTORCH_USE_PYTORCH := 1
 .PHONY: help setup build exp data tensorboard summary bench bench-data bench-torch bench-train bench-ddp bench-shards bench-gpu test-gpu claim-table fmnist-table test fmt fmt-check clippy cargo-test pytest clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 setup: $(SETUP_STAMP) ## Create .venv with torch 2.11 (libtorch for tch) and the Python references; idempotent
 
@@ -79,7 +79,7 @@ cargo-test: setup
 pytest: cargo-test
 	PE_BIN=$(CURDIR)/target/debug/pe $(PYTHON) -m pytest -q -o tmp_path_retention_policy=failed tests/python crates/pe-torch/tests/python crates/pe-runner/tests/python
 
-bench: bench-data bench-torch bench-train ## All benchmarks against PyTorch on this machine; results in bench/results/
+bench: bench-data bench-torch bench-train ## The CPU benchmarks against PyTorch (data, torch, train; bench-shards/-ddp/-gpu run on their own): bench/results/
 
 bench-data: build ## pe-data vs torchvision DataLoader+PIL (train/eval pipelines, img/s per worker) and JPEG decoders
 	$(PYTHON) bench/data/make_photos.py --out data/bench-photos
@@ -126,9 +126,6 @@ claim-table: build data ## Tying vs shrinking on Fashion-MNIST, 3 seeds: bench/r
 fmnist-table: build data ## The Fashion-MNIST PE/baseline table (3 seeds each) for README
 	$(PYTHON) bench/fmnist_table.py --pe $(PE) --out bench/results/fmnist.md
 
-clean: ## Remove build outputs (keeps .venv and data)
-	cargo clean
-
 # The weight-space analysis of the four Fashion-MNIST recipes (`pe analyze`, crates/pe-analyze): runs/<recipe>
 # as `make exp EXP=<recipe>` leaves them, each trained here first if missing.
 ANALYZE_RECIPES := fmnist_resnet_mini fmnist_resnet_mini_pe fmnist_vit_mini fmnist_vit_pe_mini
@@ -139,3 +136,6 @@ analyze-table: build data ## Weight-space analysis of the Fashion-MNIST runs: be
 	{ echo "Weight-space analysis (\`pe analyze\`) of the Fashion-MNIST runs, best checkpoints, activations of 4 validation batches of 500."; echo; \
 	  $(PE) analyze $(ANALYZE_RECIPES:%=runs/%) --data --batches 4 --format markdown --figures target/analyze; } > bench/results/weight_space.md
 	cp target/analyze/weight_space.svg bench/results/weight_space.svg
+
+clean: ## Remove build outputs (keeps .venv and data)
+	cargo clean

@@ -20,7 +20,7 @@ pub struct SummaryArgs {
     #[arg(long)]
     model: Option<String>,
     /// Square input side for the MAC count (default: 224 for ImageNet models, the model's own
-    /// size for fixed-size ones such as the 32×32 presets).
+    /// size for fixed-size ones such as the 28×28 presets).
     #[arg(long)]
     img_size: Option<i64>,
     #[arg(long, value_enum, default_value = "table")]
