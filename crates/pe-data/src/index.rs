@@ -98,6 +98,19 @@ fn walk_class(dir: &Path, files: &mut Vec<PathBuf>, dirs: &mut Vec<PathBuf>) -> 
     Ok(())
 }
 
+/// The shard member key of a sample, and its extension: its path below the split, extension
+/// dropped, dots replaced (webdataset splits a member name at its first dot).
+pub(crate) fn sample_key(split_dir: &Path, path: &Path) -> Result<(String, String)> {
+    let rel = path.strip_prefix(split_dir).ok().and_then(|r| r.to_str()).ok_or_else(|| Error::Format {
+        path: path.to_path_buf(),
+        reason: "not a UTF-8 path below the split folder".into(),
+    })?;
+    let (stem, ext) = rel.rsplit_once('.').unwrap_or((rel, "jpg"));
+    let ext = ext.to_ascii_lowercase();
+    let ext = if ext == "jpeg" { "jpg".to_string() } else { ext };
+    Ok((stem.replace('.', "_"), ext))
+}
+
 impl ImageFolder {
     /// Index `<root>/<split>`, the split that defines the classes (its sorted folder names), using
     /// the cache when it is valid. A class folder without images is an error.
@@ -272,6 +285,26 @@ impl ImageFolder {
             samples,
             source: IndexSource::Cache,
         })
+    }
+
+    /// What the split holds, whatever its location or format: a hash of its (sample key, label)
+    /// pairs in key order, keys as the shard writer names samples (the path below the split,
+    /// extension dropped). A folder and the shards written from it have the same fingerprint;
+    /// the same data moved elsewhere too.
+    pub fn fingerprint(&self) -> Result<String> {
+        let mut keyed: Vec<(String, u32)> = Vec::with_capacity(self.samples.len());
+        for (path, label) in &self.samples {
+            keyed.push((sample_key(&self.dir, path)?.0, *label));
+        }
+        keyed.sort_unstable();
+        // FNV-1a, 64 bits: stable across versions and platforms (std's hashers are not).
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for (key, label) in &keyed {
+            for byte in key.bytes().chain([0x1f]).chain(label.to_string().bytes()).chain([0x1e]) {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        Ok(format!("{hash:016x}/{}", keyed.len()))
     }
 
     /// Number of samples.

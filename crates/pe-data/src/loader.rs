@@ -274,6 +274,12 @@ impl Loader {
         self.shared.source.samples()
     }
 
+    /// What the split holds, wherever and however it is stored (`None` for shard sets written
+    /// before the fingerprint was recorded).
+    pub fn fingerprint(&self) -> Option<String> {
+        self.shared.source.fingerprint()
+    }
+
     /// True when the split has no sample.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

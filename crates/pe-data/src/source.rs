@@ -42,6 +42,9 @@ pub trait SampleSource: Send + Sync {
     fn split(&self) -> &SplitInfo;
     /// Samples in the split (all ranks).
     fn samples(&self) -> usize;
+    /// What the split holds, independent of where and how it is stored (see
+    /// [`ImageFolder::fingerprint`]); `None` when the source cannot say.
+    fn fingerprint(&self) -> Option<String>;
     /// Samples rank `sampling.rank` sees in an epoch.
     fn samples_per_epoch(&self, sampling: Sampling) -> usize;
     /// The epoch's batches from `cut.start` on (the first one's number is `cut.start`, or fewer
@@ -112,6 +115,10 @@ impl SampleSource for FolderSource {
 
     fn samples(&self) -> usize {
         self.folder.len()
+    }
+
+    fn fingerprint(&self) -> Option<String> {
+        self.folder.fingerprint().ok()
     }
 
     fn samples_per_epoch(&self, sampling: Sampling) -> usize {

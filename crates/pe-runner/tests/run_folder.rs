@@ -188,3 +188,69 @@ fn rerunning_a_run_that_reached_max_steps_trains_nothing_more() {
     let after = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(evals(&after), evals(&metrics), "no second evaluation of the same weights");
 }
+
+#[test]
+fn data_that_moved_or_became_shards_resumes_and_other_data_of_the_same_size_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_image_folder(&data, 3, 6, 2, 16);
+    let runs = dir.path().join("runs");
+    let recipe = recipe_with_epochs(dir.path(), "moving", &data, &runs, 2);
+    run_ok(pe().arg("train").arg(&recipe), "two epochs");
+    let set = |key: &str, value: &Path| format!("{key}={:?}", value.display().to_string());
+
+    // Moved: the same command with the new root is refused until the change is allowed.
+    let moved = dir.path().join("moved");
+    std::fs::rename(&data, &moved).unwrap();
+    let out = pe().arg("train").arg(&recipe).args(["--set", &set("data.root", &moved)]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--resume --allow-change data.root"), "{stderr}");
+    let longer = |epochs: u32| format!("train.epochs={epochs}");
+    let stdout = run_ok(
+        pe().arg("train")
+            .arg(&recipe)
+            .args(["--set", &set("data.root", &moved), "--set", &longer(3)])
+            .args(["--resume", "--allow-change", "data.root", "train.epochs"]),
+        "resume on the moved data",
+    );
+    assert!(stdout.contains("resumed from"), "{stdout}");
+
+    // Its shards: the same data in another format.
+    let shards = dir.path().join("shards");
+    run_ok(
+        pe().args(["prepare", "shards", "--shard-mb", "1", "--from"]).arg(&moved).arg("--to").arg(&shards),
+        "shards",
+    );
+    let stdout = run_ok(
+        pe().arg("train")
+            .arg(&recipe)
+            .args([
+                "--set",
+                &set("data.root", &shards),
+                "--set",
+                "data.format=\"shards\"",
+                "--set",
+                &longer(4),
+            ])
+            .args(["--resume", "--allow-change", "data.root", "data.format", "train.epochs"]),
+        "resume on the shards",
+    );
+    assert!(stdout.contains("resumed from"), "{stdout}");
+    assert_eq!(step_losses(&runs.join("moving")).len(), 12, "four epochs of 3 steps");
+
+    // Other data with the same classes and counts: one file named differently.
+    let other = dir.path().join("other");
+    tiny_image_folder(&other, 3, 6, 2, 16);
+    std::fs::rename(other.join("train/class_0/000.jpg"), other.join("train/class_0/renamed.jpg")).unwrap();
+    let out = pe()
+        .arg("train")
+        .arg(&recipe)
+        .args(["--set", &set("data.root", &other), "--set", &longer(5)])
+        .args(["--resume", "--allow-change", "data.root", "train.epochs"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("dataset.train_fingerprint"), "{stderr}");
+}

@@ -31,6 +31,9 @@ pub struct SplitShards {
     /// Classes of the list with no sample in this split.
     #[serde(default)]
     pub missing_classes: Vec<String>,
+    /// The split's [`crate::ImageFolder::fingerprint`] when it was written (absent in older sets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// The whole index.

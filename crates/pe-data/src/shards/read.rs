@@ -27,6 +27,9 @@ pub struct ShardSet {
     pub missing_classes: Vec<String>,
     /// The shards, in file order.
     pub shards: Vec<ShardInfo>,
+    /// The fingerprint of the folder split the shards were written from (see
+    /// [`crate::ImageFolder::fingerprint`]), if the index recorded it.
+    pub fingerprint: Option<String>,
     /// Index label -> run label.
     label_map: Vec<u32>,
     /// First flat sample number of each shard (shard i's member m is sample `first[i] + m`).
@@ -95,6 +98,7 @@ impl ShardSet {
             classes: classes.to_vec(),
             missing_classes,
             shards: shards.shards,
+            fingerprint: shards.fingerprint,
             label_map,
             first,
         })

@@ -14,6 +14,7 @@ use crate::source::{cut_into_batches, BatchSamples, EpochCut, EpochSamples, Samp
 pub struct ShardSource {
     set: Arc<ShardSet>,
     split: SplitInfo,
+    fingerprint: Option<String>,
 }
 
 impl ShardSource {
@@ -23,7 +24,8 @@ impl ShardSource {
             classes: set.classes.clone(),
             missing_classes: set.missing_classes.clone(),
         };
-        Self { set: Arc::new(set), split }
+        let fingerprint = set.fingerprint.clone();
+        Self { set: Arc::new(set), split, fingerprint }
     }
 }
 
@@ -34,6 +36,10 @@ impl SampleSource for ShardSource {
 
     fn samples(&self) -> usize {
         self.set.len()
+    }
+
+    fn fingerprint(&self) -> Option<String> {
+        self.fingerprint.clone()
     }
 
     fn samples_per_epoch(&self, sampling: Sampling) -> usize {

@@ -13,7 +13,7 @@
 
 use super::index::{ShardIndex, ShardInfo, SplitShards, WrittenWith};
 use crate::error::{Error, IoContext, Result};
-use crate::index::{ImageFolder, IndexCache};
+use crate::index::{sample_key, ImageFolder, IndexCache};
 use crate::rng::{Rng, Stream};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -123,6 +123,7 @@ pub fn write_shards(
         let mut shards =
             write_split(&folder, &to.join(split), opts, &mut |done, total| progress(split, done, total))?;
         shards.missing_classes = folder.missing_classes.clone();
+        shards.fingerprint = Some(folder.fingerprint()?);
         index.splits.insert(split.clone(), shards);
     }
     index.written_with = Some(opts.written_with());
@@ -141,18 +142,6 @@ fn remove_set(to: &Path, index: &ShardIndex) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The tar member key of a sample: its path below the split, extension dropped, no dots.
-fn sample_key(split_dir: &Path, path: &Path) -> Result<(String, String)> {
-    let rel = path.strip_prefix(split_dir).ok().and_then(|r| r.to_str()).ok_or_else(|| Error::Format {
-        path: path.to_path_buf(),
-        reason: "not a UTF-8 path below the split folder".into(),
-    })?;
-    let (stem, ext) = rel.rsplit_once('.').unwrap_or((rel, "jpg"));
-    let ext = ext.to_ascii_lowercase();
-    let ext = if ext == "jpeg" { "jpg".to_string() } else { ext };
-    Ok((stem.replace('.', "_"), ext))
 }
 
 fn append(tar: &mut tar::Builder<impl Write>, name: &str, data: &[u8], path: &Path) -> Result<()> {

@@ -140,6 +140,8 @@ impl TrainLoop {
             classes: train_loader.classes().to_vec(),
             train_samples: train_loader.len(),
             val_samples: eval_loader.len(),
+            train_fingerprint: train_loader.fingerprint(),
+            val_fingerprint: eval_loader.fingerprint(),
         };
         let run_dir = config.logging.runs_dir.join(&config.name);
         let folder = RunFolder::new(run_dir, Identity::new(&config, dataset), dist.is_main());

@@ -17,7 +17,8 @@ use crate::config::ExperimentConfig;
 pub const FILE: &str = "identity.json";
 
 /// Keys a run may change when it resumes (`--resume --allow-change KEY`): how long it runs, how
-/// often it evaluates, logs and saves, and where it computes. Anything else makes another
+/// often it evaluates, logs and saves, where it computes, and where its data lives and in which
+/// format (the data itself, `dataset.*`, must stay the same). Anything else makes another
 /// experiment.
 pub const RESUMABLE_KEYS: &[&str] = &[
     "train.epochs",
@@ -29,6 +30,8 @@ pub const RESUMABLE_KEYS: &[&str] = &[
     "train.dist_timeout_s",
     "data.workers",
     "data.prefetch",
+    "data.root",
+    "data.format",
     "eval.every_epochs",
     "eval.batch_size",
     "logging.every_steps",
@@ -38,7 +41,8 @@ pub const RESUMABLE_KEYS: &[&str] = &[
 
 /// Where a run is, what it is called and whether a progress bar is drawn do not change what it
 /// computes: never part of its identity.
-const NOT_IDENTITY: &[&str] = &["name", "logging.runs_dir", "logging.progress"];
+/// The data's location is `data.root`'s to say; what the data is, `dataset.*`'s.
+const NOT_IDENTITY: &[&str] = &["name", "logging.runs_dir", "logging.progress", "dataset.root"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Identity {
@@ -47,12 +51,21 @@ pub struct Identity {
     pub dataset: DatasetIdentity,
 }
 
+/// What a run's data is: its class list, sample counts and content fingerprints (see
+/// [`pe_data::ImageFolder::fingerprint`]), which a move or a folder-to-shards conversion keeps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetIdentity {
+    /// Where it was (recorded, not compared).
     pub root: String,
     pub classes: Vec<String>,
     pub train_samples: usize,
     pub val_samples: usize,
+    /// Absent in runs from before fingerprints, and for shard sets that did not record one:
+    /// then only the classes and counts are compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_fingerprint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_fingerprint: Option<String>,
 }
 
 /// A key whose value differs between the stored run and this command.
@@ -120,6 +133,10 @@ impl Identity {
         Ok(keys
             .into_iter()
             .filter(|key| old.get(*key) != new.get(*key) && !NOT_IDENTITY.contains(&key.as_str()))
+            // A fingerprint one side lacks cannot be compared (older run, older shard set).
+            .filter(|key| {
+                !key.ends_with("_fingerprint") || (old.contains_key(*key) && new.contains_key(*key))
+            })
             .map(|key| Change {
                 key: key.clone(),
                 old: old.get(key).cloned().unwrap_or_else(missing),
@@ -284,6 +301,8 @@ mod tests {
             classes: vec!["a".into()],
             train_samples: 1,
             val_samples: 1,
+            train_fingerprint: None,
+            val_fingerprint: None,
         };
         Identity { config, dataset }
     }
