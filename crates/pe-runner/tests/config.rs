@@ -215,3 +215,21 @@ fn a_bad_device_or_backend_is_a_config_error_at_its_line() {
         assert!(!error.message.contains('\n'), "one line: {error}");
     }
 }
+
+#[test]
+fn paths_in_a_recipe_are_the_recipe_files_and_set_paths_the_working_directorys() {
+    let repo = std::fs::canonicalize(experiments_dir().join("..")).unwrap();
+    // The shipped recipes set both in experiments/base/, two folders below the repository.
+    let config = load_experiment(&experiments_dir().join("fmnist_resnet_mini_pe.toml"), &[]).unwrap().config;
+    assert_eq!(config.data.root, repo.join("data/fashion-mnist"));
+    assert_eq!(config.logging.runs_dir, repo.join("runs"));
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("exps");
+    std::fs::create_dir_all(&nested).unwrap();
+    let path = write(&nested, "exp.toml", &format!("{MINIMAL}\n[logging]\nruns_dir = \"../out\"\n"));
+    let config = load_experiment(&path, &["data.root=rel/data".into()]).unwrap().config;
+    let here = std::fs::canonicalize(dir.path()).unwrap();
+    assert_eq!(std::fs::canonicalize(config.logging.runs_dir.parent().unwrap()).unwrap(), here);
+    assert!(config.logging.runs_dir.ends_with("out"));
+    assert_eq!(config.data.root, std::path::PathBuf::from("rel/data"), "--set: the working directory's");
+}

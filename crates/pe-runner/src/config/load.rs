@@ -164,8 +164,41 @@ pub fn load_experiment(path: &Path, overrides: &[String]) -> Result<Experiment, 
     if config.name.is_empty() {
         config.name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     }
+    let set_by_file = |key: &str| {
+        let overridden = overridden.iter().any(|(k, _)| k == key);
+        chain.iter().find(|source| find_key_line(&source.text, key).is_some()).filter(|_| !overridden)
+    };
+    if let Some(source) = set_by_file("data.root") {
+        config.data.root = relative_to(&source.path, &config.data.root);
+    }
+    if let Some(source) = set_by_file("logging.runs_dir") {
+        config.logging.runs_dir = relative_to(&source.path, &config.logging.runs_dir);
+    }
     config.validate().map_err(|invalid| locate(invalid.key, invalid.message))?;
     Ok(Experiment { config, source: path.to_owned(), model_preset })
+}
+
+/// A path a recipe file gives, resolved against that file's folder (as `base =` is), so a
+/// recipe means the same data and runs folder from whatever folder `pe` is started in. Absolute
+/// paths stay; `--set` paths and defaults are the working directory's.
+fn relative_to(file: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_owned();
+    }
+    let folder = file.parent().unwrap_or(Path::new("."));
+    let joined = std::path::absolute(folder.join(path)).unwrap_or_else(|_| folder.join(path));
+    // `a/b/../c` -> `a/c`: the recorded recipe then reads as the path it names.
+    let mut clean = PathBuf::new();
+    for part in joined.components() {
+        match part {
+            std::path::Component::ParentDir if clean.file_name().is_some() => {
+                clean.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => clean.push(other),
+        }
+    }
+    clean
 }
 
 /// Deserialises with the failing key path; unknown fields report the field itself.

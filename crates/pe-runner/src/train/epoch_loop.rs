@@ -296,9 +296,10 @@ impl TrainLoop {
             self.observers.say(&format!("best top-1 {:.2}% after epoch {}", self.state.best_acc1, epoch));
         }
         let dir = self.folder.dir();
-        // `make tensorboard` serves runs/ only.
+        // `make tensorboard` serves ./runs only.
         let runs_dir = &self.config.logging.runs_dir;
-        let serve = if runs_dir == std::path::Path::new("runs") {
+        let here = |path: &std::path::Path| std::fs::canonicalize(path).ok();
+        let serve = if here(runs_dir).is_some() && here(runs_dir) == here(std::path::Path::new("runs")) {
             "make tensorboard".to_owned()
         } else {
             format!(".venv/bin/tensorboard --logdir {}", runs_dir.display())

@@ -17,9 +17,8 @@ use crate::config::ExperimentConfig;
 pub const FILE: &str = "identity.json";
 
 /// Keys a run may change when it resumes (`--resume --allow-change KEY`): how long it runs, how
-/// often it evaluates, logs and saves, where it computes, and where its data lives and in which
-/// format (the data itself, `dataset.*`, must stay the same). Anything else makes another
-/// experiment.
+/// often it evaluates, logs and saves, where it computes, and the format its data is read in
+/// (the data itself, `dataset.*`, must stay the same). Anything else makes another experiment.
 pub const RESUMABLE_KEYS: &[&str] = &[
     "train.epochs",
     "train.max_steps",
@@ -30,7 +29,6 @@ pub const RESUMABLE_KEYS: &[&str] = &[
     "train.dist_timeout_s",
     "data.workers",
     "data.prefetch",
-    "data.root",
     "data.format",
     "eval.every_epochs",
     "eval.batch_size",
@@ -41,8 +39,8 @@ pub const RESUMABLE_KEYS: &[&str] = &[
 
 /// Where a run is, what it is called and whether a progress bar is drawn do not change what it
 /// computes: never part of its identity.
-/// The data's location is `data.root`'s to say; what the data is, `dataset.*`'s.
-const NOT_IDENTITY: &[&str] = &["name", "logging.runs_dir", "logging.progress", "dataset.root"];
+/// Where the data lives is not what it is (that is `dataset.*`: classes, counts, fingerprints).
+const NOT_IDENTITY: &[&str] = &["name", "logging.runs_dir", "logging.progress", "data.root", "dataset.root"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Identity {
