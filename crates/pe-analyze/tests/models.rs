@@ -1,13 +1,20 @@
 //! Real registry models: what is extracted, tied pairs overlap fully, untied ones do not, and
 //! activations flow to the energy meters.
 
-use tch::{nn, Device, Kind, Tensor};
+mod common;
+
+use tch::{nn, Device, Kind};
 
 use pe_analyze::matrices::{Layout, Matrices, PairKind, Role};
 use pe_analyze::{Analysis, Report, RunInfo};
 use pe_models::{preset, Model};
 
+/// Held while a test seeds and draws from libtorch's global generator (model initialisation
+/// draws from it): the tests of this binary run at once and would interleave their draws.
+static GLOBAL_GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn build(name: &str) -> (nn::VarStore, Model) {
+    let _generator = GLOBAL_GENERATOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
     let model = preset(name).unwrap().init(vs.root()).unwrap();
@@ -20,8 +27,8 @@ fn report(name: &str) -> Report {
     let analysis = Analysis::new(&model).unwrap();
     let mut energy = analysis.energy();
     for seed in 0..2 {
-        tch::manual_seed(seed);
-        energy.observe(&model, &Tensor::randn([4, 3, 28, 28], (Kind::Float, Device::Cpu))).unwrap();
+        let batch = common::gaussian(&[4, 3, 28, 28], seed).to_kind(Kind::Float);
+        energy.observe(&model, &batch).unwrap();
     }
     analysis.report(name, RunInfo::default(), Some(&energy)).unwrap()
 }

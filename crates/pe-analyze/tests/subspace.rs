@@ -10,7 +10,7 @@ use pe_analyze::energy::EnergyMeter;
 use pe_analyze::subspace::overlap;
 use pe_analyze::{Analysis, RunInfo};
 
-use common::{orthonormal, pair_of, with_singular_values};
+use common::{gaussian, orthonormal, pair_of, with_singular_values};
 
 fn basis(columns: &[&[f64]]) -> Tensor {
     let n = columns[0].len() as i64;
@@ -76,8 +76,7 @@ fn activation_inside_col_w_has_no_energy_outside() {
     let w = with_singular_values(32, 8, &[5.0, 4.0, 3.0, 2.0, 1.0, 1.0, 0.5, 0.5], 2);
     let (u, _, _) = w.svd(true, true);
     let mut meter = EnergyMeter::new("h", &u, 8, 3);
-    tch::manual_seed(4);
-    let x = Tensor::randn([100, 8], (Kind::Float, tch::Device::Cpu));
+    let x = gaussian(&[100, 8], 4).to_kind(Kind::Float);
     meter.add(&x.matmul(&w.tr())).unwrap();
     let e = meter.outside().unwrap();
     assert!(e.full_rank < 1e-5, "{e:?}");
@@ -90,8 +89,7 @@ fn activation_inside_col_w_has_no_energy_outside() {
 fn activation_orthogonal_to_col_w_is_all_outside() {
     let u = orthonormal(10, 4, 3).to_kind(Kind::Float);
     // Vectors in the orthogonal complement: (I − UUᵀ) z.
-    tch::manual_seed(5);
-    let z = Tensor::randn([20, 10], (Kind::Float, tch::Device::Cpu));
+    let z = gaussian(&[20, 10], 5).to_kind(Kind::Float);
     let h = &z - z.matmul(&u).matmul(&u.tr());
     let mut meter = EnergyMeter::new("h", &u, 4, 2);
     meter.add(&h).unwrap();

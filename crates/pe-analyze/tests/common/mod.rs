@@ -6,10 +6,29 @@ use tch::{Kind, Tensor};
 
 use pe_analyze::matrices::{Layout, Matrices, PairKind, Role, TiePair, WeightMatrix};
 
+/// Standard normal values of `shape`, a function of `seed` alone: libtorch's global generator is
+/// shared by the tests a binary runs at once, so its draws would depend on their interleaving.
+pub fn gaussian(shape: &[i64], seed: u64) -> Tensor {
+    let n: i64 = shape.iter().product();
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    let mut uniform = move || {
+        // splitmix64, mapped into (0, 1).
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64 + 0.5 / (1u64 << 53) as f64
+    };
+    // Box–Muller.
+    let values: Vec<f64> = (0..n)
+        .map(|_| (-2.0 * uniform().ln()).sqrt() * (2.0 * std::f64::consts::PI * uniform()).cos())
+        .collect();
+    Tensor::from_slice(&values).view(shape)
+}
+
 /// A random `[n, k]` matrix with orthonormal columns (QR of a Gaussian), reproducible by `seed`.
 pub fn orthonormal(n: i64, k: i64, seed: i64) -> Tensor {
-    tch::manual_seed(seed);
-    let (q, _) = Tensor::linalg_qr(&Tensor::randn([n, k], (Kind::Double, tch::Device::Cpu)), "reduced");
+    let (q, _) = Tensor::linalg_qr(&gaussian(&[n, k], seed as u64), "reduced");
     q
 }
 
