@@ -83,6 +83,32 @@ impl std::fmt::Debug for ProcessGroup {
     }
 }
 
+/// Waits until something accepts connections at `host:port`, for at most `timeout`; returns the
+/// time left.
+fn wait_for_server(host: &str, port: u16, timeout: Duration) -> std::result::Result<Duration, String> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = String::from("nothing listens there");
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(format!("no server answered within {timeout:?} ({last})"));
+        }
+        match (host, port).to_socket_addrs() {
+            Ok(addrs) => {
+                for addr in addrs {
+                    match TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(1))) {
+                        Ok(_) => return Ok(deadline.saturating_duration_since(std::time::Instant::now())),
+                        Err(e) => last = e.to_string(),
+                    }
+                }
+            }
+            Err(e) => last = format!("resolving {host}: {e}"),
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
+}
+
 impl ProcessGroup {
     /// Rendezvous at `MASTER_ADDR:MASTER_PORT` and build the backend. `timeout` bounds the
     /// rendezvous (a missing rank, an unreachable store) and every collective after it. For Gloo,
@@ -94,16 +120,24 @@ impl ProcessGroup {
         let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX).max(1);
         let host = cstring("MASTER_ADDR", &env.master_addr)?;
         let role = if env.hosts_store() { "hosting" } else { "connecting to" };
-        let (store, _) = ffi::tcp_store(&host, env.master_port, env.hosts_store(), world.into(), timeout_ms)
-            .map_err(|m| {
-                Error::c10d(
-                    format!(
-                        "rank {rank}/{world}: {role} the TCPStore at {}:{} (timeout {timeout:?})",
-                        env.master_addr, env.master_port
-                    ),
-                    m,
-                )
-            })?;
+        let what = || {
+            format!(
+                "rank {rank}/{world}: {role} the TCPStore at {}:{} (timeout {timeout:?})",
+                env.master_addr, env.master_port
+            )
+        };
+        // A client waits for the server itself: c10d's own connect retries back off past the
+        // timeout (2-3 times it, measured), and the rest of the rendezvous gets what is left.
+        let store_timeout_ms = if env.hosts_store() {
+            timeout_ms
+        } else {
+            let left = wait_for_server(&env.master_addr, env.master_port, timeout)
+                .map_err(|message| Error::c10d(what(), message))?;
+            i64::try_from(left.as_millis()).unwrap_or(i64::MAX).max(1)
+        };
+        let (store, _) =
+            ffi::tcp_store(&host, env.master_port, env.hosts_store(), world.into(), store_timeout_ms)
+                .map_err(|m| Error::c10d(what(), m))?;
         let what =
             format!("rank {rank}/{world}: creating the {backend:?} process group (timeout {timeout:?})");
         let (group, device) = match backend {
