@@ -16,8 +16,14 @@ pub enum Error {
     Invalid(String),
     #[error(transparent)]
     Tch(#[from] tch::TchError),
-    #[error("launch: {0}")]
-    Launch(String),
+    #[error("launch: --nproc must be at least 1")]
+    NoRanks,
+    #[error("launch: starting rank {rank}: {}: {error}", program.display())]
+    StartRank { rank: usize, program: std::path::PathBuf, error: std::io::Error },
+    #[error("launch: waiting for rank {rank}: {error}")]
+    WaitRank { rank: usize, error: std::io::Error },
+    #[error("launch: installing the signal handlers: {0}")]
+    Signals(String),
     #[error("rank {rank} (pid {pid}) failed: {status}; the other ranks were terminated")]
     RankFailed { rank: usize, pid: u32, status: std::process::ExitStatus },
 }

@@ -144,7 +144,7 @@ impl Drop for Store {
 
 /// Creates a TCPStore; returns it with the port it actually uses.
 pub(crate) fn tcp_store(
-    host: &CString,
+    host: &CStr,
     port: u16,
     is_server: bool,
     num_workers: i64,

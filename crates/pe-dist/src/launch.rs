@@ -1,7 +1,7 @@
 //! A one-machine torchrun: spawns N ranks of a program with torchrun's environment, forwards
 //! stop signals (Ctrl-C, SIGTERM, SIGUSR1) to them, and when one fails terminates the others and
 //! reports which rank failed.
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{OsStr, OsString};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -77,11 +77,11 @@ impl Launch {
     /// fails, the others get SIGTERM (SIGKILL after 5 s) and the error names the first failed rank.
     pub fn run(&self) -> Result<Ended> {
         if self.nproc == 0 {
-            return Err(Error::Launch("--nproc must be at least 1".into()));
+            return Err(Error::NoRanks);
         }
         forward_stop_signals()?;
-        let host = CString::new("127.0.0.1").map_err(|e| Error::Launch(e.to_string()))?;
-        let (_store, port) = ffi::tcp_store(&host, 0, true, -1, STORE_TIMEOUT_MS)
+        let host = c"127.0.0.1";
+        let (_store, port) = ffi::tcp_store(host, 0, true, -1, STORE_TIMEOUT_MS)
             .map_err(|m| Error::c10d("launch: hosting the rendezvous TCPStore on 127.0.0.1", m))?;
         let threads = self.omp_threads();
         let mut ranks = Ranks(Vec::with_capacity(self.nproc));
@@ -100,8 +100,10 @@ impl Launch {
                 .envs(self.envs.iter().map(|(k, v)| (k, v)))
                 .process_group(0);
             ffi::terminate_with_parent(&mut command);
-            let child = command.spawn().map_err(|e| {
-                Error::Launch(format!("starting rank {rank}: {}: {e}", self.program.to_string_lossy()))
+            let child = command.spawn().map_err(|error| Error::StartRank {
+                rank,
+                program: self.program.clone().into(),
+                error,
             })?;
             ranks.push(child);
         }
@@ -156,9 +158,7 @@ impl Ranks {
     /// The exit status of `rank` if it has just exited.
     fn poll(&mut self, rank: usize) -> Result<Option<ExitStatus>> {
         match self.0[rank].as_mut() {
-            Some(child) => {
-                child.try_wait().map_err(|e| Error::Launch(format!("waiting for rank {rank}: {e}")))
-            }
+            Some(child) => child.try_wait().map_err(|error| Error::WaitRank { rank, error }),
             None => Ok(None),
         }
     }
@@ -237,5 +237,5 @@ fn forward_stop_signals() -> Result<()> {
                 .map_err(|e| e.to_string())
         })
         .clone()
-        .map_err(|e| Error::Launch(format!("installing the signal handlers: {e}")))
+        .map_err(Error::Signals)
 }
