@@ -118,3 +118,38 @@ def test_shards_of_the_prepared_folder(archives, tmp_path):
         assert packed[key + ".jpg"] == data
         assert packed[key + ".cls"] == str(labels[rel.split("/")[1]]).encode()
     assert len(packed) == 2 * len(expected)
+
+
+@pytest.mark.parametrize("numbers", ["int64", "uint8"])
+def test_a_meta_mat_with_integer_fields_gives_the_same_folder(numbers, archives, tmp_path):
+    """A devkit re-saved from numpy/scipy stores ILSVRC2012_ID and num_children as integers, not doubles."""
+    src = tmp_path / "archives"
+    src.mkdir()
+    make_archives(src, "--meta-numbers", numbers)
+    out = tmp_path / "imagenet"
+    prepare_archives(src, out)
+    assert tree(out) == tree(archives / "expected")
+
+
+@pytest.mark.parametrize("fault, names", [
+    ("no-num-children", ["synset 1", "num_children"]),
+    ("text-id", ["synset 1", "ILSVRC2012_ID"]),
+    ("no-synsets", ["synsets"]),
+    ("truncated", []),
+])
+def test_a_malformed_meta_mat_is_an_error_naming_the_file_and_field(fault, names, tmp_path):
+    src = tmp_path / "archives"
+    src.mkdir()
+    make_archives(src, "--meta-fault", fault)
+    result = subprocess.run(
+        [PE, "prepare", "imagenet", "--train-tar", src / "ILSVRC2012_img_train.tar",
+         "--val-tar", src / "ILSVRC2012_img_val.tar", "--devkit", src / "ILSVRC2012_devkit_t12.tar.gz",
+         "--to", tmp_path / "out"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 1, result.stderr  # a failure with a message, not a panic (101)
+    assert "panicked" not in result.stderr
+    assert "ILSVRC2012_devkit_t12.tar.gz" in result.stderr and "meta.mat" in result.stderr
+    for name in names:
+        assert name in result.stderr, result.stderr
+    assert not (tmp_path / "out" / ".pe-prepared").exists()

@@ -38,3 +38,17 @@ def test_a_run_logs_its_recipe_hparams_and_weight_space_analysis(tmp_path):
     metrics = {m.name.tag: m.value for m in session.metric_values}
     final = events.Scalars("eval/acc1")[-1].value
     assert abs(metrics["eval/acc1"] - final) < 1e-6
+
+
+def test_the_analysis_is_logged_when_max_steps_ends_the_run(tmp_path):
+    """train.max_steps ends the run inside epoch 2 (step 6 of 8): the run's last analysis is at that step,
+    beside the evaluation that the early end brings forward."""
+    make_image_folder(tmp_path / "data")
+    recipe = tmp_path / "tb.toml"
+    recipe.write_text(RECIPE.format(data=tmp_path / "data", runs=tmp_path / "runs"))
+    run_pe("train", recipe, "--set", "logging.analyze_every_epochs=1", "--set", "train.max_steps=6")
+
+    events = EventAccumulator(str(tmp_path / "runs" / "tb"), size_guidance={"histograms": 0, "scalars": 0})
+    events.Reload()
+    assert [s.step for s in events.Histograms("spectrum/blocks.0.attn.wkv")] == [4, 6]
+    assert events.Scalars("eval/acc1")[-1].step == 6

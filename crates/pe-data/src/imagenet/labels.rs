@@ -61,13 +61,39 @@ pub fn from_devkit(path: &Path) -> Result<Labels> {
     Ok(Labels { wnids, val })
 }
 
-/// A numeric scalar of any stored type (MATLAB writes doubles, scipy may write integers).
+/// The scalar in a numeric field, of any stored class: MATLAB writes doubles, a re-save from numpy or
+/// scipy may write int64 or uint8. Matched on the stored class because matrw's typed getters
+/// (`to_f64`, ...) panic on another class or an empty array instead of returning `None`.
 fn number(v: &matrw::MatVariable) -> Option<f64> {
-    v.to_f64()
-        .or_else(|| v.to_i64().map(|x| x as f64))
-        .or_else(|| v.to_i32().map(f64::from))
-        .or_else(|| v.to_u16().map(f64::from))
-        .or_else(|| v.to_u8().map(f64::from))
+    use matrw::MatlabType as T;
+    let matrw::MatVariable::NumericArray(array) = v else { return None };
+    let value = match &array.value {
+        T::U8(x) => f64::from(*x.first()?),
+        T::I8(x) => f64::from(*x.first()?),
+        T::U16(x) => f64::from(*x.first()?),
+        T::I16(x) => f64::from(*x.first()?),
+        T::U32(x) => f64::from(*x.first()?),
+        T::I32(x) => f64::from(*x.first()?),
+        T::U64(x) => *x.first()? as f64,
+        T::I64(x) => *x.first()? as f64,
+        T::F32(x) => f64::from(*x.first()?),
+        T::F64(x) => *x.first()?,
+        T::BOOL(x) => f64::from(u8::from(*x.first()?)),
+        T::UTF8(_) | T::UTF16(_) => return None,
+    };
+    (array.dim.iter().product::<usize>() == 1).then_some(value)
+}
+
+/// The text in a char field, whichever encoding it was stored in.
+fn text(v: &matrw::MatVariable) -> Option<String> {
+    use matrw::MatlabType as T;
+    match v {
+        matrw::MatVariable::NumericArray(array) => match &array.value {
+            T::UTF8(chars) | T::UTF16(chars) => Some(chars.iter().collect()),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// The first 116 bytes of a level-5 MAT-file are free descriptive text. MATLAB writes
@@ -86,25 +112,86 @@ fn canonical_header(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     fixed.into()
 }
 
+/// Checks that a level-5 MAT-file's top-level elements (8-byte tag: type, byte count; data padded
+/// to 8 bytes) fit in the file, and that a compressed element inflates to a whole element: matrw
+/// panics on a cut file instead of returning an error.
+fn check_complete(bytes: &[u8]) -> std::result::Result<(), String> {
+    const HEADER: usize = 128;
+    const COMPRESSED: u32 = 15;
+    if bytes.len() < HEADER {
+        return Err(format!("{} bytes: shorter than a MAT-file header (128 bytes)", bytes.len()));
+    }
+    let tag = |at: &[u8]| -> (u32, usize) {
+        let word = |i: usize| u32::from_le_bytes([at[i], at[i + 1], at[i + 2], at[i + 3]]);
+        (word(0), word(4) as usize)
+    };
+    let mut at = HEADER;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        if rest.len() < 8 {
+            return Err(format!("the file ends inside an element tag at byte {at} (truncated?)"));
+        }
+        let (kind, size) = tag(rest);
+        if rest.len() - 8 < size {
+            return Err(format!(
+                "the element at byte {at} declares {size} bytes but only {} remain (truncated?)",
+                rest.len() - 8
+            ));
+        }
+        if kind == COMPRESSED {
+            let mut inflated = Vec::new();
+            flate2::read::ZlibDecoder::new(&rest[8..8 + size])
+                .read_to_end(&mut inflated)
+                .map_err(|e| format!("the compressed element at byte {at} does not inflate: {e}"))?;
+            if inflated.len() < 8 || inflated.len() - 8 < tag(&inflated).1 {
+                return Err(format!("the compressed element at byte {at} inflates to a cut element"));
+            }
+            at += 8 + size;
+        } else {
+            at += 8 + size.div_ceil(8) * 8;
+        }
+    }
+    Ok(())
+}
+
 /// The leaf synsets of `meta.mat`, placed at index `ILSVRC2012_ID - 1`.
 fn leaf_wnids(bytes: &[u8]) -> std::result::Result<Vec<String>, String> {
-    let mat = matrw::load_matfile_from_u8(&canonical_header(bytes)).map_err(|e| format!("{e:?}"))?;
+    check_complete(bytes)?;
+    let bytes = canonical_header(bytes);
+    // A malformed file matrw does not foresee panics inside it; that stays an error of this file.
+    let mat = std::panic::catch_unwind(|| matrw::load_matfile_from_u8(&bytes))
+        .map_err(|_| "not a MAT-file matrw can read (see the message above)".to_owned())?
+        .map_err(|e| format!("{e:?}"))?;
     let synsets = &mat["synsets"];
-    let n: usize = synsets.dim().iter().product();
+    let n: usize = match synsets {
+        matrw::MatVariable::StructureArray(_) | matrw::MatVariable::Structure(_) => {
+            synsets.dim().iter().product()
+        }
+        _ => 0,
+    };
     if n == 0 {
         return Err("no `synsets` struct array".into());
     }
     let mut leaves: Vec<(usize, String)> = Vec::new();
     for i in 0..n {
-        let s = &synsets[i];
-        let children = number(&s["num_children"]).ok_or(format!("synset {i}: no num_children"))?;
+        let s = match synsets {
+            matrw::MatVariable::Structure(_) => synsets,
+            _ => &synsets[i],
+        };
+        let field = |name: &str| {
+            format!("synset {}: field `{name}` is missing or not a numeric scalar", i + 1)
+        };
+        let children = number(&s["num_children"]).ok_or_else(|| field("num_children"))?;
         if children != 0.0 {
             continue;
         }
-        let id = number(&s["ILSVRC2012_ID"]).ok_or(format!("synset {i}: no ILSVRC2012_ID"))? as usize;
-        let wnid: String =
-            s["WNID"].to_vec_char().ok_or(format!("synset {i}: no WNID"))?.into_iter().collect();
-        leaves.push((id, wnid));
+        let id = number(&s["ILSVRC2012_ID"]).ok_or_else(|| field("ILSVRC2012_ID"))?;
+        if id < 1.0 || id.fract() != 0.0 {
+            return Err(format!("synset {}: ILSVRC2012_ID {id} is not a positive integer", i + 1));
+        }
+        let wnid = text(&s["WNID"])
+            .ok_or_else(|| format!("synset {}: field `WNID` is missing or not text", i + 1))?;
+        leaves.push((id as usize, wnid));
     }
     leaves.sort();
     if leaves.iter().enumerate().any(|(k, (id, _))| *id != k + 1) {
