@@ -5,6 +5,7 @@ pub mod accounting;
 pub mod error;
 pub mod init;
 pub mod model;
+pub mod pretrained;
 pub mod registry;
 pub mod resnet;
 pub mod vit;

@@ -40,6 +40,14 @@ impl ModelConfig {
         }
     }
 
+    /// Where the classifier's `weight` and `bias` live (torchvision's `fc`, timm's `head`).
+    pub fn head_prefix(&self) -> &'static str {
+        match self {
+            ModelConfig::Resnet(_) => "fc",
+            ModelConfig::Vit(_) => "head",
+        }
+    }
+
     pub fn in_channels(&self) -> i64 {
         match self {
             ModelConfig::Resnet(config) => config.in_channels,

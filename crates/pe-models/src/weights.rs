@@ -19,21 +19,55 @@ pub enum WeightsError {
     Read { path: PathBuf, reason: String },
     #[error("writing weights {path}: {reason}")]
     Write { path: PathBuf, reason: String },
-    #[error("weights {path} do not fit the model:{}{}{}", list("missing", .missing), list("unexpected", .unexpected), list("wrong shape", .mismatched))]
-    Mismatch { path: PathBuf, missing: Vec<String>, unexpected: Vec<String>, mismatched: Vec<String> },
+    /// Each list grouped by [`group_names`]; `hint` says what to do about it.
+    #[error("weights {path} do not fit the model:{}{}{}{}", list("missing", .missing), list("unexpected", .unexpected), list("wrong shape", .mismatched), hint.as_ref().map(|h| format!("\n  {h}")).unwrap_or_default())]
+    Mismatch {
+        path: PathBuf,
+        missing: Vec<String>,
+        unexpected: Vec<String>,
+        mismatched: Vec<String>,
+        hint: Option<String>,
+    },
 }
 
 fn list(what: &str, names: &[String]) -> String {
     if names.is_empty() {
         return String::new();
     }
-    let shown: Vec<&str> = names.iter().take(8).map(String::as_str).collect();
-    let more = if names.len() > 8 { format!(" (+{} more)", names.len() - 8) } else { String::new() };
+    let shown: Vec<&str> = names.iter().take(12).map(String::as_str).collect();
+    let more = if names.len() > 12 { format!(" (+{} more)", names.len() - 12) } else { String::new() };
     format!("\n  {what}: {}{more}", shown.join(", "))
 }
 
+/// Names (optionally followed by a shape note) with their numeric parts (`blocks.3`, `layer2.1`)
+/// replaced by `*` and counted: 200 names of a 12-block model read as 17 lines, `blocks.*.attn.wq
+/// ×12`. A name that occurs once stays as it is. Sorted.
+pub fn group_names(names: Vec<String>) -> Vec<String> {
+    let pattern = |name: &str| -> String {
+        let (name, note) = name.split_once(' ').unwrap_or((name, ""));
+        let parts: Vec<&str> =
+            name.split('.').map(|p| if p.chars().all(|c| c.is_ascii_digit()) { "*" } else { p }).collect();
+        if note.is_empty() {
+            parts.join(".")
+        } else {
+            format!("{} {note}", parts.join("."))
+        }
+    };
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for name in names {
+        groups.entry(pattern(&name)).or_default().push(name);
+    }
+    groups
+        .into_iter()
+        .map(|(pattern, members)| match &members[..] {
+            [one] => one.clone(),
+            many => format!("{pattern} ×{}", many.len()),
+        })
+        .collect()
+}
+
 /// BatchNorm's step counter: PyTorch's state dicts carry it, our var stores do not need it.
-const BN_COUNTER: &str = "num_batches_tracked";
+pub(crate) const BN_COUNTER: &str = "num_batches_tracked";
 
 /// Every variable of `vs` (parameters and BN running statistics) plus a `num_batches_tracked`
 /// per BatchNorm, as PyTorch's `state_dict()` has them.
@@ -83,10 +117,10 @@ pub fn load(vs: &nn::VarStore, path: &Path) -> Result<(), WeightsError> {
         .into_iter()
         .collect();
     let variables = vs.variables();
-    let mut missing: Vec<String> = variables.keys().filter(|n| !file.contains_key(*n)).cloned().collect();
-    let mut unexpected: Vec<String> =
+    let missing: Vec<String> = variables.keys().filter(|n| !file.contains_key(*n)).cloned().collect();
+    let unexpected: Vec<String> =
         file.keys().filter(|n| !variables.contains_key(*n) && !n.ends_with(BN_COUNTER)).cloned().collect();
-    let mut mismatched: Vec<String> = variables
+    let mismatched: Vec<String> = variables
         .iter()
         .filter_map(|(name, var)| {
             let stored = file.get(name)?;
@@ -95,10 +129,13 @@ pub fn load(vs: &nn::VarStore, path: &Path) -> Result<(), WeightsError> {
         })
         .collect();
     if !(missing.is_empty() && unexpected.is_empty() && mismatched.is_empty()) {
-        missing.sort();
-        unexpected.sort();
-        mismatched.sort();
-        return Err(WeightsError::Mismatch { path: path.into(), missing, unexpected, mismatched });
+        return Err(WeightsError::Mismatch {
+            path: path.into(),
+            missing: group_names(missing),
+            unexpected: group_names(unexpected),
+            mismatched: group_names(mismatched),
+            hint: None,
+        });
     }
     tch::no_grad(|| {
         for (name, var) in &variables {
@@ -107,4 +144,21 @@ pub fn load(vs: &nn::VarStore, path: &Path) -> Result<(), WeightsError> {
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::group_names;
+
+    #[test]
+    fn names_that_differ_only_by_block_index_are_one_group() {
+        let mut names: Vec<String> = (0..12).map(|i| format!("blocks.{i}.attn.wq")).collect();
+        names.push("layer2.1.conv1.weight [64, 8] vs model [64, 16]".into());
+        names.push("layer2.3.conv1.weight [64, 8] vs model [64, 16]".into());
+        names.push("head.weight".into());
+        assert_eq!(
+            group_names(names),
+            ["blocks.*.attn.wq ×12", "head.weight", "layer2.*.conv1.weight [64, 8] vs model [64, 16] ×2"]
+        );
+    }
 }

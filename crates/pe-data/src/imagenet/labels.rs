@@ -178,9 +178,8 @@ fn leaf_wnids(bytes: &[u8]) -> std::result::Result<Vec<String>, String> {
             matrw::MatVariable::Structure(_) => synsets,
             _ => &synsets[i],
         };
-        let field = |name: &str| {
-            format!("synset {}: field `{name}` is missing or not a numeric scalar", i + 1)
-        };
+        let field =
+            |name: &str| format!("synset {}: field `{name}` is missing or not a numeric scalar", i + 1);
         let children = number(&s["num_children"]).ok_or_else(|| field("num_children"))?;
         if children != 0.0 {
             continue;

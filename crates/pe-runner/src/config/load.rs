@@ -160,7 +160,9 @@ pub fn load_experiment(path: &Path, overrides: &[String]) -> Result<Experiment, 
         located(&chain, key, message)
     };
     let model_preset = resolve_model(&mut merged).map_err(|m| locate("model.name", m))?;
-    let mut config: ExperimentConfig = typed(Value::Table(merged)).map_err(|(key, m)| locate(&key, m))?;
+    lift_model_init(&mut merged).map_err(|m| locate(MODEL_INIT, m))?;
+    let mut config: ExperimentConfig =
+        typed(Value::Table(merged)).map_err(|(key, m)| locate(&recipe_key(&key), m))?;
     if config.name.is_empty() {
         config.name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     }
@@ -170,6 +172,9 @@ pub fn load_experiment(path: &Path, overrides: &[String]) -> Result<Experiment, 
     };
     if let Some(source) = set_by_file("data.root") {
         config.data.root = relative_to(&source.path, &config.data.root);
+    }
+    if let (Some(source), Some(init)) = (set_by_file("model.init"), &config.model_init.init) {
+        config.model_init.init = Some(relative_to(&source.path, init));
     }
     if let Some(source) = set_by_file("logging.runs_dir") {
         config.logging.runs_dir = relative_to(&source.path, &config.logging.runs_dir);
@@ -260,7 +265,55 @@ fn find_key_line(text: &str, key: &str) -> Option<usize> {
     None
 }
 
-/// Serialises a resolved config as TOML (what `runs/<name>/config.toml` holds).
+/// The typed config's table for the `[model] init*` keys (see [`ExperimentConfig::model_init`]).
+const MODEL_INIT: &str = "model_init";
+const MODEL_INIT_KEYS: [&str; 4] = ["init", "init_exclude", "init_ema", "head_init_scale"];
+
+/// Moves the `init*` keys of `[model]` into their own table, where the typed config expects them.
+fn lift_model_init(table: &mut Table) -> Result<(), String> {
+    if table.contains_key(MODEL_INIT) {
+        return Err(format!("unknown section; write its keys in [model] ({})", MODEL_INIT_KEYS.join(", ")));
+    }
+    let Some(Value::Table(model)) = table.get_mut("model") else { return Ok(()) };
+    let init: Table =
+        MODEL_INIT_KEYS.iter().filter_map(|k| Some((k.to_string(), model.remove(*k)?))).collect();
+    if !init.is_empty() {
+        table.insert(MODEL_INIT.into(), Value::Table(init));
+    }
+    Ok(())
+}
+
+/// The inverse of [`lift_model_init`], for what is written out.
+fn lower_model_init(table: &mut Table) {
+    let Some(Value::Table(init)) = table.remove(MODEL_INIT) else { return };
+    if let Some(Value::Table(model)) = table.get_mut("model") {
+        model.extend(init);
+    }
+}
+
+/// A typed config's key as a recipe spells it (`model_init.init` -> `model.init`).
+pub fn recipe_key(key: &str) -> String {
+    match key.strip_prefix(MODEL_INIT).and_then(|rest| rest.strip_prefix('.')) {
+        Some(rest) => format!("model.{rest}"),
+        None if key == MODEL_INIT => "model.init".into(),
+        None => key.to_owned(),
+    }
+}
+
+/// Serialises a resolved config as TOML (what `runs/<name>/config.toml` holds), the model's
+/// `init*` keys in `[model]` as a recipe writes them.
 pub fn to_toml(config: &ExperimentConfig) -> String {
-    toml::to_string(config).expect("an experiment config always serialises to TOML")
+    let Value::Table(mut table) = Value::try_from(config).expect("an experiment config serialises to TOML")
+    else {
+        unreachable!("an experiment config serialises to a table")
+    };
+    lower_model_init(&mut table);
+    toml::to_string(&table).expect("an experiment config always serialises to TOML")
+}
+
+/// Reads what [`to_toml`] wrote (no bases, overrides or presets: a resolved config).
+pub fn from_toml(text: &str) -> Result<ExperimentConfig, String> {
+    let mut table: Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    lift_model_init(&mut table)?;
+    typed(Value::Table(table)).map_err(|(key, message)| format!("{}: {message}", recipe_key(&key)))
 }

@@ -24,6 +24,11 @@ pub struct ExperimentConfig {
     #[serde(default)]
     pub name: String,
     pub model: ModelConfig,
+    /// The weights the run starts from. A recipe writes these keys in `[model]` (`init`,
+    /// `init_exclude`, `init_ema`, `head_init_scale`); the loader keeps them in a table of their
+    /// own because `[model]` proper is the model crate's architecture definition.
+    #[serde(default, skip_serializing_if = "ModelInit::is_unset")]
+    pub model_init: ModelInit,
     #[serde(default)]
     pub data: DataConfig,
     #[serde(default)]
@@ -36,6 +41,35 @@ pub struct ExperimentConfig {
     pub eval: EvalConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
+}
+
+/// Where a run's first weights come from (see `train/init_weights.rs`): the `[model] init*` keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelInit {
+    /// A run folder (its best checkpoint, else its last), a checkpoint folder, or a safetensors
+    /// file with this workspace's (= torchvision's / timm's) parameter names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
+    /// Name patterns (`*` = any run of characters) of tensors that keep their fresh
+    /// initialisation: absent from the weights, or present and left out on purpose.
+    pub init_exclude: Vec<String>,
+    /// Take the checkpoint's EMA weights instead of the trained ones.
+    pub init_ema: bool,
+    /// A head re-initialised for other classes is scaled by this (timm's `head_init_scale`).
+    pub head_init_scale: f64,
+}
+
+impl Default for ModelInit {
+    fn default() -> Self {
+        Self { init: None, init_exclude: Vec::new(), init_ema: false, head_init_scale: 1.0 }
+    }
+}
+
+impl ModelInit {
+    pub fn is_unset(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -290,6 +324,18 @@ impl ExperimentConfig {
     pub fn validate(&self) -> Result<(), Invalid> {
         self.model.validate().map_err(|e| Invalid { key: "model", message: e.to_string() })?;
         self.data.validate().map_err(|e| Invalid { key: "data", message: e.to_string() })?;
+        let init = &self.model_init;
+        let without_init = |key: &'static str, set: bool| {
+            ensure(!set || init.init.is_some(), key, || "needs model.init (the weights to start from)".into())
+        };
+        without_init("model.init_exclude", !init.init_exclude.is_empty())?;
+        without_init("model.init_ema", init.init_ema)?;
+        without_init("model.head_init_scale", init.head_init_scale != 1.0)?;
+        ensure(
+            init.head_init_scale.is_finite() && init.head_init_scale > 0.0,
+            "model.head_init_scale",
+            || format!("must be a finite positive number, got {}", init.head_init_scale),
+        )?;
         let t = &self.train;
         ensure(t.epochs >= 1, "train.epochs", || "must be at least 1".into())?;
         ensure(t.batch_size >= 1, "train.batch_size", || "must be at least 1".into())?;

@@ -315,7 +315,7 @@ fn write_state_file(dir: &Path, state: &TrainState) -> Result<()> {
 }
 
 /// `blake3:<hex>` of a file's bytes (~1–3 GB/s per core: cheap beside reading the file).
-fn content_hash(path: &Path) -> Result<String> {
+pub(crate) fn content_hash(path: &Path) -> Result<String> {
     let file = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut hasher = blake3::Hasher::new();
     hasher.update_reader(file).with_context(|| format!("reading {}", path.display()))?;

@@ -15,6 +15,7 @@ use crate::train::batch::TrainInputs;
 use crate::train::checkpoint::TrainState;
 use crate::train::dist::Dist;
 use crate::train::evaluate::{evaluate, EvalResult, EvalSums};
+use crate::train::init_weights::{InitIdentity, InitialWeights};
 use crate::train::observers::{LogStart, Observers, Record, Section};
 use crate::train::run_folder::{RunFolder, Start, StartRequest};
 use crate::train::run_identity::{DatasetIdentity, Identity};
@@ -37,7 +38,17 @@ pub fn train(experiment: &Experiment, request: &StartRequest, stop: StopRequest)
     let device = dist.device(device);
     // Everything that can refuse the recipe (data, batch sizes, the model) comes before the run
     // folder is touched: a refused start leaves nothing behind.
-    let mut trainer = TrainLoop::new(experiment, dist, device, stop)?;
+    let initial = InitialWeights::open(&config.model_init)?;
+    let init_identity = initial.as_ref().map(|weights| weights.identity.clone());
+    let mut trainer = TrainLoop::new(experiment, dist, device, stop, init_identity)?;
+    // Loaded (and refused) before the folder is claimed; a resume then replaces them.
+    let started_from = match initial {
+        Some(weights) => {
+            let file = weights.file.clone();
+            Some((file, trainer.engine.start_from(&config.model, weights, &config.model_init)?))
+        }
+        None => None,
+    };
     trainer.folder.lock()?;
     let start = trainer.folder.claim(request)?;
     trainer.open_observers(start.as_ref())?;
@@ -46,8 +57,15 @@ pub fn train(experiment: &Experiment, request: &StartRequest, stop: StopRequest)
         config.name,
         experiment.source.display()
     ));
-    if let Some(start) = start {
-        trainer.resume(start)?;
+    match (start, started_from) {
+        (Some(start), _) => trainer.resume(start)?,
+        (None, Some((file, adapted))) => {
+            trainer.observers.say(&format!("model.init: starting from {}", file.display()));
+            for line in adapted.lines(&config.model) {
+                trainer.observers.say(&format!("model.init: {line}"));
+            }
+        }
+        (None, None) => {}
     }
     trainer.dist.join_engine(&mut trainer.engine)?;
     trainer.fit()
@@ -80,7 +98,13 @@ struct TrainLoop {
 }
 
 impl TrainLoop {
-    fn new(experiment: &Experiment, dist: Dist, device: tch::Device, stop: StopRequest) -> Result<Self> {
+    fn new(
+        experiment: &Experiment,
+        dist: Dist,
+        device: tch::Device,
+        stop: StopRequest,
+        init: Option<InitIdentity>,
+    ) -> Result<Self> {
         let config = experiment.config.clone();
         let train = &config.train;
         if train.threads > 0 {
@@ -108,11 +132,21 @@ impl TrainLoop {
         }
         let classes = train_loader.classes().len() as i64;
         if classes != config.model.num_classes() {
-            bail!(
-                "the model has {} classes but {} has {classes} classes: set model.num_classes = {classes}",
-                config.model.num_classes(),
-                train_loader.location().display()
-            );
+            let head = if config.model_init.init.is_some() {
+                " (a head for another class count than model.init's weights is re-initialised)"
+            } else {
+                ""
+            };
+            return Err(ConfigError {
+                location: experiment.source.display().to_string(),
+                key: Some("model.num_classes".into()),
+                message: format!(
+                    "the model has {} classes but {} has {classes}: set model.num_classes = {classes}{head}",
+                    config.model.num_classes(),
+                    train_loader.location().display()
+                ),
+            }
+            .into());
         }
         let steps_per_epoch = train_loader.batches_per_epoch() / train.accum_steps;
         if steps_per_epoch == 0 {
@@ -144,7 +178,7 @@ impl TrainLoop {
             val_fingerprint: eval_loader.fingerprint(),
         };
         let run_dir = config.logging.runs_dir.join(&config.name);
-        let folder = RunFolder::new(run_dir, Identity::new(&config, dataset), dist.is_main());
+        let folder = RunFolder::new(run_dir, Identity::new(&config, dataset, init), dist.is_main());
         Ok(Self {
             config,
             dist,
@@ -173,7 +207,8 @@ impl TrainLoop {
             Some(start) => LogStart::Continue { step: start.state.step, mark: start.state.logs.as_ref() },
             None => LogStart::Fresh,
         };
-        self.observers = Observers::for_run(self.folder.dir(), &self.config, &logs)?;
+        let init = self.folder.identity().init.as_ref();
+        self.observers = Observers::for_run(self.folder.dir(), &self.config, init, &logs)?;
         Ok(())
     }
 

@@ -11,6 +11,7 @@ pub mod epoch_loop;
 pub mod evaluate;
 pub mod grad_norm;
 pub mod graphed_step;
+pub mod init_weights;
 pub mod loss;
 pub mod metrics;
 pub mod observers;

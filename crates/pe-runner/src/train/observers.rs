@@ -10,9 +10,10 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
-use crate::config::load::to_toml;
+use crate::config::load::{recipe_key, to_toml};
 use crate::config::ExperimentConfig;
 use crate::train::checkpoint::LogMark;
+use crate::train::init_weights::InitIdentity;
 use crate::train::metrics::{Keep, MetricsLog};
 use crate::train::tensorboard::{self, EventWriter, HParam};
 
@@ -120,7 +121,13 @@ impl Observers {
     /// TensorBoard events (a fresh run's start with the resolved recipe as text and its key values
     /// as an HParams session), metrics.jsonl, the console and (on a terminal) a progress bar. What
     /// a resumed run's logs held beyond its checkpoint is cut first: each curve is one history.
-    pub fn for_run(run_dir: &Path, config: &ExperimentConfig, start: &LogStart) -> Result<Self> {
+    /// `init`: the weights `model.init` started the run from (their digest is an HParam).
+    pub fn for_run(
+        run_dir: &Path,
+        config: &ExperimentConfig,
+        init: Option<&InitIdentity>,
+        start: &LogStart,
+    ) -> Result<Self> {
         let (progress, epochs) = (config.logging.progress, config.train.epochs as u64);
         let metrics_path = run_dir.join("metrics.jsonl");
         let keep = match start {
@@ -142,7 +149,7 @@ impl Observers {
         match start {
             LogStart::Fresh => {
                 events.text("config", &format!("```toml\n{}\n```", to_toml(config)), 0)?;
-                events.hparams(&hparams(config)?, METRIC_TAGS)?;
+                events.hparams(&hparams(config, init)?, METRIC_TAGS)?;
             }
             // For a TensorBoard that had already read the points now cut.
             LogStart::Continue { step, .. } => events.session_start(step + 1)?,
@@ -230,12 +237,19 @@ const NOT_HPARAMS: &[&str] = &[
     "train.checkpoint_every_steps",
 ];
 
-/// The resolved recipe's values as HParams (dotted keys), without the bookkeeping ones.
-fn hparams(config: &ExperimentConfig) -> Result<BTreeMap<String, HParam>> {
-    let mut all = HParam::flatten(&serde_json::to_value(config)?);
+/// The resolved recipe's values as HParams (dotted keys as a recipe spells them), without the
+/// bookkeeping ones; with `model.init`, the digest of the weights read too.
+fn hparams(config: &ExperimentConfig, init: Option<&InitIdentity>) -> Result<BTreeMap<String, HParam>> {
+    let mut all: BTreeMap<String, HParam> = HParam::flatten(&serde_json::to_value(config)?)
+        .into_iter()
+        .map(|(key, value)| (recipe_key(&key), value))
+        .collect();
     all.retain(|key, _| {
         !NOT_HPARAMS.iter().any(|skip| key == skip.trim_end_matches('.') || key.starts_with(skip))
     });
+    if let Some(init) = init {
+        all.insert("model.init_digest".into(), HParam::Text(init.digest.clone()));
+    }
     Ok(all)
 }
 

@@ -45,6 +45,11 @@ impl RunFolder {
         Self { dir, identity, checkpoints, main, lock: None }
     }
 
+    /// What this run is: the experiment, its data and initial weights.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::config::load::to_toml;
+use crate::config::load::{from_toml, to_toml};
 use crate::config::ExperimentConfig;
+use crate::train::init_weights::InitIdentity;
 
 /// Stored in every checkpoint as `identity.json`.
 pub const FILE: &str = "identity.json";
@@ -40,13 +41,18 @@ pub const RESUMABLE_KEYS: &[&str] = &[
 /// Where a run is, what it is called and whether a progress bar is drawn do not change what it
 /// computes: never part of its identity.
 /// Where the data lives is not what it is (that is `dataset.*`: classes, counts, fingerprints).
-const NOT_IDENTITY: &[&str] = &["name", "logging.runs_dir", "logging.progress", "data.root", "dataset.root"];
+/// Nor is where the initial weights were read (`init.file`): their content is (`init.digest`).
+const NOT_IDENTITY: &[&str] =
+    &["name", "logging.runs_dir", "logging.progress", "data.root", "dataset.root", "init.file"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Identity {
     /// The resolved recipe as TOML.
     pub config: String,
     pub dataset: DatasetIdentity,
+    /// The weights `model.init` started the run from (absent without it, and in older runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitIdentity>,
 }
 
 /// What a run's data is: its class list, sample counts and content fingerprints (see
@@ -101,8 +107,8 @@ pub enum RunConflict {
 }
 
 impl Identity {
-    pub fn new(config: &ExperimentConfig, dataset: DatasetIdentity) -> Self {
-        Self { config: to_toml(config), dataset }
+    pub fn new(config: &ExperimentConfig, dataset: DatasetIdentity, init: Option<InitIdentity>) -> Self {
+        Self { config: to_toml(config), dataset, init }
     }
 
     pub fn read(dir: &Path) -> Result<Option<Self>> {
@@ -150,6 +156,9 @@ impl Identity {
         flatten_into(&mut flat, "", &toml::Value::Table(table));
         let dataset = toml::Value::try_from(&self.dataset)?;
         flatten_into(&mut flat, "dataset", &dataset);
+        if let Some(init) = &self.init {
+            flatten_into(&mut flat, "init", &toml::Value::try_from(init)?);
+        }
         Ok(flat)
     }
 }
@@ -158,7 +167,7 @@ impl Identity {
 /// take their defaults, so an upgrade alone never makes a run "another experiment". A recipe this
 /// version cannot read (a key since removed) is compared as written.
 fn current_form(stored: &str) -> String {
-    match toml::from_str::<ExperimentConfig>(stored) {
+    match from_toml(stored) {
         Ok(config) => to_toml(&config),
         Err(_) => stored.to_owned(),
     }
@@ -302,7 +311,7 @@ mod tests {
             train_fingerprint: None,
             val_fingerprint: None,
         };
-        Identity { config, dataset }
+        Identity { config, dataset, init: None }
     }
 
     #[test]

@@ -15,16 +15,18 @@ use anyhow::{bail, Context, Result};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
 
+use pe_models::pretrained::{Adapted, Selection};
 use pe_models::{weights, Model, ModelConfig};
 use pe_torch::scaler::{GradScaler, GradScalerState};
 
-use crate::config::{Amp, ExperimentConfig, OptimizerConfig};
+use crate::config::{Amp, ExperimentConfig, ModelInit, OptimizerConfig};
 use crate::train::amp::Precision;
 use crate::train::checkpoint;
 use crate::train::ema::Ema;
 use crate::train::grad_norm::clip_grad_norm;
 use crate::train::graphed_step::GraphedStep;
 pub use crate::train::graphed_step::{check_cuda_graph_config, CUDA_GRAPH_WARMUP_STEPS};
+use crate::train::init_weights::{InitError, InitialWeights};
 use crate::train::loss::{cross_entropy, soft_target_cross_entropy};
 use crate::train::optimizer::Optimizer;
 
@@ -379,6 +381,24 @@ impl StepEngine {
         Tensor::write_safetensors(&state, dir.join(checkpoint::OPTIMIZER))
             .with_context(|| format!("writing {}", dir.join(checkpoint::OPTIMIZER).display()))?;
         Ok(())
+    }
+
+    /// Starts a new run from `weights` (`model.init`) instead of the fresh initialisation, the EMA
+    /// with them; says what was adapted (a new head, a resampled position embedding).
+    pub fn start_from(
+        &mut self,
+        model: &ModelConfig,
+        weights: InitialWeights,
+        init: &ModelInit,
+    ) -> Result<Adapted> {
+        let selection = Selection { exclude: &init.init_exclude, head_init_scale: init.head_init_scale };
+        let adapted =
+            pe_models::pretrained::load(model, &self.vs, &weights.file, weights.tensors, &selection)
+                .map_err(InitError::from)?;
+        if let Some(ema) = &mut self.ema {
+            ema.vs.copy(&self.vs)?;
+        }
+        Ok(adapted)
     }
 
     /// Restores what [`StepEngine::write_checkpoint`] wrote; values are copied into the live
