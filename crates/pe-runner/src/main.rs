@@ -10,7 +10,7 @@ use pe_runner::cmd::{analyze, bench, eval, forward, info, launch, prepare, summa
 use pe_runner::config;
 use pe_runner::train::epoch_loop::Outcome;
 use pe_runner::train::stop::StopRequest;
-use pe_runner::train::{init_weights, run_identity};
+use pe_runner::train::{init_weights, param_groups, run_identity};
 
 /// Library messages (`tracing`) go to stderr as `LEVEL target: message`; `RUST_LOG` overrides the
 /// default, which shows our crates' info and above and everyone else's warnings.
@@ -102,7 +102,8 @@ fn main() -> ExitCode {
         Err(error)
             if error.is::<config::ConfigError>()
                 || error.is::<run_identity::RunConflict>()
-                || error.is::<init_weights::InitError>() =>
+                || error.is::<init_weights::InitError>()
+                || error.is::<param_groups::UnmatchedPattern>() =>
         {
             // Every rank of a launch reads the same recipe: one of them says what is wrong.
             if std::env::var("RANK").map_or(true, |rank| rank == "0") {

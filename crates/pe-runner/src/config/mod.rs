@@ -101,6 +101,32 @@ pub struct OptimizerConfig {
     pub no_decay_names: Vec<String>,
     /// Clip the global gradient norm to this value; 0 = off.
     pub clip_grad: f64,
+    /// `[[optimizer.groups]]`: learning-rate and weight-decay multipliers by parameter name; the
+    /// first rule that matches a parameter applies (see `train/param_groups.rs`).
+    pub groups: Vec<GroupRule>,
+    /// Layer-wise learning-rate decay for ViTs (timm's `layer_decay`, e.g. 0.65 to fine-tune);
+    /// 1 = off.
+    pub layer_decay: f64,
+    /// Name patterns of parameters that do not train, unless a `train` pattern names them too.
+    pub freeze: Vec<String>,
+    pub train: Vec<String>,
+}
+
+/// One `[[optimizer.groups]]` rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRule {
+    /// A name pattern (`*` = any characters), e.g. `"blocks.*.mlp.*"`.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    #[serde(default = "one")]
+    pub lr_mult: f64,
+    #[serde(default = "one")]
+    pub wd_mult: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl Default for OptimizerConfig {
@@ -117,6 +143,10 @@ impl Default for OptimizerConfig {
             no_decay_1d: true,
             no_decay_names: vec!["pos_embed".into(), "cls_token".into()],
             clip_grad: 0.0,
+            groups: Vec::new(),
+            layer_decay: 1.0,
+            freeze: Vec::new(),
+            train: Vec::new(),
         }
     }
 }
@@ -372,6 +402,23 @@ impl ExperimentConfig {
             format!("must be finite and >= 0 (0 = off), got {}", o.clip_grad)
         })?;
         ensure(!(o.nesterov && o.momentum == 0.0), "optimizer.nesterov", || "needs momentum > 0".into())?;
+        ensure(o.layer_decay > 0.0 && o.layer_decay <= 1.0, "optimizer.layer_decay", || {
+            format!("must be in (0, 1] (1 = off), got {}", o.layer_decay)
+        })?;
+        ensure(
+            o.layer_decay == 1.0 || matches!(self.model, ModelConfig::Vit(_)),
+            "optimizer.layer_decay",
+            || "is defined for ViTs (timm's block ids); this model is a ResNet".into(),
+        )?;
+        for rule in &o.groups {
+            let ok = |m: f64| m.is_finite() && m >= 0.0;
+            ensure(ok(rule.lr_mult) && ok(rule.wd_mult), "optimizer.groups", || {
+                format!("{:?}: lr_mult and wd_mult must be finite and >= 0", rule.pattern)
+            })?;
+        }
+        ensure(o.train.is_empty() || !o.freeze.is_empty(), "optimizer.train", || {
+            "names exceptions to optimizer.freeze, which is empty".into()
+        })?;
         let s = &self.schedule;
         ensure(
             s.warmup_epochs >= 0.0 && s.warmup_epochs < t.epochs as f64,

@@ -57,6 +57,9 @@ pub fn train(experiment: &Experiment, request: &StartRequest, stop: StopRequest)
         config.name,
         experiment.source.display()
     ));
+    if start.is_none() {
+        trainer.record_param_groups()?;
+    }
     match (start, started_from) {
         (Some(start), _) => trainer.resume(start)?,
         (None, Some((file, adapted))) => {
@@ -209,6 +212,27 @@ impl TrainLoop {
         };
         let init = self.folder.identity().init.as_ref();
         self.observers = Observers::for_run(self.folder.dir(), &self.config, init, &logs)?;
+        Ok(())
+    }
+
+    /// Writes `param_groups.json` (which parameters train, at which learning-rate scale and weight
+    /// decay) into a new run's folder, and says in one line what it holds.
+    fn record_param_groups(&mut self) -> Result<()> {
+        if !self.dist.is_main() {
+            return Ok(());
+        }
+        let groups = self.engine.param_groups();
+        let path = self.folder.dir().join("param_groups.json");
+        pe_data::atomic_file::write(&path, serde_json::to_string_pretty(groups)?)?;
+        let tensors: usize = groups.iter().map(|g| g.params.len()).sum();
+        let scales: std::collections::BTreeSet<String> =
+            groups.iter().map(|g| format!("{:.4}", g.lr_scale)).collect();
+        self.observers.say(&format!(
+            "optimizer: {tensors} trained tensors in {} group(s), lr scales {} ({})",
+            groups.len(),
+            scales.into_iter().collect::<Vec<_>>().join(", "),
+            path.display()
+        ));
         Ok(())
     }
 

@@ -28,7 +28,8 @@ use crate::train::graphed_step::GraphedStep;
 pub use crate::train::graphed_step::{check_cuda_graph_config, CUDA_GRAPH_WARMUP_STEPS};
 use crate::train::init_weights::{InitError, InitialWeights};
 use crate::train::loss::{cross_entropy, soft_target_cross_entropy};
-use crate::train::optimizer::Optimizer;
+use crate::train::optimizer::{GroupSummary, Optimizer};
+use crate::train::param_groups;
 
 /// Everything that decides what a step computes, separable from a whole experiment so that
 /// `pe bench` can build the engine for a bare model preset.
@@ -156,7 +157,8 @@ impl StepEngine {
         if config.channels_last {
             pe_torch::memory_format::convert_conv_weights_(&vs)?;
         }
-        let mut optimizer = Optimizer::new(&vs, &config.optimizer)?;
+        param_groups::freeze(&vs, &config.optimizer)?;
+        let mut optimizer = Optimizer::new(&vs, &config.optimizer, &config.model)?;
         let graphed =
             if config.cuda_graph { Some(GraphedStep::new(config, device, &mut optimizer)?) } else { None };
         let scaler = (config.amp == Amp::Fp16).then(|| GradScaler::new(true));
@@ -193,6 +195,11 @@ impl StepEngine {
     /// The model being trained.
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    /// The optimizer's parameter groups (what trains, at which learning-rate scale and decay).
+    pub fn param_groups(&self) -> &[GroupSummary] {
+        self.optimizer.groups()
     }
 
     /// The EMA of the model, when `ema_decay > 0`.

@@ -64,6 +64,11 @@ pub fn overrides(recipe: &Path, data: &Path, runs: &Path, max_steps: u32, machin
     if let ModelConfig::Vit(_) = config.model {
         sets.push(format!("model.img_size={side}"));
     }
+    // A fine-tune starts from its parent recipe's run (`model.init = ".../runs/<parent>"`): the
+    // parent's run in this runs folder, trained earlier in the walk (its name sorts first).
+    if let Some(parent) = config.model_init.init.as_ref().and_then(|p| p.file_name()) {
+        sets.push(format!("model.init={:?}", runs.join(parent)));
+    }
     sets.into_iter().flat_map(|set| ["--set".to_owned(), set]).collect()
 }
 
