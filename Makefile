@@ -17,7 +17,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: help setup build exp data tensorboard summary bench bench-data bench-torch bench-train bench-ddp bench-shards bench-gpu test-gpu claim-table fmnist-table test fmt fmt-check clippy cargo-test pytest clean
+.PHONY: help setup build exp data tensorboard summary bench bench-data bench-torch bench-train bench-ddp bench-shards bench-gpu test-gpu claim-table fmnist-table transfer-table test fmt fmt-check clippy cargo-test pytest clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -125,6 +125,9 @@ claim-table: build data ## Tying vs shrinking on Fashion-MNIST, 3 seeds: bench/r
 
 fmnist-table: build data ## The Fashion-MNIST PE/baseline table (3 seeds each) for README
 	$(PYTHON) bench/fmnist_table.py --pe $(PE) --out bench/results/fmnist.md
+
+transfer-table: build data ## Pre-train on Fashion-MNIST 0-4, then 5-9: fine-tune / linear probe / scratch, ViT and ViT-PE, 3 seeds
+	$(PYTHON) bench/transfer_table.py --pe $(PE) --out bench/results/transfer.md
 
 # The weight-space analysis of the four Fashion-MNIST recipes (`pe analyze`, crates/pe-analyze): runs/<recipe>
 # as `make exp EXP=<recipe>` leaves them, each trained here first if missing.
