@@ -9,12 +9,12 @@
 //! class token kept (timm's `resample_abs_pos_embed`, antialiased).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tch::{nn, Kind, Tensor};
 
 use crate::model::ModelConfig;
-use crate::weights::{group_names, WeightsError, BN_COUNTER};
+use crate::weights::{copy_checked, WeightsError, BN_COUNTER};
 
 /// What to take from the weights.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,40 +140,14 @@ pub fn load(
 
     let reinitialised =
         |name: &str| adapted.head_reinitialised_from.is_some() && name.starts_with(&format!("{head}."));
-    let missing: Vec<String> = variables
-        .keys()
-        .filter(|n| !weights.contains_key(*n) && !excluded(n) && !reinitialised(n))
-        .cloned()
-        .collect();
-    let unexpected: Vec<String> = weights.keys().filter(|n| !variables.contains_key(*n)).cloned().collect();
-    let mismatched: Vec<String> = variables
-        .iter()
-        .filter_map(|(name, var)| {
-            let stored = weights.get(name)?;
-            (stored.size() != var.size())
-                .then(|| format!("{name} {:?} vs model {:?}", stored.size(), var.size()))
-        })
-        .collect();
-    if !(missing.is_empty() && unexpected.is_empty() && mismatched.is_empty()) {
-        return Err(mismatch(path, config, missing, unexpected, mismatched));
-    }
-    tch::no_grad(|| {
-        for (name, stored) in &weights {
-            let var = &variables[name];
-            var.shallow_clone().copy_(&stored.to_kind(var.kind()).to_device(var.device()));
-        }
-    });
+    copy_checked(vs, &weights, path, |n| excluded(n) || reinitialised(n))
+        .map_err(|e| with_hint(e, config))?;
     Ok(adapted)
 }
 
-/// The grouped mismatch error, with a hint at the way out when the head is what differs.
-fn mismatch(
-    path: &Path,
-    config: &ModelConfig,
-    missing: Vec<String>,
-    unexpected: Vec<String>,
-    mismatched: Vec<String>,
-) -> WeightsError {
+/// The mismatch error with a hint at the way out: a new head when only the head differs.
+fn with_hint(error: WeightsError, config: &ModelConfig) -> WeightsError {
+    let WeightsError::Mismatch { path, missing, unexpected, mismatched, .. } = error else { return error };
     let head = format!("{}.", config.head_prefix());
     let only_head = missing.iter().chain(&unexpected).chain(&mismatched).all(|n| n.starts_with(&head));
     let hint = if only_head {
@@ -181,13 +155,7 @@ fn mismatch(
     } else {
         "the weights are of another architecture; model.init_exclude leaves tensors out on purpose".into()
     };
-    WeightsError::Mismatch {
-        path: PathBuf::from(path),
-        missing: group_names(missing),
-        unexpected: group_names(unexpected),
-        mismatched: group_names(mismatched),
-        hint: Some(hint),
-    }
+    WeightsError::Mismatch { path, missing, unexpected, mismatched, hint: Some(hint) }
 }
 
 /// `posemb` [1, prefix + g², C] resampled to [1, prefix + grid², C]: the prefix tokens (class

@@ -116,14 +116,27 @@ pub fn load(vs: &nn::VarStore, path: &Path) -> Result<(), WeightsError> {
         .map_err(|e| WeightsError::Read { path: path.into(), reason: reason(&e, path) })?
         .into_iter()
         .collect();
+    copy_checked(vs, &file, path, |_| false)
+}
+
+/// Copies `stored` (read from `path`) into `vs`'s variables, cast to each one's kind and device,
+/// once they are known to fit: every variable present with its shape (except those `may_miss`
+/// names: they keep their values), and nothing else stored (BatchNorm counters aside).
+pub(crate) fn copy_checked(
+    vs: &nn::VarStore,
+    stored: &HashMap<String, Tensor>,
+    path: &Path,
+    may_miss: impl Fn(&str) -> bool,
+) -> Result<(), WeightsError> {
     let variables = vs.variables();
-    let missing: Vec<String> = variables.keys().filter(|n| !file.contains_key(*n)).cloned().collect();
+    let missing: Vec<String> =
+        variables.keys().filter(|n| !stored.contains_key(*n) && !may_miss(n)).cloned().collect();
     let unexpected: Vec<String> =
-        file.keys().filter(|n| !variables.contains_key(*n) && !n.ends_with(BN_COUNTER)).cloned().collect();
+        stored.keys().filter(|n| !variables.contains_key(*n) && !n.ends_with(BN_COUNTER)).cloned().collect();
     let mismatched: Vec<String> = variables
         .iter()
         .filter_map(|(name, var)| {
-            let stored = file.get(name)?;
+            let stored = stored.get(name)?;
             (stored.size() != var.size())
                 .then(|| format!("{name} {:?} vs model {:?}", stored.size(), var.size()))
         })
@@ -139,8 +152,9 @@ pub fn load(vs: &nn::VarStore, path: &Path) -> Result<(), WeightsError> {
     }
     tch::no_grad(|| {
         for (name, var) in &variables {
-            let value = file[name].to_kind(var.kind()).to_device(var.device());
-            var.shallow_clone().copy_(&value);
+            if let Some(value) = stored.get(name) {
+                var.shallow_clone().copy_(&value.to_kind(var.kind()).to_device(var.device()));
+            }
         }
     });
     Ok(())
