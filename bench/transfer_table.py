@@ -7,7 +7,7 @@ for a baseline and its PE twin, over seeds:
 - the pre-trained model's own top-1 on classes 0-4, for reference.
 
     python bench/transfer_table.py [--pe target/release/pe] [--data data/fashion-mnist] [--seeds 0 1 2]
-        [--out bench/results/transfer.md] [--set KEY=VALUE ...]
+        [--recipes A B] [--out bench/results/transfer.md] [--set KEY=VALUE ...]
 
 The two class halves are folders of symlinks to the class folders of `--data` (under the runs folder).
 `--set` passes overrides to every run (a smoke run: `--set train.max_steps=3`).
@@ -57,6 +57,7 @@ def main():
     parser.add_argument("--pe", default=str(ROOT / "target" / "release" / "pe"))
     parser.add_argument("--data", default=str(ROOT / "data" / "fashion-mnist"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--recipes", nargs="+", default=RECIPES, help="a baseline and its PE twin")
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "transfer-table"))
     parser.add_argument("--out", default=None)
     parser.add_argument("--set", dest="sets", action="append", default=[])
@@ -68,7 +69,7 @@ def main():
     first = half(data, runs / "data-0-4", classes[:5])
     second = half(data, runs / "data-5-9", classes[5:])
     table = {}
-    for recipe in RECIPES:
+    for recipe in args.recipes:
         for seed in args.seeds:
             sets = [f"train.seed={seed}", *args.sets]
             base = f"{recipe}-0-4-seed{seed}"
@@ -91,7 +92,7 @@ def main():
         "| recipe | " + " | ".join(WAYS) + " |",
         "|---|" + "---|" * len(WAYS),
     ]
-    for recipe in RECIPES:
+    for recipe in args.recipes:
         cells = []
         for way in WAYS:
             accs = table[(recipe, way)]

@@ -198,16 +198,24 @@ fn damaged_checkpoint_bytes_are_refused_naming_the_file_and_an_older_checkpoint_
     let output = train(&recipe).output().unwrap();
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    let best_step = state(&best)["step"].as_u64().unwrap();
     assert!(stderr.contains(&model.display().to_string()) && stderr.contains("content hash"), "{stderr}");
-    assert!(stderr.contains(&format!("--resume-from step-{best_step}")), "{stderr}");
+    // The newest older checkpoint is suggested: `best` (epoch 1), or the step before `last` when the
+    // kill came between publishing `last` and pruning that one.
+    let suggested: u64 = stderr
+        .split_once("--resume-from step-")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no --resume-from suggestion: {stderr}"));
+    let (best_step, last_step) =
+        (state(&best)["step"].as_u64().unwrap(), state(&last)["step"].as_u64().unwrap());
+    assert!(suggested >= best_step && suggested < last_step, "{stderr}");
+
     // `pe eval` refuses the damaged weights too.
     let output = pe().arg("eval").arg(&recipe).arg("--checkpoint").arg(&last).output().unwrap();
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
 
     // With consent, from the older checkpoint: the rest of the run is exactly the reference's.
-    let stdout = ok(train(&recipe).args(["--resume-from", &format!("step-{best_step}")]).output().unwrap());
-    assert!(stdout.contains(&format!("step {best_step}")), "{stdout}");
+    let stdout = ok(train(&recipe).args(["--resume-from", &format!("step-{suggested}")]).output().unwrap());
+    assert!(stdout.contains(&format!("step {suggested}")), "{stdout}");
     assert_same_losses(&step_losses(&run), &expected);
     assert_eq!(train_steps(&run), (1..=18).collect::<Vec<_>>(), "one history");
 }
