@@ -61,18 +61,22 @@ def test_layer_decay_scales_equal_timms(model, tmp_path, data):  # noqa: F811
     assert ours["pos_embed"][0] == pytest.approx(0.65 ** 13)
 
 
-def test_a_linear_probe_trains_the_head_only(tmp_path, data):  # noqa: F811
-    base = recipe(tmp_path, data, model="vit_mini", img=28, name="base")
+@pytest.mark.parametrize("model,head", [("vit_mini", "head"), ("resnet_mini_pe", "fc")])
+def test_a_linear_probe_trains_the_head_only(tmp_path, data, model, head):  # noqa: F811
+    """Everything but the head stays bit-identical, BatchNorm's running statistics included: a
+    frozen BatchNorm normalises with the statistics it was trained with, in train mode too."""
+    base = recipe(tmp_path, data, model=model, img=28, name="base")
     run_pe("train", base)
     start = load_tensors(tmp_path / "runs" / "base" / "checkpoints" / "last" / "model.safetensors")
-    probe = recipe(tmp_path, data, model="vit_mini", img=28, name="probe")
+    probe = recipe(tmp_path, data, model=model, img=28, name="probe")
     run_pe("train", probe, "--set", f"model.init={tmp_path / 'runs' / 'base'}", "--set", "optimizer.lr=1e-2",
-           "--set", "train.max_steps=3", "--set", 'optimizer.freeze=["*"]', "--set", 'optimizer.train=["head.*"]')
+           "--set", "train.max_steps=3", "--set", 'optimizer.freeze=["*"]', "--set", f'optimizer.train=["{head}.*"]')
     groups = our_assignment(tmp_path / "runs" / "probe")
-    assert sorted(groups) == ["head.bias", "head.weight"]
+    assert sorted(groups) == [f"{head}.bias", f"{head}.weight"]
     probed = load_tensors(tmp_path / "runs" / "probe" / "checkpoints" / "last" / "model.safetensors")
+    assert any(name.endswith("running_mean") for name in start) == (model == "resnet_mini_pe")
     for name, tensor in start.items():
-        if name.startswith("head."):
+        if name.startswith(f"{head}."):
             assert max_abs_diff(probed[name], tensor) > 1e-4, name
         else:
             assert max_abs_diff(probed[name], tensor) == 0, name

@@ -12,6 +12,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod batch_norm;
 pub mod conv;
 pub mod drop_path;
 pub mod error;
@@ -23,6 +24,7 @@ pub mod stage_shared;
 
 pub use activation::Activation;
 pub use attention::{Attention, AttentionConfig, PeAttention};
+pub use batch_norm::BatchNorm;
 pub use conv::Conv;
 pub use drop_path::DropPath;
 pub use error::Error;

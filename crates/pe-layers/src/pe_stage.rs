@@ -4,9 +4,10 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
+use crate::batch_norm::{batch_norm, BatchNorm};
 use crate::conv::Conv;
 use crate::error::Error;
-use crate::residual::{batch_norm, ConvBn, ResidualConfig};
+use crate::residual::{ConvBn, ResidualConfig};
 use crate::{Bottleneck, StageShared};
 
 /// How a stage enters its channel count and resolution. The paper's eqs. 7–9 need the block
@@ -93,10 +94,10 @@ impl PeStageConfig {
 /// 3×3 conv + BN + ReLU, and the BNs after `W x` and `Wᵀ h` stay per block too.
 #[derive(Debug)]
 pub struct PeBottleneck {
-    pub bn1: nn::BatchNorm,
+    pub bn1: BatchNorm,
     pub conv2: Conv,
-    pub bn2: nn::BatchNorm,
-    pub bn3: nn::BatchNorm,
+    pub bn2: BatchNorm,
+    pub bn3: BatchNorm,
 }
 
 impl PeBottleneck {

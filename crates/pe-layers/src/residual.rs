@@ -5,21 +5,15 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
+use crate::batch_norm::{batch_norm, BatchNorm};
 use crate::conv::Conv;
-
-/// BatchNorm2d with PyTorch's defaults; `zero_init` starts the affine scale at 0 so a residual
-/// branch begins as the identity (torchvision's `zero_init_residual`).
-pub fn batch_norm(path: nn::Path, channels: i64, zero_init: bool) -> nn::BatchNorm {
-    let ws_init = nn::Init::Const(if zero_init { 0.0 } else { 1.0 });
-    nn::batch_norm2d(path, channels, nn::BatchNormConfig { ws_init, ..Default::default() })
-}
 
 /// Convolution followed by BatchNorm, stored as `<path>.0` / `<path>.1` like `nn.Sequential`
 /// (torchvision's `downsample`).
 #[derive(Debug)]
 pub struct ConvBn {
     pub conv: Conv,
-    pub bn: nn::BatchNorm,
+    pub bn: BatchNorm,
 }
 
 impl ConvBn {
@@ -103,11 +97,11 @@ fn close_residual(xs: &Tensor, mut branch: Tensor, downsample: Option<&ConvBn>, 
 #[derive(Debug)]
 pub struct Bottleneck {
     pub conv1: Conv,
-    pub bn1: nn::BatchNorm,
+    pub bn1: BatchNorm,
     pub conv2: Conv,
-    pub bn2: nn::BatchNorm,
+    pub bn2: BatchNorm,
     pub conv3: Conv,
-    pub bn3: nn::BatchNorm,
+    pub bn3: BatchNorm,
     pub downsample: Option<ConvBn>,
 }
 
@@ -131,9 +125,9 @@ impl nn::ModuleT for Bottleneck {
 #[derive(Debug)]
 pub struct BasicBlock {
     pub conv1: Conv,
-    pub bn1: nn::BatchNorm,
+    pub bn1: BatchNorm,
     pub conv2: Conv,
-    pub bn2: nn::BatchNorm,
+    pub bn2: BatchNorm,
     pub downsample: Option<ConvBn>,
 }
 

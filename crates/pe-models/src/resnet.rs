@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use pe_layers::residual::batch_norm;
+use pe_layers::batch_norm::{batch_norm, BatchNorm};
 use pe_layers::{BasicBlock, Bottleneck, Conv, FirstBlock, PeStage, PeStageConfig, ResidualConfig};
 
 use crate::accounting::{Cost, CostSheet};
@@ -415,7 +415,7 @@ impl nn::ModuleT for Stage {
 #[derive(Debug)]
 pub struct ResNet {
     pub conv1: Conv,
-    pub bn1: nn::BatchNorm,
+    pub bn1: BatchNorm,
     pub stages: Vec<Stage>,
     pub fc: nn::Linear,
     pub config: ResNetConfig,
