@@ -25,7 +25,16 @@ impl BatchNorm {
     /// nor updates its running ones, even in train mode.
     pub fn is_frozen(&self) -> bool {
         let trains = |t: &Option<Tensor>| t.as_ref().is_some_and(Tensor::requires_grad);
-        !trains(&self.0.ws) && !trains(&self.0.bs)
+        !trains(&self.ws) && !trains(&self.bs)
+    }
+}
+
+/// Its parameters and running statistics, as tch names them (`ws`, `bs`, `running_mean`, ...).
+impl std::ops::Deref for BatchNorm {
+    type Target = nn::BatchNorm;
+
+    fn deref(&self) -> &nn::BatchNorm {
+        &self.0
     }
 }
 
