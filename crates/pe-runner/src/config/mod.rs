@@ -242,6 +242,11 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Also write `last` every this many optimizer steps; 0 = only at epoch ends.
     pub checkpoint_every_steps: usize,
+    /// Step folders kept, newest first (`last`'s included; `best` is kept besides): more than 1
+    /// leaves checkpoints to average (`pe average`).
+    pub keep_checkpoints: usize,
+    /// Also keep for good the checkpoint of every this many epochs' end; 0 = none.
+    pub keep_every_epochs: usize,
     /// Stop after this many optimizer steps in total (smoke tests); 0 = no limit.
     pub max_steps: usize,
     /// libtorch intra-op threads; 0 = libtorch's default.
@@ -272,6 +277,8 @@ impl Default for TrainConfig {
             device: DeviceChoice::Auto,
             seed: 0,
             checkpoint_every_steps: 0,
+            keep_checkpoints: 1,
+            keep_every_epochs: 0,
             max_steps: 0,
             threads: 0,
             dist_backend: DistBackend::Auto,
@@ -369,6 +376,9 @@ impl ExperimentConfig {
         let t = &self.train;
         ensure(t.epochs >= 1, "train.epochs", || "must be at least 1".into())?;
         ensure(t.batch_size >= 1, "train.batch_size", || "must be at least 1".into())?;
+        ensure(t.keep_checkpoints >= 1, "train.keep_checkpoints", || {
+            "must be at least 1 (the checkpoint a run resumes from)".into()
+        })?;
         ensure(t.accum_steps >= 1, "train.accum_steps", || "must be at least 1".into())?;
         ensure((0.0..1.0).contains(&t.ema_decay), "train.ema_decay", || {
             format!("must be in [0, 1) (0 = off), got {}", t.ema_decay)

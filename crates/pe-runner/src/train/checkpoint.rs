@@ -2,7 +2,8 @@
 //!
 //! `checkpoints/step-000123/` is written under a temporary name, synced, then renamed; `last`
 //! (and `best`) are symlinks replaced by an atomic rename. A crash at any point leaves the
-//! previous `last` intact, so a run can always resume. Folders no link points at are pruned.
+//! previous `last` intact, so a run can always resume. Folders no link points at are pruned,
+//! except those the run's [`Retention`] keeps (for checkpoint averaging and later analysis).
 //! `state.json`, written last, records a content hash of every other file, checked on load.
 
 use std::collections::BTreeMap;
@@ -106,13 +107,47 @@ pub struct Latest {
     pub why: Option<String>,
 }
 
+/// Which step folders pruning keeps besides those `last` and `best` name
+/// (`train.keep_checkpoints`, `train.keep_every_epochs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// The newest step folders kept, `last`'s included.
+    pub newest: usize,
+    /// Also keep for good the checkpoint written at the end of every this many epochs; 0 = none.
+    pub every_epochs: u64,
+}
+
+impl Default for Retention {
+    /// Only what `last` and `best` name.
+    fn default() -> Self {
+        Self { newest: 1, every_epochs: 0 }
+    }
+}
+
+impl Retention {
+    /// Whether a checkpoint at `state` is one kept for good.
+    fn keeps_for_good(&self, state: &TrainState) -> bool {
+        self.every_epochs > 0
+            && state.batch_in_epoch == 0
+            && state.epoch > 0
+            && state.epoch.is_multiple_of(self.every_epochs)
+    }
+}
+
 pub struct Checkpoints {
     root: PathBuf,
+    retention: Retention,
 }
 
 impl Checkpoints {
+    /// The checkpoints of `run_dir`, for reading (a save prunes to the default [`Retention`]).
     pub fn new(run_dir: &Path) -> Self {
-        Self { root: run_dir.join("checkpoints") }
+        Self::with_retention(run_dir, Retention::default())
+    }
+
+    /// The checkpoints of a run that saves into them, pruned to `retention`.
+    pub fn with_retention(run_dir: &Path, retention: Retention) -> Self {
+        Self { root: run_dir.join("checkpoints"), retention }
     }
 
     /// The folder `last` points to, if it points to one.
@@ -276,9 +311,25 @@ impl Checkpoints {
         Ok(())
     }
 
-    /// Removes step folders that neither `last` nor `best` points at, and stale temporaries.
+    /// Removes stale temporaries and the step folders nothing keeps: kept are those `last` and
+    /// `best` name, the [`Retention::newest`] step folders up to `last`, and the ones kept for good.
+    /// A folder beyond `last` belongs to training that a resume from an earlier checkpoint redoes,
+    /// so it goes whatever it is.
     fn prune(&self) -> Result<()> {
-        let keep: Vec<PathBuf> = [self.last(), self.best()].into_iter().flatten().collect();
+        let linked: Vec<PathBuf> = [self.last(), self.best()].into_iter().flatten().collect();
+        let last_step = self.last().and_then(|dir| read_state(&dir).ok()).map(|state| state.step);
+        let current: Vec<(u64, PathBuf)> =
+            self.steps().into_iter().filter(|(step, _)| last_step.is_none_or(|last| *step <= last)).collect();
+        let newest = current.len().saturating_sub(self.retention.newest);
+        let mut keep: Vec<PathBuf> = current[newest..].iter().map(|(_, dir)| dir.clone()).collect();
+        keep.extend(
+            current[..newest]
+                .iter()
+                .filter(|(_, dir)| read_state(dir).is_ok_and(|state| self.retention.keeps_for_good(&state)))
+                .map(|(_, dir)| dir.clone()),
+        );
+        let keep: Vec<PathBuf> =
+            keep.iter().filter_map(|dir| fs::canonicalize(dir).ok()).chain(linked).collect();
         for entry in fs::read_dir(&self.root)? {
             let path = entry?.path();
             let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
@@ -377,5 +428,38 @@ mod tests {
         let text = std::fs::read_to_string(dir.path().join(STATE)).unwrap();
         assert!(text.contains("\"best_after_epoch\": 2") && !text.contains("\"best_epoch\""), "{text}");
         assert_eq!(read_state(dir.path()).unwrap(), state);
+    }
+
+    /// Saves checkpoints at steps 10, 20, ..., 100; epochs end at every 20 steps, and step 30 is
+    /// the best. Returns the steps whose folders remain.
+    fn saved(checkpoints: &Checkpoints, steps: impl IntoIterator<Item = u64>) -> Vec<u64> {
+        for step in steps {
+            let state =
+                TrainState { step, epoch: step / 20, batch_in_epoch: step % 20, ..TrainState::default() };
+            checkpoints.save(&state, step == 30, |dir| Ok(fs::write(dir.join(MODEL), b"w")?)).unwrap();
+        }
+        checkpoints.steps().into_iter().map(|(step, _)| step).collect()
+    }
+
+    #[test]
+    fn by_default_only_what_last_and_best_name_is_kept() {
+        let run = tempfile::tempdir().unwrap();
+        let checkpoints = Checkpoints::new(run.path());
+        assert_eq!(saved(&checkpoints, (1..=10).map(|i| i * 10)), [30, 100]);
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_and_every_kth_epoch_end() {
+        let run = tempfile::tempdir().unwrap();
+        let checkpoints = Checkpoints::with_retention(run.path(), Retention { newest: 3, every_epochs: 2 });
+        // Epoch ends at steps 20, 40, 60, 80 (epochs 1-4): 40 and 80 are kept for good.
+        assert_eq!(saved(&checkpoints, (1..=10).map(|i| i * 10)), [30, 40, 80, 90, 100]);
+        // Resumed from step 40 and saved at 50: what lay beyond it is training being redone.
+        checkpoints.continue_from(&run.path().join("checkpoints").join(step_name(40)), 40).unwrap();
+        assert_eq!(saved(&checkpoints, [50]), [30, 40, 50]);
+        assert_eq!(
+            checkpoints.best(),
+            fs::canonicalize(run.path().join("checkpoints").join(step_name(30))).ok()
+        );
     }
 }

@@ -12,7 +12,7 @@ use tch::Tensor;
 
 use crate::config::{load::to_toml, ConfigError, Experiment, ExperimentConfig};
 use crate::train::batch::TrainInputs;
-use crate::train::checkpoint::TrainState;
+use crate::train::checkpoint::{Retention, TrainState};
 use crate::train::dist::Dist;
 use crate::train::evaluate::{evaluate, EvalResult, EvalSums};
 use crate::train::init_weights::{InitIdentity, InitialWeights};
@@ -181,7 +181,12 @@ impl TrainLoop {
             val_fingerprint: eval_loader.fingerprint(),
         };
         let run_dir = config.logging.runs_dir.join(&config.name);
-        let folder = RunFolder::new(run_dir, Identity::new(&config, dataset, init), dist.is_main());
+        let retention = Retention {
+            newest: config.train.keep_checkpoints,
+            every_epochs: config.train.keep_every_epochs as u64,
+        };
+        let folder =
+            RunFolder::new(run_dir, Identity::new(&config, dataset, init), dist.is_main(), retention);
         Ok(Self {
             config,
             dist,

@@ -235,6 +235,7 @@ const NOT_HPARAMS: &[&str] = &[
     "train.threads",
     "train.dist_",
     "train.checkpoint_every_steps",
+    "train.keep_",
 ];
 
 /// The resolved recipe's values as HParams (dotted keys as a recipe spells them), without the

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::train::checkpoint::{self, Checkpoints, TrainState};
+use crate::train::checkpoint::{self, Checkpoints, Retention, TrainState};
 use crate::train::run_identity::{self, Identity, RunConflict, RunLock};
 
 /// `runs/<name>/` as one process of a run sees it (rank 0 writes, the others read).
@@ -40,8 +40,8 @@ pub struct StartRequest<'a> {
 
 impl RunFolder {
     /// The folder `dir` of the experiment `identity`; nothing is touched until [`RunFolder::lock`].
-    pub fn new(dir: PathBuf, identity: Identity, main: bool) -> Self {
-        let checkpoints = Checkpoints::new(&dir);
+    pub fn new(dir: PathBuf, identity: Identity, main: bool, retention: Retention) -> Self {
+        let checkpoints = Checkpoints::with_retention(&dir, retention);
         Self { dir, identity, checkpoints, main, lock: None }
     }
 

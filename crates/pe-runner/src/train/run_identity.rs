@@ -24,6 +24,8 @@ pub const RESUMABLE_KEYS: &[&str] = &[
     "train.epochs",
     "train.max_steps",
     "train.checkpoint_every_steps",
+    "train.keep_checkpoints",
+    "train.keep_every_epochs",
     "train.device",
     "train.threads",
     "train.dist_backend",
