@@ -13,11 +13,19 @@ use tch::Tensor;
 #[derive(Debug)]
 pub struct BatchNorm(nn::BatchNorm);
 
+/// The running statistics' update weight (PyTorch's default): after a train-mode batch they
+/// are `(1 - MOMENTUM) × old + MOMENTUM × the batch's`.
+pub const MOMENTUM: f64 = 0.1;
+
 /// BatchNorm2d with PyTorch's defaults; `zero_init` starts the affine scale at 0 so a residual
 /// branch begins as the identity (torchvision's `zero_init_residual`).
 pub fn batch_norm(path: nn::Path, channels: i64, zero_init: bool) -> BatchNorm {
     let ws_init = nn::Init::Const(if zero_init { 0.0 } else { 1.0 });
-    BatchNorm(nn::batch_norm2d(path, channels, nn::BatchNormConfig { ws_init, ..Default::default() }))
+    BatchNorm(nn::batch_norm2d(
+        path,
+        channels,
+        nn::BatchNormConfig { ws_init, momentum: MOMENTUM, ..Default::default() },
+    ))
 }
 
 impl BatchNorm {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use pe_runner::cmd::{analyze, bench, eval, forward, info, launch, prepare, summary, train};
+use pe_runner::cmd::{analyze, average, bench, eval, forward, info, launch, prepare, summary, train};
 use pe_runner::config;
 use pe_runner::train::epoch_loop::Outcome;
 use pe_runner::train::stop::StopRequest;
@@ -54,6 +54,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// How trained weights use their space: spectra, ranks, W/Wᵀ overlap, energy outside col(W).
     Analyze(analyze::AnalyzeArgs),
+    /// Average checkpoints (uniformly, or as a greedy soup) into a new checkpoint.
+    Average(average::AverageArgs),
     /// Run a `pe` command as N ranks on this machine with torchrun's environment
     /// (`pe launch --nproc 2 -- train X.toml`).
     Launch(launch::LaunchArgs),
@@ -94,6 +96,7 @@ fn main() -> ExitCode {
         Command::Forward(args) => forward::run(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
         Command::Analyze(args) => analyze::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Average(args) => average::run(args).map(|()| ExitCode::SUCCESS),
         Command::Launch(args) => launch::run(args),
         Command::Info => info::run().map(|()| ExitCode::SUCCESS),
     };
@@ -103,7 +106,8 @@ fn main() -> ExitCode {
             if error.is::<config::ConfigError>()
                 || error.is::<run_identity::RunConflict>()
                 || error.is::<init_weights::InitError>()
-                || error.is::<param_groups::UnmatchedPattern>() =>
+                || error.is::<param_groups::UnmatchedPattern>()
+                || error.is::<average::AverageError>() =>
         {
             // Every rank of a launch reads the same recipe: one of them says what is wrong.
             if std::env::var("RANK").map_or(true, |rank| rank == "0") {

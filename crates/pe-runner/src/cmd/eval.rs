@@ -4,16 +4,17 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use tch::nn;
+use tch::nn::{self, ModuleT};
+use tch::Device;
 
 use pe_data::{Loader, Split};
 use pe_models::weights;
 
-use crate::config::load_experiment;
+use crate::config::{load_experiment, ExperimentConfig};
 use crate::train::amp::Precision;
 use crate::train::batch::Normalizer;
 use crate::train::checkpoint;
-use crate::train::evaluate::evaluate;
+use crate::train::evaluate::{evaluate, EvalResult};
 use crate::train::run_identity::Identity;
 
 #[derive(Debug, Args)]
@@ -29,6 +30,40 @@ pub struct EvalArgs {
     /// Override a recipe key, e.g. `--set data.root=/data/imagenet-v2` to evaluate on other data.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+}
+
+/// The validation split of `config`, labels numbered by `classes` (a run's list) or by the
+/// split's own folders; says which classes it has no image of.
+pub fn validation_loader(config: &ExperimentConfig, classes: Option<&[String]>) -> Result<Loader> {
+    let split = Split::Eval { batch_size: config.eval_batch_size(), classes };
+    let loader = Loader::open(&config.data, split, 0, 1).with_context(|| {
+        format!("opening the validation split of {:?} (see data/README.md)", config.data.root)
+    })?;
+    if !loader.missing_classes().is_empty() {
+        println!(
+            "warning: the validation split has no images of {} class(es): {}",
+            loader.missing_classes().len(),
+            loader.missing_classes().join(", ")
+        );
+    }
+    Ok(loader)
+}
+
+/// `model` on `loader` with the recipe's normalisation and precision; unreadable files are
+/// reported on stderr and left out.
+pub fn evaluate_with_recipe(
+    model: &impl ModuleT,
+    loader: &Loader,
+    config: &ExperimentConfig,
+    device: Device,
+) -> Result<EvalResult> {
+    let normalizer = Normalizer::new(config.data.mean, config.data.std, device);
+    let precision = Precision { amp: config.train.amp, channels_last: false };
+    let (sums, bad) = evaluate(model, loader, &normalizer, device, &precision)?;
+    if bad.count > 0 {
+        eprintln!("warning: {}: left out {bad}", loader.location().display());
+    }
+    sums.result()
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -54,36 +89,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
     // A checkpoint knows the class list it was trained with; a bare weights file falls back to
     // the validation split's own folders.
     let identity = if args.checkpoint.is_dir() { Identity::read(&args.checkpoint)? } else { None };
-    let batch_size = config.eval_batch_size();
-    let opened = match &identity {
-        Some(identity) => Loader::open(
-            &config.data,
-            Split::Eval { batch_size, classes: Some(&identity.dataset.classes) },
-            0,
-            1,
-        ),
-        None => {
-            println!("note: no run identity beside the weights: classes are the validation split's folders");
-            Loader::open(&config.data, Split::Eval { batch_size, classes: None }, 0, 1)
-        }
-    };
-    let loader = opened.with_context(|| {
-        format!("opening the validation split of {:?} (see data/README.md)", config.data.root)
-    })?;
-    if !loader.missing_classes().is_empty() {
-        println!(
-            "warning: the validation split has no images of {} class(es): {}",
-            loader.missing_classes().len(),
-            loader.missing_classes().join(", ")
-        );
+    if identity.is_none() {
+        println!("note: no run identity beside the weights: classes are the validation split's folders");
     }
-    let normalizer = Normalizer::new(config.data.mean, config.data.std, device);
-    let precision = Precision { amp: config.train.amp, channels_last: false };
-    let (sums, bad) = evaluate(&model, &loader, &normalizer, device, &precision)?;
-    if bad.count > 0 {
-        eprintln!("warning: {}: left out {bad}", loader.location().display());
-    }
-    let result = sums.result()?;
+    let loader = validation_loader(&config, identity.as_ref().map(|i| i.dataset.classes.as_slice()))?;
+    let result = evaluate_with_recipe(&model, &loader, &config, device)?;
     println!(
         "{}: top-1 {:.2}% top-5 {:.2}% loss {:.4} on {}",
         weights_file.display(),

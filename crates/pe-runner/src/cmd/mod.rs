@@ -2,6 +2,7 @@
 //! [`crate::train`]).
 
 pub mod analyze;
+pub mod average;
 pub mod bench;
 pub mod eval;
 pub mod forward;

@@ -317,3 +317,23 @@ pub fn from_toml(text: &str) -> Result<ExperimentConfig, String> {
     lift_model_init(&mut table)?;
     typed(Value::Table(table)).map_err(|(key, message)| format!("{}: {message}", recipe_key(&key)))
 }
+
+/// A run's resolved config (what [`to_toml`] wrote) with `overrides` on top, validated: how a
+/// command reads the recipe a checkpoint was trained with, e.g. with `--set data.root=` when the
+/// data has moved since.
+pub fn resolved_with_overrides(text: &str, overrides: &[String]) -> Result<ExperimentConfig, ConfigError> {
+    let error = |key: Option<String>, message: String| ConfigError {
+        location: "the run's resolved recipe".into(),
+        key,
+        message,
+    };
+    let mut table: Table = toml::from_str(text).map_err(|e| error(None, e.to_string()))?;
+    for assignment in overrides {
+        apply_override(&mut table, assignment)?;
+    }
+    lift_model_init(&mut table).map_err(|m| error(Some(MODEL_INIT.into()), m))?;
+    let config: ExperimentConfig =
+        typed(Value::Table(table)).map_err(|(key, m)| error(Some(recipe_key(&key)), m))?;
+    config.validate().map_err(|invalid| error(Some(invalid.key.into()), invalid.message))?;
+    Ok(config)
+}

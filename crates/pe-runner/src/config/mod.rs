@@ -14,7 +14,7 @@ use pe_models::ModelConfig;
 
 pub use crate::device::DeviceChoice;
 
-pub use load::{load_experiment, ConfigError, Experiment};
+pub use load::{load_experiment, resolved_with_overrides, ConfigError, Experiment};
 
 /// A fully resolved experiment, as written to `runs/<name>/config.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -238,25 +238,7 @@ impl Checkpoints {
         fs::create_dir_all(&self.root).with_context(|| format!("creating {}", self.root.display()))?;
         let name = step_name(state.step);
         let final_dir = self.root.join(&name);
-        let tmp_dir = self.root.join(format!(".{name}.tmp"));
-        if tmp_dir.exists() {
-            fs::remove_dir_all(&tmp_dir).with_context(|| format!("removing {}", tmp_dir.display()))?;
-        }
-        fs::create_dir_all(&tmp_dir).with_context(|| format!("creating {}", tmp_dir.display()))?;
-        write(&tmp_dir)?;
-        write_state_file(&tmp_dir, state)?;
-        for entry in fs::read_dir(&tmp_dir)? {
-            let path = entry?.path();
-            fs::File::open(&path)
-                .and_then(|file| file.sync_all())
-                .with_context(|| format!("syncing {}", path.display()))?;
-        }
-        if final_dir.exists() {
-            // The same step saved again (e.g. `best` after `last`): replace it whole.
-            fs::remove_dir_all(&final_dir).with_context(|| format!("removing {}", final_dir.display()))?;
-        }
-        fs::rename(&tmp_dir, &final_dir).with_context(|| format!("publishing {}", final_dir.display()))?;
-        sync_dir(&self.root);
+        publish(&final_dir, state, write)?;
         self.point("last", &name)?;
         if best {
             self.point("best", &name)?;
@@ -343,6 +325,34 @@ impl Checkpoints {
         }
         Ok(())
     }
+}
+
+/// Writes the checkpoint folder `dir` whole or not at all: `write(tmp)` writes every file but
+/// `state.json` into a temporary sibling, `state.json` records `state` and their hashes, and
+/// the synced folder is renamed into place (replacing an older one of the same name).
+pub fn publish(dir: &Path, state: &TrainState, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = dir.parent().context("a checkpoint folder has a parent")?;
+    let name = dir.file_name().context("a checkpoint folder has a name")?.to_string_lossy();
+    let tmp_dir = parent.join(format!(".{name}.tmp"));
+    if tmp_dir.exists() {
+        fs::remove_dir_all(&tmp_dir).with_context(|| format!("removing {}", tmp_dir.display()))?;
+    }
+    fs::create_dir_all(&tmp_dir).with_context(|| format!("creating {}", tmp_dir.display()))?;
+    write(&tmp_dir)?;
+    write_state_file(&tmp_dir, state)?;
+    for entry in fs::read_dir(&tmp_dir)? {
+        let path = entry?.path();
+        fs::File::open(&path)
+            .and_then(|file| file.sync_all())
+            .with_context(|| format!("syncing {}", path.display()))?;
+    }
+    if dir.exists() {
+        // The same step saved again (e.g. `best` after `last`): replace it whole.
+        fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    fs::rename(&tmp_dir, dir).with_context(|| format!("publishing {}", dir.display()))?;
+    sync_dir(parent);
+    Ok(())
 }
 
 fn step_name(step: u64) -> String {

@@ -23,3 +23,4 @@ pub mod schedule;
 pub mod step_engine;
 pub mod stop;
 pub mod tensorboard;
+pub mod weight_average;
