@@ -24,7 +24,7 @@ help: ## List the targets
 
 setup: $(SETUP_STAMP) ## Create .venv with torch 2.11 (libtorch for tch) and the Python references; idempotent
 
-$(SETUP_STAMP): python/requirements.txt
+$(SETUP_STAMP): python/requirements.txt python/pe_models/pyproject.toml
 	@# cmake + nasm build the libjpeg-turbo that pe-data's decoder links statically.
 	@command -v cmake >/dev/null && command -v nasm >/dev/null || { \
 		echo "installing cmake and nasm (Debian packages)"; \
@@ -35,6 +35,8 @@ $(SETUP_STAMP): python/requirements.txt
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgloo-dev; }
 	@test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --disable-pip-version-check -q -r python/requirements.txt
+	@# The PE models as PyTorch modules (python/pe_models), editable: the tests check this checkout's.
+	$(PYTHON) -m pip install --disable-pip-version-check -q -e python/pe_models
 	@# A stable path to libtorch for test binaries (.cargo/config.toml), whatever the Python version.
 	ln -sfn "$$($(PYTHON) -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')" $(VENV)/torch-lib
 	@touch $@
