@@ -70,8 +70,9 @@ impl AttentionConfig {
     /// q: [B, Nq, C], k, v: [B, N, C] -> [B, Nq, C]
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, train: bool) -> Tensor {
         let split = |t: &Tensor| {
-            let (b, n, _) = t.size3().expect("attention input must be [B, N, C]");
-            t.reshape([b, n, self.heads, self.head_dim()]).transpose(1, 2)
+            // The batch stays -1, so a traced model (`pe export`) takes any batch.
+            let (_, n, _) = t.size3().expect("attention input must be [B, N, C]");
+            t.reshape([-1, n, self.heads, self.head_dim()]).transpose(1, 2)
         };
         let drop = if train { self.attn_drop } else { 0.0 };
         // [B, H, Nq, D], [B, H, N, D] x2 -> [B, H, Nq, D]
@@ -85,8 +86,8 @@ impl AttentionConfig {
             None,
             false,
         );
-        let (b, n, c) = q.size3().expect("attention input must be [B, N, C]");
-        out.transpose(1, 2).reshape([b, n, c])
+        let (_, n, c) = q.size3().expect("attention input must be [B, N, C]");
+        out.transpose(1, 2).reshape([-1, n, c])
     }
 }
 

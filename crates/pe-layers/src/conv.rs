@@ -40,14 +40,18 @@ fn apply_per_pixel(
     on_rows: impl FnOnce(&Tensor) -> Tensor,
     on_columns: impl FnOnce(&Tensor) -> Tensor,
 ) -> Tensor {
-    let (n, c, h, w) = xs.size4().expect("a per-pixel map takes [N, C, H, W]");
+    // The batch dimension is left to libtorch (-1), so a traced model (`pe export`) takes any batch.
+    let (_, c, h, w) = xs.size4().expect("a per-pixel map takes [N, C, H, W]");
     if xs.stride()[1] == 1 || h * w == 1 {
         // [N, C, H, W] (channels last) -> [N·H·W, C] -> [N·H·W, O] -> [N, O, H, W] (channels last)
         let out = on_rows(&xs.permute([0, 2, 3, 1]).reshape([-1, c]));
-        out.view([n, h, w, -1]).permute([0, 3, 1, 2])
+        let o = out.size()[1];
+        out.view([-1, h, w, o]).permute([0, 3, 1, 2])
     } else {
         // [N, C, H, W] -> [N, C, H·W] -> [N, O, H·W] -> [N, O, H, W]
-        on_columns(&xs.reshape([n, c, h * w])).view([n, -1, h, w])
+        let out = on_columns(&xs.reshape([-1, c, h * w]));
+        let o = out.size()[1];
+        out.view([-1, o, h, w])
     }
 }
 

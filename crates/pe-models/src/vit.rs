@@ -375,10 +375,10 @@ impl Vit {
 
     /// Patch embedding, class token and position embedding: [B, C_in, H, W] -> [B, N, C]
     fn embed(&self, xs: &Tensor, train: bool) -> Tensor {
-        let b = xs.size()[0];
         // [B, C_in, H, W] -> [B, C, H/p, W/p] -> [B, N, C]
         let patches = xs.apply(&self.patch_embed).flatten(2, -1).transpose(1, 2);
-        let cls = self.cls_token.expand([b, -1, -1], false).to_kind(patches.kind());
+        // Expanded to the patches' batch (not to a number), so a traced model takes any batch.
+        let cls = self.cls_token.expand_as(&patches.narrow(1, 0, 1)).to_kind(patches.kind());
         (Tensor::cat(&[cls, patches], 1) + &self.pos_embed).dropout(self.config.drop_rate, train)
     }
 }

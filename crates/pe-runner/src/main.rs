@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use pe_runner::cmd::{analyze, average, bench, eval, forward, info, launch, prepare, summary, train};
+use pe_runner::cmd::{analyze, average, bench, eval, export, forward, info, launch, prepare, summary, train};
 use pe_runner::config;
 use pe_runner::train::epoch_loop::Outcome;
 use pe_runner::train::stop::StopRequest;
@@ -56,6 +56,8 @@ enum Command {
     Analyze(analyze::AnalyzeArgs),
     /// Average checkpoints (uniformly, or as a greedy soup) into a new checkpoint.
     Average(average::AverageArgs),
+    /// Export a trained model: TorchScript, ONNX or safetensors, with its preprocessing as JSON.
+    Export(export::ExportArgs),
     /// Run a `pe` command as N ranks on this machine with torchrun's environment
     /// (`pe launch --nproc 2 -- train X.toml`).
     Launch(launch::LaunchArgs),
@@ -97,6 +99,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
         Command::Analyze(args) => analyze::run(args).map(|()| ExitCode::SUCCESS),
         Command::Average(args) => average::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Export(args) => export::run(args).map(|()| ExitCode::SUCCESS),
         Command::Launch(args) => launch::run(args),
         Command::Info => info::run().map(|()| ExitCode::SUCCESS),
     };

@@ -5,6 +5,7 @@ pub mod analyze;
 pub mod average;
 pub mod bench;
 pub mod eval;
+pub mod export;
 pub mod forward;
 pub mod info;
 pub mod launch;

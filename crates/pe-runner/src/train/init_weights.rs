@@ -54,7 +54,7 @@ impl InitialWeights {
 }
 
 /// The safetensors file `path` stands for (see the module doc), its checkpoint verified.
-fn weights_file(path: &Path, ema: bool) -> Result<PathBuf, InitError> {
+pub fn weights_file(path: &Path, ema: bool) -> Result<PathBuf, InitError> {
     let error = |reason: String| InitError::Source { path: path.to_owned(), reason };
     if path.is_file() {
         if ema {
