@@ -187,3 +187,17 @@ def test_bare_weights_need_a_model_and_a_batch_is_a_positive_number(tmp_path):
                              "--out", tmp_path / "m.pt", "--batch", "0"], capture_output=True, text=True)
     assert result.returncode == 2 and "expected `dynamic` or a batch size >= 1" in result.stderr
     assert not (tmp_path / "m.pt").exists()
+
+
+def node_kinds(module_file):
+    return {node.kind() for node in torch.jit.load(module_file).inlined_graph.nodes()}
+
+
+def test_torchscript_is_frozen_with_batch_norm_folded_unless_asked_not_to(tmp_path):
+    weights = tmp_path / "w.safetensors"
+    run_pe("forward", "--model", "resnet_mini_pe", "--save-weights", weights)
+    for flags, frozen in (([], True), (["--no-freeze"], False)):
+        module = tmp_path / f"m{frozen}.pt"
+        run_pe("export", weights, "--model", "resnet_mini_pe", "--format", "torchscript", "--out", module, *flags)
+        assert ("aten::batch_norm" in node_kinds(module)) != frozen
+        assert json.loads((tmp_path / f"m{frozen}.pt.json").read_text())["frozen"] == frozen

@@ -16,6 +16,8 @@
 #include <c10/core/CachingDeviceAllocator.h>
 #include <c10/core/GradMode.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <torch/csrc/jit/api/module.h>
+#include <torch/csrc/jit/serialization/import.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -337,3 +339,18 @@ char *pe_cuda_synchronize(int64_t index) {
 }
 
 } // extern "C"
+
+// ---------------------------------------------------------------------------------------------
+// TorchScript files.
+
+// Loads the module at `in_path`, freezes it in eval mode and writes it to `out_path`: what
+// `torch.jit.freeze` does in Python (attributes inlined as constants, then the frozen-graph passes,
+// which fold BatchNorm into the preceding convolution and constant-fold the rest).
+extern "C" char *pe_jit_freeze_file(const char *in_path, const char *out_path) {
+  return guarded([&] {
+    torch::jit::Module module = torch::jit::load(in_path);
+    module.eval();
+    torch::jit::freeze(module).save(out_path);
+  });
+}
+

@@ -102,6 +102,7 @@ extern "C" {
     ) -> *mut c_char;
     fn pe_cuda_reset_peak_memory_stats(index: i64) -> *mut c_char;
     fn pe_cuda_empty_cache() -> *mut c_char;
+    fn pe_jit_freeze_file(in_path: *const c_char, out_path: *const c_char) -> *mut c_char;
     fn pe_cuda_synchronize(index: i64) -> *mut c_char;
 
     fn pe_cuda_stream_from_pool(device: i64, out: *mut *mut PeCudaStream) -> *mut c_char;
@@ -440,6 +441,16 @@ pub(crate) fn cuda_reset_peak_memory_stats(index: i64) -> Result<()> {
 pub(crate) fn cuda_empty_cache() -> Result<()> {
     // SAFETY: no arguments.
     check(unsafe { pe_cuda_empty_cache() })
+}
+
+pub(crate) fn jit_freeze_file(in_path: &std::path::Path, out_path: &std::path::Path) -> Result<()> {
+    let c_path = |path: &std::path::Path| {
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::Invalid(format!("{}: a path with a NUL byte", path.display())))
+    };
+    let (input, output) = (c_path(in_path)?, c_path(out_path)?);
+    // SAFETY: two NUL-terminated strings that outlive the call; the shim only reads them.
+    check(unsafe { pe_jit_freeze_file(input.as_ptr(), output.as_ptr()) })
 }
 
 pub(crate) fn cuda_synchronize(index: i64) -> Result<()> {

@@ -1,7 +1,7 @@
 //! The libtorch features tch 0.24 does not expose, through a small C++ shim: autocast with a chosen
 //! dtype ([`autocast`]), a GradScaler ([`scaler`]), channels_last ([`memory_format`]), fused
 //! multi-tensor optimizers ([`optim`]), CUDA device/memory utilities ([`cuda`]) and CUDA graphs
-//! with the side streams their capture needs ([`cuda_graph`]).
+//! with the side streams their capture needs ([`cuda_graph`]), and TorchScript freezing ([`jit`]).
 //!
 //! Everything takes and returns `tch::Tensor`; the only `unsafe` code is the private `ffi` module.
 mod abi;
@@ -11,6 +11,7 @@ pub mod cuda;
 pub mod cuda_graph;
 mod ffi;
 pub mod foreach;
+pub mod jit;
 pub mod memory_format;
 pub mod optim;
 pub mod scaler;
