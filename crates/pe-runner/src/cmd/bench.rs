@@ -1,6 +1,7 @@
 //! `pe bench`: times the training step engine (forward + backward + optimizer step, with the
 //! chosen autocast and memory format) on a registry model and random data, for side-by-side
-//! comparison with PyTorch eager (bench/train_step.py).
+//! comparison with PyTorch eager (bench/train_step.py); with `--infer`, the model's inference
+//! forward instead (eval mode, no autograd), beside PyTorch eager and ONNX Runtime (bench/infer.py).
 //!
 //! Each step is timed on its own and the median is reported with the spread, so one slow step
 //! (another process, a page-cache flush) does not move the result. With `--serve` the steps are
@@ -13,11 +14,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
+use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
 use pe_models::ModelConfig;
 
 use crate::config::{Amp, DeviceChoice, DistBackend, OptimizerConfig, OptimizerKind};
+use crate::train::amp::Precision;
 use crate::train::dist::Dist;
 use crate::train::step_engine::{EngineConfig, StepEngine, Targets, CUDA_GRAPH_WARMUP_STEPS};
 
@@ -54,6 +57,13 @@ pub struct BenchArgs {
     /// the warm-up then also covers the eager warm-up steps and the capture).
     #[arg(long)]
     cuda_graph: bool,
+    /// Time inference (eval-mode forward without autograd) instead of a training step; with
+    /// `--weights`, of those weights (a file `pe forward --save-weights` or a run wrote).
+    #[arg(long)]
+    infer: bool,
+    /// Weights for `--infer` (default: the model's fresh initialisation, seed 0).
+    #[arg(long, requires = "infer")]
+    weights: Option<std::path::PathBuf>,
     /// After the warm-up, print `{"ready": true}`, then run one step per line read from stdin and
     /// print `{"ms": ...}` after each; the summary follows at end of input.
     #[arg(long)]
@@ -144,6 +154,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let amp: Amp = serde_json::from_value(json!(args.amp))
         .map_err(|_| anyhow::anyhow!("--amp {:?}: expected off, bf16 or fp16", args.amp))?;
     tch::manual_seed(0);
+    if args.infer {
+        return bench_inference(&args, model, size, amp, device);
+    }
     let config = EngineConfig {
         optimizer: OptimizerConfig { name: OptimizerKind::Adamw, ..Default::default() },
         amp,
@@ -163,35 +176,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let images = Tensor::randn([args.batch, config.model.in_channels(), size, size], (Kind::Float, device));
     let labels =
         Targets::Labels(Tensor::randint(config.model.num_classes(), [args.batch], (Kind::Int64, device)));
-    let mut step = || -> Result<f64> {
-        let start = Instant::now();
+    // With a graph, the eager warm-up steps and the capture step are never timed.
+    let warmup = if args.cuda_graph { args.warmup.max(CUDA_GRAPH_WARMUP_STEPS + 1) } else { args.warmup };
+    let mut times = timed(&args, warmup, || {
         // As in training, the loss stays on the device (no sync inside the timed step).
         let _loss = engine.step(&images, &labels, 1e-4, false)?;
         pe_torch::cuda::synchronize_device(device)?;
-        Ok(start.elapsed().as_secs_f64() * 1e3)
-    };
-    // With a graph, the eager warm-up steps and the capture step are never timed.
-    let warmup = if args.cuda_graph { args.warmup.max(CUDA_GRAPH_WARMUP_STEPS + 1) } else { args.warmup };
-    for _ in 0..warmup {
-        step()?;
-    }
-    let mut times = Vec::new();
-    if args.serve {
-        println!("{}", json!({"ready": true}));
-        for line in std::io::stdin().lock().lines() {
-            line?;
-            let ms = step()?;
-            println!("{}", json!({"ms": ms}));
-            times.push(ms);
-        }
-    } else {
-        for _ in 0..args.steps {
-            times.push(step()?);
-        }
-    }
-    if times.is_empty() {
-        bail!("no step was timed (--steps 0, or no line on stdin with --serve)");
-    }
+        Ok(())
+    })?;
     // DDP's timing is read at the next prepare_for_forward after a synchronised backward.
     let _loss = engine.step(&images, &labels, 1e-4, false)?;
     if !engine.losses_were_finite()? {
@@ -211,9 +203,79 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "img_per_s": images_per_step * 1e3 / median, "allreduce_hidden_share": hidden,
         "peak_rss_mb": peak_rss_bytes().map(|b| b as f64 / 1048576.0),
         "cuda_peak_mb": cuda_peak_mb(device)?});
+    report(&args, &record);
+    Ok(())
+}
+
+fn report(args: &BenchArgs, record: &serde_json::Value) {
     match args.format {
         Format::Json => println!("{record}"),
-        Format::Table => print!("{}", table(&record)),
+        Format::Table => print!("{}", table(record)),
     }
+}
+
+/// Runs `step` `warmup` times untimed, then times it `--steps` times (or once per line of stdin
+/// with `--serve`); returns the times in ms.
+fn timed(args: &BenchArgs, warmup: usize, mut step: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    let mut time_one = || -> Result<f64> {
+        let start = Instant::now();
+        step()?;
+        Ok(start.elapsed().as_secs_f64() * 1e3)
+    };
+    for _ in 0..warmup {
+        time_one()?;
+    }
+    let mut times = Vec::new();
+    if args.serve {
+        println!("{}", json!({"ready": true}));
+        for line in std::io::stdin().lock().lines() {
+            line?;
+            let ms = time_one()?;
+            println!("{}", json!({"ms": ms}));
+            times.push(ms);
+        }
+    } else {
+        for _ in 0..args.steps {
+            times.push(time_one()?);
+        }
+    }
+    if times.is_empty() {
+        bail!("no step was timed (--steps 0, or no line on stdin with --serve)");
+    }
+    Ok(times)
+}
+
+/// `--infer`: the model's eval-mode forward without autograd, under the chosen autocast, on a
+/// fixed random batch.
+fn bench_inference(args: &BenchArgs, model: ModelConfig, size: i64, amp: Amp, device: Device) -> Result<()> {
+    let vs = tch::nn::VarStore::new(device);
+    let network = model.init(vs.root())?;
+    if let Some(file) = &args.weights {
+        pe_models::weights::load(&vs, file)?;
+    }
+    let precision = Precision { amp, channels_last: args.channels_last };
+    if args.channels_last {
+        pe_torch::memory_format::convert_conv_weights_(&vs)?;
+    }
+    let images = precision
+        .input(Tensor::randn([args.batch, model.in_channels(), size, size], (Kind::Float, device)))?;
+    let mut times = tch::no_grad(|| {
+        timed(args, args.warmup, || {
+            let _autocast = precision.autocast(device)?;
+            let _logits = network.forward_t(&images, false);
+            pe_torch::cuda::synchronize_device(device)?;
+            Ok(())
+        })
+    })?;
+    times.sort_by(f64::total_cmp);
+    let median = quantile(&times, 0.5);
+    let record = json!({"side": "rust", "mode": "infer", "model": args.model, "batch": args.batch, "img_size": size,
+        "amp": args.amp, "channels_last": args.channels_last, "cuda_graph": false, "processes": 1,
+        "threads": tch::get_num_threads(), "steps": times.len(), "ms_per_step": median,
+        "ms_p10": quantile(&times, 0.1), "ms_p90": quantile(&times, 0.9),
+        "img_per_s": args.batch as f64 * 1e3 / median,
+        "peak_rss_mb": peak_rss_bytes().map(|b| b as f64 / 1048576.0),
+        "cuda_peak_mb": cuda_peak_mb(device)?});
+    report(args, &record);
     Ok(())
 }
