@@ -17,7 +17,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: help setup build exp data tensorboard summary bench bench-data bench-torch bench-train bench-ddp bench-shards bench-gpu test-gpu claim-table fmnist-table transfer-table test fmt fmt-check clippy cargo-test pytest clean
+.PHONY: help setup build exp data tensorboard summary bench bench-data bench-torch bench-train bench-infer bench-ddp bench-shards bench-gpu test-gpu claim-table fmnist-table transfer-table test fmt fmt-check clippy cargo-test pytest clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -108,6 +108,15 @@ test-gpu: setup ## The tests that need a CUDA GPU (CI has none): CUDA memory sta
 	cargo test --release -p pe-torch --test cuda --test cuda_graph -- --include-ignored
 	cargo test --release -p pe-dist --test nccl -- --ignored
 	cargo test --release -p pe-runner --test cuda --test cuda_graph -- --include-ignored
+
+bench-infer: build ## Inference: pe vs PyTorch eager vs ONNX Runtime, batch 1/32, 1-2 threads, fp32 (+ bf16), file sizes (bench/results/inference_cpu*.md)
+	$(PYTHON) bench/infer.py --pe $(PE) --amp off --steps 5 --warmup 1 --out bench/results/inference_cpu.md
+	@# bf16 only where the CPU has bf16 instructions (AVX512-BF16/AMX); elsewhere libtorch emulates it, 30x slower.
+	@if grep -q -w -E 'avx512_bf16|amx_bf16' /proc/cpuinfo; then \
+		$(PYTHON) bench/infer.py --pe $(PE) --amp bf16 --steps 5 --warmup 1 --out bench/results/inference_cpu_bf16.md; \
+	else \
+		$(PYTHON) bench/infer.py --pe $(PE) --amp bf16 --models resnet_mini_pe vit_pe_mini --threads 2 --steps 5 --warmup 1 --out bench/results/inference_cpu_bf16.md; \
+	fi
 
 bench-shards: build ## Folder vs tar-shard loader img/s and files opened (bench/results/shards.md)
 	$(PYTHON) bench/data/make_photos.py --out data/bench-photos
