@@ -17,7 +17,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: help setup build exp data tensorboard summary bench bench-data bench-torch bench-train bench-infer bench-ddp bench-shards bench-gpu test-gpu claim-table fmnist-table transfer-table test fmt fmt-check clippy cargo-test pytest clean
+.PHONY: help setup build exp data fashion-mnist-package tensorboard summary bench bench-data bench-torch bench-train bench-infer bench-ddp bench-shards bench-gpu test-gpu claim-table fmnist-table transfer-table test fmt fmt-check clippy cargo-test pytest clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -50,11 +50,13 @@ exp: build ## Train experiments/$(EXP).toml on NPROC processes (default: a Fashi
 	@if [[ "$(EXP)" == fmnist_* ]]; then $(MAKE) --no-print-directory data; fi
 	$(if $(filter-out 1,$(NPROC)),$(PE) launch --nproc $(NPROC) -- train experiments/$(EXP).toml,$(PE) train experiments/$(EXP).toml)
 
-data: build ## Fashion-MNIST as an ImageFolder of JPEGs in data/fashion-mnist (installs Debian's package)
+data: build fashion-mnist-package ## Fashion-MNIST as an ImageFolder of JPEGs in data/fashion-mnist
+	$(PE) prepare fashion-mnist --from $(FMNIST_IDX) --to data/fashion-mnist
+
+fashion-mnist-package: ## Debian's dataset-fashion-mnist (its IDX files in $(FMNIST_IDX)): make data and the tests read it
 	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { \
 		echo "installing Debian's dataset-fashion-mnist"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; }
-	$(PE) prepare fashion-mnist --from $(FMNIST_IDX) --to data/fashion-mnist
 
 tensorboard: setup ## Serve TensorBoard on the runs/ folder (http://localhost:6006)
 	$(VENV)/bin/tensorboard --logdir runs --port 6006
@@ -78,7 +80,8 @@ cargo-test: setup
 
 # Parity tests drive the debug `pe` that cargo-test built (libtorch does the arithmetic either way).
 # Temporary folders are kept for failed tests only: passing runs left ~1 GB each behind in /tmp.
-pytest: cargo-test
+# The export tests check the consumers on real Fashion-MNIST images (conftest's fashion_mnist).
+pytest: cargo-test fashion-mnist-package
 	PE_BIN=$(CURDIR)/target/debug/pe $(PYTHON) -m pytest -q -o tmp_path_retention_policy=failed tests/python crates/pe-torch/tests/python crates/pe-runner/tests/python
 
 bench: bench-data bench-torch bench-train ## The CPU benchmarks against PyTorch (data, torch, train; bench-shards/-ddp/-gpu run on their own): bench/results/

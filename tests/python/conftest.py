@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import shutil
 import subprocess
 
 import numpy as np
@@ -32,6 +33,27 @@ def make_image_folder(root, classes=2, per_class=8, side=16, val_per_class=4, se
             for i in range(count):
                 pixels = np.clip(rng.normal(60 + 120 * c, 20, (side, side, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+
+
+#: Debian's dataset-fashion-mnist (installed by `make test` through `make fashion-mnist-package`).
+FASHION_MNIST_IDX = pathlib.Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist(tmp_path_factory):
+    """Real Fashion-MNIST JPEGs, as `pe prepare fashion-mnist` writes them from Debian's IDX files,
+    cut to 32 training and 4 validation images per class so that a run on them takes seconds."""
+    if not FASHION_MNIST_IDX.is_dir():
+        pytest.fail(f"{FASHION_MNIST_IDX} is missing: `make fashion-mnist-package` installs Debian's dataset-fashion-mnist")
+    full, root = tmp_path_factory.mktemp("fashion-mnist-full"), tmp_path_factory.mktemp("fashion-mnist")
+    run_pe("prepare", "fashion-mnist", "--from", FASHION_MNIST_IDX, "--to", full)
+    for split, count in (("train", 32), ("val", 4)):
+        for folder in sorted((full / split).iterdir()):
+            (root / split / folder.name).mkdir(parents=True)
+            for image in sorted(folder.iterdir())[:count]:
+                shutil.copy(image, root / split / folder.name / image.name)
+    shutil.rmtree(full)
+    return root
 
 
 def save_tensors(path, tensors):
