@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import (
-    ROOT, load_tensors, max_abs_diff, randomize_norms, run_pe, rust_forward, save_tensors,
+    ROOT, calibrate_batch_norms, load_tensors, max_abs_diff, randomize_norms, run_pe, rust_forward, save_tensors,
 )
 
 try:
@@ -50,21 +50,6 @@ def random_inputs(batch, size, seed=0):
 def onnxruntime_logits(path, x):
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return torch.from_numpy(session.run(["logits"], {"input": x.numpy()})[0])
-
-
-def calibrate_batch_norms(model, x):
-    """BatchNorm statistics of `x` itself, so that eval-mode activations stay O(1) through 50 layers
-    of random weights: with fresh statistics ResNet-50's logits reach ~1e2 and ResNet50-PE's ~1e9,
-    where fp32 rounding alone is far above 1e-4. Calibrated, the logits are O(1), and onnxruntime
-    differs from libtorch by ≤ 5e-5 on ResNet-50 (torch's own fp32-vs-fp64 difference is ~4e-5)."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for bn in norms:
-        bn.momentum = 1.0
-    with torch.no_grad():
-        model.train()(x)
-    for bn in norms:
-        bn.momentum = 0.1
-    return model.eval()
 
 
 def stored_elements(path):

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from conftest import (
-    ROOT, load_tensors, make_image_folder, max_abs_diff, max_rel_diff, randomize_norms, run_pe, rust_forward,
-    save_tensors,
+    ROOT, calibrate_batch_norms, load_tensors, make_image_folder, max_abs_diff, max_rel_diff, randomize_norms, run_pe,
+    rust_forward, save_tensors,
 )
 from pe_reference import ResNetPe, VitPe
 
@@ -56,19 +56,6 @@ def with_random_norms(model, seed=0):
     """The model with non-trivial norm parameters and BN statistics, so eval mode tests them."""
     randomize_norms(model, torch.Generator().manual_seed(seed))
     return model
-
-
-def calibrate_batch_norms(model, x):
-    """BatchNorm statistics of `x` itself, so that eval-mode activations stay O(1) through 50 layers
-    of random weights (fresh statistics let them grow to ~1e9, where 1e-4 is below fp32 rounding)."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for bn in norms:
-        bn.momentum = 1.0
-    with torch.no_grad():
-        model.train()(x)
-    for bn in norms:
-        bn.momentum = 0.1
-    return model.eval()
 
 
 def tied_names(model):
