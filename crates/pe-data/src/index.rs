@@ -66,7 +66,8 @@ fn mtime_ns(path: &Path) -> Result<u128> {
     Ok(t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0))
 }
 
-fn is_image(path: &Path) -> bool {
+/// Whether `path` has an image extension ([`IMG_EXTENSIONS`], any case).
+pub fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMG_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))

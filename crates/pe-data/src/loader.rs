@@ -285,6 +285,17 @@ impl Loader {
         self.len() == 0
     }
 
+    /// Where dataset sample `index` (a [`Batch::indices`] entry) is: its file, or
+    /// `shard.tar#member`.
+    pub fn sample_path(&self, index: usize) -> PathBuf {
+        self.shared.source.sample_path(index)
+    }
+
+    /// Whether samples are files (an image folder), so their names can key a label file.
+    pub fn has_files(&self) -> bool {
+        self.shared.source.has_files()
+    }
+
     /// The split folder (image folder or shard folder).
     pub fn location(&self) -> &std::path::Path {
         &self.split().dir

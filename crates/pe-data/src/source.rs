@@ -42,6 +42,11 @@ pub trait SampleSource: Send + Sync {
     fn split(&self) -> &SplitInfo;
     /// Samples in the split (all ranks).
     fn samples(&self) -> usize;
+    /// Where sample `index` is: its file, or `shard.tar#member` (for predictions files and
+    /// file-name keyed label sets).
+    fn sample_path(&self, index: usize) -> PathBuf;
+    /// Whether [`SampleSource::sample_path`] names real files (whose names may key labels).
+    fn has_files(&self) -> bool;
     /// What the split holds, independent of where and how it is stored (see
     /// [`ImageFolder::fingerprint`]); `None` when the source cannot say.
     fn fingerprint(&self) -> Option<String>;
@@ -115,6 +120,14 @@ impl SampleSource for FolderSource {
 
     fn samples(&self) -> usize {
         self.folder.len()
+    }
+
+    fn sample_path(&self, index: usize) -> PathBuf {
+        self.folder.samples[index].0.clone()
+    }
+
+    fn has_files(&self) -> bool {
+        true
     }
 
     fn fingerprint(&self) -> Option<String> {

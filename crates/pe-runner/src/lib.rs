@@ -4,4 +4,5 @@
 pub mod cmd;
 pub mod config;
 pub mod device;
+pub mod eval;
 pub mod train;

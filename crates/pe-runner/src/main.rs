@@ -6,8 +6,11 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use pe_runner::cmd::{analyze, average, bench, eval, export, forward, info, launch, prepare, summary, train};
+use pe_runner::cmd::{
+    analyze, average, bench, eval, export, forward, info, launch, predict, prepare, summary, train,
+};
 use pe_runner::config;
+use pe_runner::eval::labels::EvalSetError;
 use pe_runner::train::epoch_loop::Outcome;
 use pe_runner::train::stop::StopRequest;
 use pe_runner::train::{init_weights, param_groups, run_identity};
@@ -42,8 +45,10 @@ struct Cli {
 enum Command {
     /// Train an experiment (resumes automatically when its run folder has a checkpoint).
     Train(train::TrainArgs),
-    /// Evaluate a checkpoint on an experiment's validation split.
+    /// Evaluate checkpoints: top-1/top-5, per class, robustness sets (ImageNet-V2/A/R/ReaL), sizes and crops.
     Eval(eval::EvalArgs),
+    /// Classify your own images with a trained model (the recipe's eval preprocessing).
+    Predict(predict::PredictArgs),
     /// Parameters (with/without head) and MACs of registry models, beside the paper's numbers.
     Summary(summary::SummaryArgs),
     /// Prepare a dataset: Fashion-MNIST from Debian's package, ImageNet from its archives, or tar shards of an ImageFolder.
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
             })
         }),
         Command::Eval(args) => eval::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Predict(args) => predict::run(args),
         Command::Summary(args) => summary::run(args).map(|()| ExitCode::SUCCESS),
         Command::Prepare(args) => prepare::run(args).map(|()| ExitCode::SUCCESS),
         Command::Forward(args) => forward::run(args).map(|()| ExitCode::SUCCESS),
@@ -110,7 +116,8 @@ fn main() -> ExitCode {
                 || error.is::<run_identity::RunConflict>()
                 || error.is::<init_weights::InitError>()
                 || error.is::<param_groups::UnmatchedPattern>()
-                || error.is::<average::AverageError>() =>
+                || error.is::<average::AverageError>()
+                || error.is::<EvalSetError>() =>
         {
             // Every rank of a launch reads the same recipe: one of them says what is wrong.
             if std::env::var("RANK").map_or(true, |rank| rank == "0") {

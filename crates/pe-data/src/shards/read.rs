@@ -124,6 +124,14 @@ impl ShardSet {
         self.dir.join(&self.shards[i].file)
     }
 
+    /// `<shard path>#<member number>` of flat sample `index` (the index keeps no member keys).
+    pub fn member_path(&self, index: usize) -> PathBuf {
+        let shard = self.first.partition_point(|&first| first <= index) - 1;
+        let mut path = self.shard_path(shard).into_os_string();
+        path.push(format!("#{}", index - self.first[shard]));
+        PathBuf::from(path)
+    }
+
     /// Read the samples of `plan` (each once, in stream order) and send them on `tx`; returns early
     /// when the receiver hangs up.
     pub fn stream(&self, plan: &[Planned], tx: &SyncSender<Delivery>) {

@@ -38,6 +38,14 @@ impl SampleSource for ShardSource {
         self.set.len()
     }
 
+    fn sample_path(&self, index: usize) -> std::path::PathBuf {
+        self.set.member_path(index)
+    }
+
+    fn has_files(&self) -> bool {
+        false
+    }
+
     fn fingerprint(&self) -> Option<String> {
         self.fingerprint.clone()
     }

@@ -17,9 +17,11 @@ use pe_models::weights;
 
 use crate::cmd::eval::{evaluate_with_recipe, validation_loader};
 use crate::config::{resolved_with_overrides, ExperimentConfig};
+use crate::eval::labels::Targets;
 use crate::train::amp::Precision;
 use crate::train::batch::{to_device, Normalizer};
 use crate::train::checkpoint::{self, Checkpoints, TrainState};
+use crate::train::evaluate::Keep;
 use crate::train::run_identity::Identity;
 use crate::train::weight_average::{recompute_bn, set_mean, Ingredient};
 
@@ -125,9 +127,12 @@ pub fn run(args: AverageArgs) -> Result<()> {
 
     let (chosen, scores, top1) = if args.greedy {
         let loader = validation_loader(&config, Some(classes))?;
+        let targets = Targets::identity(classes.clone());
         let score = |chosen: &[usize]| -> Result<f64> {
             mix(chosen)?;
-            Ok(evaluate_with_recipe(&model, &loader, &config, device)?.acc1)
+            let evaluation =
+                evaluate_with_recipe(&model, &loader, &config, device, &targets, Keep::default())?;
+            Ok(evaluation.tally.result(false)?.acc1)
         };
         let (chosen, scores, top1) = greedy_soup(&sources, score)?;
         (chosen, Some(scores), Some(top1))

@@ -9,16 +9,12 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
-use tch::{nn, nn::ModuleT, CModule, Device, Kind, Tensor};
+use tch::{nn::ModuleT, CModule, Device, Kind, Tensor};
 
 use pe_data::transforms::resize::Interpolation;
-use pe_models::pretrained::{self, Selection};
 use pe_models::{weights, ModelConfig};
 
-use crate::config::{resolved_with_overrides, ExperimentConfig};
-use crate::train::checkpoint;
-use crate::train::init_weights::{weights_file, InitError};
-use crate::train::run_identity::Identity;
+use crate::cmd::trained::{Loaded, Trained};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -97,36 +93,17 @@ impl Batch {
     }
 }
 
-/// Where the weights come from, and what their run recorded.
-struct Source {
-    weights: PathBuf,
-    model: ModelConfig,
-    /// The run's recipe and class list, when the weights are a run's checkpoint.
-    run: Option<(ExperimentConfig, Vec<String>)>,
-}
-
 pub fn run(args: ExportArgs) -> Result<()> {
     if args.format == Format::Onnx {
         return export_onnx(&args);
     }
-    let source = resolve(&args)?;
-    let img_size = args.img_size.or(source.run.as_ref().map(|(c, _)| c.data.img_size as i64));
+    let source = Trained::resolve(&args.source, args.ema, args.model.as_deref(), &[])?;
+    let img_size = args.img_size.or(source.recipe.as_ref().map(|c| c.data.img_size as i64));
     let img_size = img_size.unwrap_or_else(|| source.model.default_img_size());
-    let model_config = at_img_size(&source.model, img_size);
-    let mut vs = nn::VarStore::new(Device::Cpu);
-    let model = model_config.init(vs.root())?;
-    let stored = pretrained::read(&source.weights)?;
-    let adapted = pretrained::load(
-        &model_config,
-        &vs,
-        &source.weights,
-        stored,
-        &Selection { exclude: &[], head_init_scale: 1.0 },
-    )?;
-    for line in adapted.lines(&model_config) {
+    let Loaded { vs, model, config: model_config, adapted } = source.load(img_size, Device::Cpu)?;
+    for line in adapted {
         println!("{line}");
     }
-    vs.freeze();
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
@@ -171,37 +148,6 @@ fn sidecar_path(out: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn resolve(args: &ExportArgs) -> Result<Source> {
-    let weights = weights_file(&args.source, args.ema).map_err(|error| match error {
-        InitError::Source { path, reason } => anyhow::anyhow!("{}: {reason}", path.display()),
-        other => other.into(),
-    })?;
-    let identity = match weights.parent() {
-        Some(dir) if dir.join(checkpoint::STATE).is_file() => Identity::read(dir)?,
-        _ => None,
-    };
-    let run = match identity {
-        Some(identity) => Some((resolved_with_overrides(&identity.config, &[])?, identity.dataset.classes)),
-        None => None,
-    };
-    let model = match (&args.model, &run) {
-        (Some(name), _) => pe_models::preset(name).map_err(anyhow::Error::msg)?,
-        (None, Some((config, _))) => config.model.clone(),
-        (None, None) => {
-            bail!("{}: no run identity beside these weights: name the model with --model", weights.display())
-        }
-    };
-    Ok(Source { weights, model, run })
-}
-
-/// `config` for inputs of side `img_size` (a ViT's patch grid follows it; a ResNet takes any).
-fn at_img_size(config: &ModelConfig, img_size: i64) -> ModelConfig {
-    match config {
-        ModelConfig::Vit(vit) => ModelConfig::Vit(pe_models::VitConfig { img_size, ..vit.clone() }),
-        resnet => resnet.clone(),
-    }
-}
-
 /// Loads the file to publish back and checks it against the model, at another batch size when
 /// the batch is dynamic: a trace that recorded a size where it should not would fail here.
 fn check_traced(file: &Path, model: &impl ModuleT, batch: Batch, img_size: i64) -> Result<()> {
@@ -230,7 +176,7 @@ fn check_traced(file: &Path, model: &impl ModuleT, batch: Batch, img_size: i64) 
 /// What `FILE.json` holds (the same keys `python -m pe_models.export` writes for ONNX).
 fn describe(
     args: &ExportArgs,
-    source: &Source,
+    source: &Trained,
     model: &ModelConfig,
     img_size: i64,
 ) -> Result<serde_json::Value> {
@@ -239,7 +185,7 @@ fn describe(
         Format::Safetensors => "safetensors",
         Format::Onnx => "onnx",
     };
-    let data = source.run.as_ref().map(|(config, _)| config.data.clone()).unwrap_or_default();
+    let data = source.recipe.as_ref().map(|config| config.data.clone()).unwrap_or_default();
     let interpolation = match data.interpolation {
         Interpolation::Bicubic => "bicubic",
         // `random` picks a filter per training image only; evaluation resizes bilinearly.
@@ -251,7 +197,7 @@ fn describe(
         "file": file,
         "frozen": args.format == Format::Torchscript && !args.no_freeze,
         "model": serde_json::to_value(model)?,
-        "classes": source.run.as_ref().map(|(_, classes)| classes),
+        "classes": &source.classes,
         "input": {
             "name": "input",
             "shape": [args.batch.as_json(), 3, img_size, img_size],

@@ -10,5 +10,7 @@ pub mod forward;
 pub mod info;
 pub mod launch;
 pub mod prepare;
+pub mod predict;
 pub mod summary;
 pub mod train;
+pub mod trained;

@@ -294,11 +294,14 @@ pub struct EvalConfig {
     pub every_epochs: usize,
     /// 0 = the training batch size.
     pub batch_size: usize,
+    /// Also count the confusion matrix and write the per-class summary (worst classes, most-confused
+    /// pairs) and the confusion figure to TensorBoard at every evaluation.
+    pub per_class: bool,
 }
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { every_epochs: 1, batch_size: 0 }
+        Self { every_epochs: 1, batch_size: 0, per_class: false }
     }
 }
 

@@ -11,10 +11,14 @@ use pe_data::{Loader, Split};
 use tch::Tensor;
 
 use crate::config::{load::to_toml, ConfigError, Experiment, ExperimentConfig};
+use crate::eval::figure;
+use crate::eval::labels::Targets;
+use crate::eval::per_class;
+use crate::eval::tally::{EvalResult, Tally};
 use crate::train::batch::TrainInputs;
 use crate::train::checkpoint::{Retention, TrainState};
 use crate::train::dist::Dist;
-use crate::train::evaluate::{evaluate, EvalResult, EvalSums};
+use crate::train::evaluate::{evaluate, Keep};
 use crate::train::init_weights::{InitIdentity, InitialWeights};
 use crate::train::observers::{LogStart, Observers, Record, Section};
 use crate::train::run_folder::{RunFolder, Start, StartRequest};
@@ -91,6 +95,8 @@ struct TrainLoop {
     schedule: Schedule,
     train_loader: Loader,
     eval_loader: Loader,
+    /// The run's classes, for the evaluation's counts.
+    eval_targets: Targets,
     inputs: TrainInputs,
     steps_per_epoch: usize,
     state: TrainState,
@@ -194,6 +200,7 @@ impl TrainLoop {
             engine,
             schedule,
             train_loader,
+            eval_targets: Targets::identity(eval_loader.classes().to_vec()),
             eval_loader,
             inputs,
             steps_per_epoch,
@@ -375,24 +382,43 @@ impl TrainLoop {
         ));
     }
 
-    /// Evaluates a model on every rank's shard and adds the shards up; each rank names the
-    /// unreadable images of its shard.
-    fn evaluate_sharded(&self, model: &pe_models::Model, epoch: u64) -> Result<EvalResult> {
+    /// Evaluates a model on every rank's shard and adds the shards' counts up (the confusion
+    /// matrix too, with `eval.per_class`); each rank names the unreadable images of its shard.
+    fn evaluate_sharded(&self, model: &pe_models::Model, epoch: u64) -> Result<(EvalResult, Tally)> {
         let engine = &self.engine;
-        let (sums, bad) = evaluate(
+        let keep = Keep { confusion: self.config.eval.per_class, top_k: 0 };
+        let evaluation = evaluate(
             model,
             &self.eval_loader,
             self.inputs.normalizer(),
             engine.device(),
             engine.precision(),
+            &self.eval_targets,
+            keep,
         )?;
-        if bad.count > 0 {
+        if evaluation.bad.count > 0 {
             let location = self.eval_loader.location().display();
-            tracing::warn!("{location}, evaluation after epoch {}: left out {bad}", epoch + 1);
+            tracing::warn!("{location}, evaluation after epoch {}: left out {}", epoch + 1, evaluation.bad);
         }
-        let mut totals = sums.to_array();
+        let mut totals = evaluation.tally.to_vec();
         self.dist.sum(&mut totals)?;
-        EvalSums::from_array(totals).result()
+        let tally = Tally::from_vec(&totals);
+        Ok((tally.result(false)?, tally))
+    }
+
+    /// `eval.per_class`: the confusion figure and the per-class summary of an evaluation, to
+    /// TensorBoard under `section`.
+    fn record_per_class(&mut self, section: Section, tally: &Tally) -> Result<()> {
+        if tally.confusion.is_empty() {
+            return Ok(());
+        }
+        let classes = &self.eval_targets.classes;
+        let view = figure::top_confusions(&tally.confusion, classes.len(), crate::eval::FIGURE_CLASSES);
+        let (chw, h, w) = figure::raster(&view, crate::eval::RASTER_CELL);
+        let step = self.state.step;
+        self.observers.image(&format!("{}/confusion", section.name()), &chw, h, w, step)?;
+        let summary = per_class::markdown_summary(&tally.confusion, classes, 10);
+        self.observers.text(&format!("{}/per_class", section.name()), &summary, step)
     }
 
     /// Evaluates the model (and EMA) after `epoch`'s steps or, when `train.max_steps` stopped the
@@ -403,9 +429,14 @@ impl TrainLoop {
         at_epoch_end: bool,
     ) -> Result<(EvalResult, Option<EvalResult>)> {
         self.dist.sync_buffers(&self.engine)?;
-        let result = self.evaluate_sharded(self.engine.model(), epoch)?;
+        let (result, tally) = self.evaluate_sharded(self.engine.model(), epoch)?;
+        self.record_per_class(Section::Eval, &tally)?;
         let ema = match self.engine.ema_model() {
-            Some(ema) => Some(self.evaluate_sharded(ema, epoch)?),
+            Some(ema) => {
+                let (ema, tally) = self.evaluate_sharded(ema, epoch)?;
+                self.record_per_class(Section::EvalEma, &tally)?;
+                Some(ema)
+            }
             None => None,
         };
         let step = self.state.step;
@@ -600,7 +631,7 @@ impl TrainLoop {
         let plane = 3 * batch.h * batch.w;
         for i in 0..count {
             let chw = &batch.images[i * plane..(i + 1) * plane];
-            self.observers.image(&format!("inputs/{i}"), chw, batch.h, batch.w)?;
+            self.observers.image(&format!("inputs/{i}"), chw, batch.h, batch.w, 0)?;
         }
         Ok(())
     }

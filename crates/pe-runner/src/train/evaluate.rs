@@ -1,88 +1,78 @@
-//! Evaluation: top-1, top-5 and loss over a whole split, in eval mode without gradients. An
-//! unreadable image is left out and counted, never replaced by another.
+//! Evaluation: loss, top-1/top-5, ReaL and the confusion matrix over a whole split, in eval mode
+//! without gradients, and each image's top classes when asked for. An unreadable image is left
+//! out and counted, never replaced by another.
 //!
-//! Each process evaluates its shard and returns sums; the caller adds the ranks' sums (every image
-//! is in exactly one shard) before turning them into percentages, so N processes report what one
-//! would.
+//! Each process evaluates its shard and returns a [`Tally`]; the caller adds the ranks' tallies
+//! before turning them into percentages (see [`crate::eval::tally`]).
 
-use serde::Serialize;
 use tch::nn::ModuleT;
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 use pe_data::{BadFileReport, Loader};
 
+use crate::eval::labels::Targets;
+use crate::eval::tally::Tally;
 use crate::train::amp::Precision;
 use crate::train::batch::{to_device, Normalizer};
-use crate::train::loss::{correct_top_k, cross_entropy};
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
-pub struct EvalResult {
-    pub loss: f64,
-    pub acc1: f64,
-    pub acc5: f64,
-    pub samples: usize,
-    /// Images of the split that could not be read and are not in `samples`.
-    pub unreadable: usize,
+/// What an evaluation keeps beyond the sums.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Keep {
+    /// The confusion matrix.
+    pub confusion: bool,
+    /// Each image's `top_k` classes and probabilities (0: none).
+    pub top_k: usize,
 }
 
-impl EvalResult {
-    /// `60 images` or `60 images (1 unreadable)`, as the result lines print it.
-    pub fn counted(&self) -> String {
-        match self.unreadable {
-            0 => format!("{} images", self.samples),
-            n => format!("{} images ({n} unreadable)", self.samples),
-        }
-    }
+/// One image's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// Its dataset index (`Loader::sample_path` names its file).
+    pub index: usize,
+    /// Its class (the model's index).
+    pub label: i64,
+    /// The most probable classes, best first, with their probabilities (softmax over the logits
+    /// the argmax runs over).
+    pub top: Vec<(i64, f32)>,
 }
 
-/// Sums over the images one process evaluated.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct EvalSums {
-    pub loss: f64,
-    pub top1: f64,
-    pub top5: f64,
-    pub samples: f64,
-    pub unreadable: f64,
+/// A process's evaluation of its shard.
+#[derive(Debug)]
+pub struct Evaluation {
+    pub tally: Tally,
+    pub bad: BadFileReport,
+    /// In loader order, when [`Keep::top_k`] asked for them.
+    pub predictions: Vec<Prediction>,
 }
 
-impl EvalSums {
-    /// As a flat array, for an all-reduce.
-    pub fn to_array(self) -> [f64; 5] {
-        [self.loss, self.top1, self.top5, self.samples, self.unreadable]
-    }
-
-    pub fn from_array([loss, top1, top5, samples, unreadable]: [f64; 5]) -> Self {
-        Self { loss, top1, top5, samples, unreadable }
-    }
-
-    /// Means and percentages; an empty split is an error.
-    pub fn result(self) -> anyhow::Result<EvalResult> {
-        anyhow::ensure!(
-            self.samples > 0.0,
-            "the evaluation split has no readable image ({} unreadable)",
-            self.unreadable
-        );
-        let n = self.samples;
-        Ok(EvalResult {
-            loss: self.loss / n,
-            acc1: 100.0 * self.top1 / n,
-            acc5: 100.0 * self.top5 / n,
-            samples: n as usize,
-            unreadable: self.unreadable as usize,
-        })
-    }
+/// The fp32 logits [B, K] of `model` in eval mode on uint8 images [B, 3, H, W] on `device`,
+/// normalised and under the recipe's precision (the one forward of `pe eval` and `pe predict`).
+pub fn eval_logits(
+    model: &impl ModuleT,
+    images: &Tensor,
+    normalizer: &Normalizer,
+    device: Device,
+    precision: &Precision,
+) -> anyhow::Result<Tensor> {
+    let images = precision.input(normalizer.apply(images))?;
+    let _autocast = precision.autocast(device)?;
+    Ok(model.forward_t(&images, false).to_kind(Kind::Float))
 }
 
-/// Evaluates `model` on every batch of `loader` (this process's shard); unreadable images are
-/// left out, counted in the sums and listed (the first few) in the report.
+/// Evaluates `model` on every batch of `loader` (this process's shard) against `targets`;
+/// unreadable images are left out, counted and listed (the first few) in the report.
 pub fn evaluate(
     model: &impl ModuleT,
     loader: &Loader,
     normalizer: &Normalizer,
     device: Device,
     precision: &Precision,
-) -> anyhow::Result<(EvalSums, BadFileReport)> {
-    let (mut loss_sum, mut top1, mut top5, mut samples) = (0.0, 0i64, 0i64, 0usize);
+    targets: &Targets,
+    keep: Keep,
+) -> anyhow::Result<Evaluation> {
+    let mut tally = Tally::new(if keep.confusion { targets.num_classes() } else { 0 });
+    let mut predictions = Vec::new();
+    let restrict = targets.restricted_to().map(|columns| Tensor::from_slice(columns).to_device(device));
     let mut epoch = loader.epoch(0);
     tch::no_grad(|| -> anyhow::Result<()> {
         for batch in epoch.by_ref() {
@@ -92,33 +82,44 @@ pub fn evaluate(
                 loader.recycle(batch.images);
                 continue;
             }
-            let (images, labels) = to_device(&batch, device);
+            let (images, _) = to_device(&batch, device);
             // The tensors hold copies, so the buffer goes back to the loader: a fresh one per batch
             // is page-faulted and zeroed again (4 % of eval throughput at 2 workers here).
             let n = batch.n;
             loader.recycle(batch.images);
-            let images = precision.input(normalizer.apply(&images))?;
-            let logits = {
-                let _autocast = precision.autocast(device)?;
-                model.forward_t(&images, false)
+            let logits = eval_logits(model, &images, normalizer, device, precision)?;
+            // [B, K] -> [B, K'] when the set's classes are a subset (ImageNet-A/R).
+            let logits = match &restrict {
+                Some(columns) => logits.index_select(1, columns),
+                None => logits,
+            };
+            let log_probs = logits.log_softmax(1, Kind::Float);
+            let labels: Vec<i64> = batch.labels[..n].iter().map(|&l| targets.label(l)).collect();
+            let columns: Vec<i64> = labels.iter().map(|&l| targets.column(l)).collect();
+            let picked =
+                log_probs.gather(1, &Tensor::from_slice(&columns).to_device(device).unsqueeze(1), false);
+            tally.loss -= picked.sum(Kind::Double).double_value(&[]);
+            let k = keep.top_k.max(5).min(log_probs.size()[1] as usize);
+            let (top_log_probs, top_columns) = log_probs.topk(k as i64, 1, true, true);
+            let top_columns = Vec::<i64>::try_from(top_columns.reshape([-1]).to_device(Device::Cpu))?;
+            let top_probs = Vec::<f32>::try_from(top_log_probs.exp().reshape([-1]).to_device(Device::Cpu))?;
+            let to_class = |column: i64| targets.restricted_to().map_or(column, |r| r[column as usize]);
+            for (i, &label) in labels.iter().enumerate() {
+                let top: Vec<i64> = top_columns[i * k..(i + 1) * k].iter().map(|&c| to_class(c)).collect();
+                let index = batch.indices[i];
+                tally.add(label, &top, targets.real(index));
+                if keep.top_k > 0 {
+                    let probs = &top_probs[i * k..(i + 1) * k];
+                    let top = top.into_iter().zip(probs.iter().copied()).take(keep.top_k).collect();
+                    predictions.push(Prediction { index, label, top });
+                }
             }
-            .to_kind(Kind::Float);
-            loss_sum += cross_entropy(&logits, &labels, 0.0).double_value(&[]) * n as f64;
-            top1 += correct_top_k(&logits, &labels, 1);
-            top5 += correct_top_k(&logits, &labels, 5);
-            samples += n;
         }
         Ok(())
     })?;
     let bad = epoch.bad_files().clone();
-    let sums = EvalSums {
-        loss: loss_sum,
-        top1: top1 as f64,
-        top5: top5 as f64,
-        samples: samples as f64,
-        unreadable: bad.count as f64,
-    };
-    Ok((sums, bad))
+    tally.unreadable = bad.count as f64;
+    Ok(Evaluation { tally, bad, predictions })
 }
 
 #[cfg(test)]
@@ -140,13 +141,17 @@ mod tests {
         DataConfig { root: dir.into(), img_size: 8, ..Default::default() }
     }
 
-    fn evaluate_split(cfg: &DataConfig, loader: &Loader) -> (EvalSums, BadFileReport) {
+    fn evaluate_split(cfg: &DataConfig, loader: &Loader) -> (Tally, BadFileReport) {
         // Two "logits" per image: the mean of its red and green channels.
         let model =
             tch::nn::func_t(|x, _| x.mean_dim([2i64, 3].as_slice(), false, Kind::Float).narrow(1, 0, 2));
         let normalizer = Normalizer::new(cfg.mean, cfg.std, Device::Cpu);
         let precision = Precision { amp: Amp::Off, channels_last: false };
-        evaluate(&model, loader, &normalizer, Device::Cpu, &precision).unwrap()
+        let targets = Targets::identity(vec!["c0".into(), "c1".into()]);
+        let evaluation =
+            evaluate(&model, loader, &normalizer, Device::Cpu, &precision, &targets, Keep::default())
+                .unwrap();
+        (evaluation.tally, evaluation.bad)
     }
 
     #[test]
@@ -172,7 +177,7 @@ mod tests {
         assert_eq!((sums.samples, sums.unreadable), (10.0, 1.0));
         assert_eq!(bad.first.iter().map(|b| b.path.clone()).collect::<Vec<_>>(), [zero]);
         // Every good image once: the green means 0, 9, ..., 36 of each class, none twice.
-        let result = sums.result().unwrap();
+        let result = sums.result(false).unwrap();
         assert_eq!((result.samples, result.unreadable), (10, 1));
         assert_eq!(result.counted(), "10 images (1 unreadable)");
         let mut seen = Vec::new();

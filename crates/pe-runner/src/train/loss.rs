@@ -20,10 +20,3 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, smoothing: f64) -> Tensor
         smoothing,
     )
 }
-
-/// Number of rows whose label is among the `k` largest logits.
-pub fn correct_top_k(logits: &Tensor, labels: &Tensor, k: i64) -> i64 {
-    let k = k.min(logits.size()[1]);
-    let (_, top) = logits.topk(k, -1, true, true);
-    top.eq_tensor(&labels.unsqueeze(-1)).any_dim(-1, false).sum(Kind::Int64).int64_value(&[])
-}

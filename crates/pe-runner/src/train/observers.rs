@@ -31,7 +31,8 @@ pub enum Section {
 }
 
 impl Section {
-    fn name(self) -> &'static str {
+    /// The tag prefix (`eval`, `eval_ema`, ...).
+    pub fn name(self) -> &'static str {
         match self {
             Section::Train => "train",
             Section::Perf => "perf",
@@ -74,8 +75,12 @@ pub trait Observer {
     fn stepped(&mut self, _done: u64) {}
     /// The epoch's steps are over (or the run stops inside it).
     fn epoch_ended(&mut self) {}
-    /// An input image seen by the model, written once at the start.
-    fn image(&mut self, _tag: &str, _chw: &[u8], _h: usize, _w: usize) -> Result<()> {
+    /// An image (`[3, h, w]` planes) at `step`: the inputs seen at the start, confusion figures.
+    fn image(&mut self, _tag: &str, _chw: &[u8], _h: usize, _w: usize, _step: u64) -> Result<()> {
+        Ok(())
+    }
+    /// A Markdown text at `step` (the per-class summary of an evaluation).
+    fn text(&mut self, _tag: &str, _text: &str, _step: u64) -> Result<()> {
         Ok(())
     }
     /// A weight-space analysis of the model (`logging.analyze_every_epochs`).
@@ -199,8 +204,12 @@ impl Observers {
         self.sinks.iter_mut().for_each(|s| s.epoch_ended());
     }
 
-    pub fn image(&mut self, tag: &str, chw: &[u8], h: usize, w: usize) -> Result<()> {
-        self.sinks.iter_mut().try_for_each(|s| s.image(tag, chw, h, w))
+    pub fn image(&mut self, tag: &str, chw: &[u8], h: usize, w: usize, step: u64) -> Result<()> {
+        self.sinks.iter_mut().try_for_each(|s| s.image(tag, chw, h, w, step))
+    }
+
+    pub fn text(&mut self, tag: &str, text: &str, step: u64) -> Result<()> {
+        self.sinks.iter_mut().try_for_each(|s| s.text(tag, text, step))
     }
 
     pub fn analysis(&mut self, report: &pe_analyze::Report, step: u64) -> Result<()> {
@@ -271,8 +280,12 @@ impl Observer for TensorBoard {
         Ok(())
     }
 
-    fn image(&mut self, tag: &str, chw: &[u8], h: usize, w: usize) -> Result<()> {
-        Ok(self.0.image_chw(tag, chw, h, w, 0)?)
+    fn image(&mut self, tag: &str, chw: &[u8], h: usize, w: usize, step: u64) -> Result<()> {
+        Ok(self.0.image_chw(tag, chw, h, w, step)?)
+    }
+
+    fn text(&mut self, tag: &str, text: &str, step: u64) -> Result<()> {
+        Ok(self.0.text(tag, text, step)?)
     }
 
     fn analysis(&mut self, report: &pe_analyze::Report, step: u64) -> Result<()> {

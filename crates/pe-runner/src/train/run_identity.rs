@@ -35,6 +35,7 @@ pub const RESUMABLE_KEYS: &[&str] = &[
     "data.format",
     "eval.every_epochs",
     "eval.batch_size",
+    "eval.per_class",
     "logging.every_steps",
     "logging.sample_images",
     "logging.analyze_every_epochs",
