@@ -36,6 +36,11 @@ VAL_LABELS = [1, 2, 1, 2, 1, 2, 1]  # ILSVRC2012_IDs of val images 1..7: n014435
 WNID_OF_ID = {i: w for w, i in zip(WNIDS, ILSVRC2012_IDS)}
 
 
+def words(wnid):
+    """A synset's `words`: several names, comma-separated, as in the real devkit ("tench, Tinca tinca")."""
+    return f"class {wnid}, a test"
+
+
 def jpeg(seed, size=(48, 36)):
     rng = np.random.default_rng(seed)
     img = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
@@ -56,7 +61,7 @@ def synsets(wnids, numbers, fault):
         fields.remove("num_children")
     rows = []
     for i, w in enumerate(wnids):
-        rows.append({"ILSVRC2012_ID": float(ILSVRC2012_IDS[i]), "WNID": w, "words": f"class {w}", "gloss": "a test class",
+        rows.append({"ILSVRC2012_ID": float(ILSVRC2012_IDS[i]), "WNID": w, "words": words(w), "gloss": "a test class",
                      "num_children": 0.0, "children": np.zeros((1, 0)), "wordnet_height": 0.0,
                      "num_train_images": float(TRAIN_PER_CLASS[i % 3])})
     rows.append({"ILSVRC2012_ID": float(len(wnids) + 1), "WNID": "n00000001", "words": "entity", "gloss": "an internal node",
@@ -114,7 +119,7 @@ def main(out, extra_class, numbers, fault):
         add(devkit, "ILSVRC2012_devkit_t12/data/meta.mat", meta_mat(numbers, fault))
         add(devkit, "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt", truth)
         add(devkit, "ILSVRC2012_devkit_t12/readme.txt", b"test devkit\n")
-    (kaggle / "LOC_synset_mapping.txt").write_text("".join(f"{w} class {w}\n" for w in WNIDS))
+    (kaggle / "LOC_synset_mapping.txt").write_text("".join(f"{w} {words(w)}\n" for w in WNIDS))  # sorted, as Kaggle's
     (kaggle / "LOC_val_solution.csv").write_text("\n".join(solution) + "\n")
 
 

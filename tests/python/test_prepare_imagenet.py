@@ -1,9 +1,11 @@
 """`pe prepare imagenet` on tiny archives in the official formats, and `pe prepare shards` on the result.
 
 The archives come from make_imagenet_archives.py (meta.mat written by scipy); every produced file is
-compared byte for byte with the folder the script expects.
+compared byte for byte with the folder the script expects, and class_names.tsv with the names read here
+from the inputs (meta.mat by scipy, LOC_synset_mapping.txt).
 """
 
+import io
 import json
 import pathlib
 import shutil
@@ -12,6 +14,7 @@ import sys
 import tarfile
 
 import pytest
+import scipy.io
 
 from conftest import PE, run_pe
 
@@ -23,13 +26,34 @@ def make_archives(out, *flags):
 
 
 def tree(root):
-    """{relative path: bytes} of the image files below root (markers and caches left out)."""
+    """{relative path: bytes} of the files below root/train and root/val (markers and caches left out)."""
     root = pathlib.Path(root)
     return {
         str(p.relative_to(root)): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.name.startswith(".")
+        if p.is_file() and not p.name.startswith(".") and p.relative_to(root).parts[0] in ("train", "val")
     }
+
+
+def devkit_names(src):
+    """{wnid: words} of the leaf synsets in the devkit's meta.mat, read by scipy."""
+    with tarfile.open(src / "ILSVRC2012_devkit_t12.tar.gz") as tar:
+        data = tar.extractfile("ILSVRC2012_devkit_t12/data/meta.mat").read()
+    synsets = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True)["synsets"]
+    return {str(s["WNID"]): str(s["words"]) for s in synsets if s["num_children"] == 0}
+
+
+def kaggle_names(src):
+    """{wnid: words} of Kaggle's LOC_synset_mapping.txt (`wnid words...`)."""
+    lines = (src / "kaggle" / "LOC_synset_mapping.txt").read_text().splitlines()
+    return dict(line.split(" ", 1) for line in lines)
+
+
+def assert_class_names(out, names):
+    """class_names.tsv: `wnid<TAB>words` per class, in class-index (sorted wnid) order."""
+    assert len(names) == 3 and all(", " in words for words in names.values())  # the fixture's are "a, b"
+    expected = "".join(f"{w}\t{names[w]}\n" for w in sorted(names))
+    assert (out / "class_names.tsv").read_text() == expected
 
 
 def prepare_archives(src, to):
@@ -57,7 +81,30 @@ def test_archives_give_the_expected_folder_and_a_rerun_does_nothing(archives, tm
     assert sorted(p.name for p in (out / "train").iterdir()) == ["n01440764", "n01443537", "n01484850"]
     assert not (out / "val" / "n01443537").exists()  # no validation image of class 2
     assert (out / ".pe-prepared").exists() and not (out / ".partial").exists()
+    assert_class_names(out, devkit_names(archives))
     assert "already prepared" in prepare_archives(archives, out).stdout
+    assert_class_names(out, devkit_names(archives))
+
+
+def test_a_folder_prepared_before_class_names_gets_them_on_a_rerun(archives, tmp_path):
+    out = tmp_path / "imagenet"
+    prepare_archives(archives, out)
+    (out / "class_names.tsv").unlink()
+    assert "already prepared" in prepare_archives(archives, out).stdout
+    assert_class_names(out, devkit_names(archives))
+    assert tree(out) == tree(archives / "expected")
+    # Names are written only for the classes the folder holds.
+    (out / "class_names.tsv").unlink()
+    (out / "train" / "n01484850").rename(out / "train" / "n01484851")
+    result = subprocess.run(
+        [PE, "prepare", "imagenet", "--train-tar", archives / "ILSVRC2012_img_train.tar",
+         "--val-tar", archives / "ILSVRC2012_img_val.tar", "--devkit", archives / "ILSVRC2012_devkit_t12.tar.gz",
+         "--to", out],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 1, result.stderr
+    assert str(out / "train") in result.stderr and "class_names.tsv" in result.stderr
+    assert not (out / "class_names.tsv").exists()
 
 
 def test_an_interrupted_run_continues_to_the_same_folder(archives, tmp_path):
@@ -65,6 +112,7 @@ def test_an_interrupted_run_continues_to_the_same_folder(archives, tmp_path):
     prepare_archives(archives, out)
     # What a kill leaves: no marker, a class and a val image missing, half-written files in .partial.
     (out / ".pe-prepared").unlink()
+    (out / "class_names.tsv").unlink()
     shutil.rmtree(out / "train" / "n01484850")
     (out / "val" / "n01440764" / "ILSVRC2012_val_00000002.JPEG").unlink()
     (out / ".partial" / "train" / "n01484850").mkdir(parents=True)
@@ -72,6 +120,7 @@ def test_an_interrupted_run_continues_to_the_same_folder(archives, tmp_path):
     prepare_archives(archives, out)
     assert tree(out) == tree(archives / "expected")
     assert (out / ".pe-prepared").exists()
+    assert_class_names(out, devkit_names(archives))
 
 
 def test_kaggle_layout_gives_the_same_folder(archives, tmp_path):
@@ -79,6 +128,8 @@ def test_kaggle_layout_gives_the_same_folder(archives, tmp_path):
     result = run_pe("prepare", "imagenet", "--kaggle", archives / "kaggle", "--to", out)
     assert "3 classes, 12 train / 7 val" in result.stdout
     assert tree(out) == tree(archives / "expected")
+    assert_class_names(out, kaggle_names(archives))
+    assert kaggle_names(archives) == devkit_names(archives)  # the fixture gives both the same words
 
 
 def test_a_class_outside_the_devkit_is_an_error_naming_it(tmp_path):
@@ -129,6 +180,7 @@ def test_a_meta_mat_with_integer_fields_gives_the_same_folder(numbers, archives,
     out = tmp_path / "imagenet"
     prepare_archives(src, out)
     assert tree(out) == tree(archives / "expected")
+    assert_class_names(out, devkit_names(src))
 
 
 @pytest.mark.parametrize("fault, names", [

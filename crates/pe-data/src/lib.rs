@@ -23,6 +23,7 @@ pub mod transforms;
 
 pub use config::{DataConfig, DataFormat};
 pub use error::{Error, Result};
+pub use imagenet::{read_class_names, CLASS_NAMES_FILE};
 pub use index::{ImageFolder, IndexCache};
 pub use loader::{BadFile, BadFileReport, Batch, Loader, LoaderOptions, Split};
 pub use mixup::{MixPlan, Mixup};

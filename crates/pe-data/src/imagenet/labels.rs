@@ -1,12 +1,12 @@
 //! ImageNet's class list and validation labels, from the official devkit or Kaggle's CSV files.
 //!
 //! Devkit (`ILSVRC2012_devkit_t12.tar.gz`): `data/meta.mat` holds the `synsets` struct array; the
-//! 1,000 leaf synsets (`num_children == 0`) carry `ILSVRC2012_ID` 1..1000 and their `WNID`;
+//! 1,000 leaf synsets (`num_children == 0`) carry `ILSVRC2012_ID` 1..1000, their `WNID` and `words`;
 //! `data/ILSVRC2012_validation_ground_truth.txt` gives, line i, the ILSVRC2012_ID of
 //! `ILSVRC2012_val_{i:08}.JPEG` (torchvision's `parse_devkit_archive`). Kaggle: `LOC_synset_mapping.txt`
-//! (`wnid words` per line) and `LOC_val_solution.csv` (`ImageId,PredictionString`, the first token of
-//! the prediction string being the wnid). `meta.mat` is read with the `matrw` crate (pure Rust, MAT
-//! v5/v7 with structs, which `matfile` does not read).
+//! (`wnid words...` per line, the words being all after the first space) and `LOC_val_solution.csv`
+//! (`ImageId,PredictionString`, the first token of the prediction string being the wnid). `meta.mat` is
+//! read with the `matrw` crate (pure Rust, MAT v5/v7 with structs, which `matfile` does not read).
 
 use crate::error::{Error, IoContext, Result};
 use std::collections::HashMap;
@@ -18,8 +18,19 @@ use std::path::Path;
 pub struct Labels {
     /// Class wnids in ILSVRC2012_ID (devkit) or file (Kaggle) order.
     pub wnids: Vec<String>,
+    /// Each class's human-readable name ("tench, Tinca tinca"), in the order of `wnids`.
+    pub words: Vec<String>,
     /// Validation file name (`ILSVRC2012_val_00000001.JPEG`) -> wnid.
     pub val: HashMap<String, String>,
+}
+
+impl Labels {
+    /// `(wnid, words)` sorted by wnid: class-index order, as in [`super::CLASS_NAMES_FILE`].
+    pub fn class_names(&self) -> Vec<(String, String)> {
+        let mut names: Vec<_> = self.wnids.iter().cloned().zip(self.words.iter().cloned()).collect();
+        names.sort();
+        names
+    }
 }
 
 fn format_err(path: &Path, reason: impl Into<String>) -> Error {
@@ -46,7 +57,7 @@ pub fn from_devkit(path: &Path) -> Result<Labels> {
     }
     let meta = meta.ok_or_else(|| format_err(path, "no data/meta.mat in the devkit"))?;
     let truth = truth.ok_or_else(|| format_err(path, "no data/ILSVRC2012_validation_ground_truth.txt"))?;
-    let wnids = leaf_wnids(&meta).map_err(|e| format_err(path, format!("meta.mat: {e}")))?;
+    let (wnids, words) = leaf_synsets(&meta).map_err(|e| format_err(path, format!("meta.mat: {e}")))?;
     let mut val = HashMap::new();
     for (i, line) in truth.lines().filter(|l| !l.trim().is_empty()).enumerate() {
         let id: usize = line
@@ -58,7 +69,7 @@ pub fn from_devkit(path: &Path) -> Result<Labels> {
         })?;
         val.insert(format!("ILSVRC2012_val_{:08}.JPEG", i + 1), wnid.clone());
     }
-    Ok(Labels { wnids, val })
+    Ok(Labels { wnids, words, val })
 }
 
 /// The scalar in a numeric field, of any stored class: MATLAB writes doubles, a re-save from numpy or
@@ -154,8 +165,11 @@ fn check_complete(bytes: &[u8]) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// The leaf synsets of `meta.mat`, placed at index `ILSVRC2012_ID - 1`.
-fn leaf_wnids(bytes: &[u8]) -> std::result::Result<Vec<String>, String> {
+/// Leaf synsets' wnids and words, in two parallel lists.
+type Synsets = (Vec<String>, Vec<String>);
+
+/// The wnids and words of `meta.mat`'s leaf synsets, placed at index `ILSVRC2012_ID - 1`.
+fn leaf_synsets(bytes: &[u8]) -> std::result::Result<Synsets, String> {
     check_complete(bytes)?;
     let bytes = canonical_header(bytes);
     // A malformed file matrw does not foresee panics inside it; that stays an error of this file.
@@ -172,7 +186,7 @@ fn leaf_wnids(bytes: &[u8]) -> std::result::Result<Vec<String>, String> {
     if n == 0 {
         return Err("no `synsets` struct array".into());
     }
-    let mut leaves: Vec<(usize, String)> = Vec::new();
+    let mut leaves: Vec<(usize, String, String)> = Vec::new();
     for i in 0..n {
         let s = match synsets {
             matrw::MatVariable::Structure(_) => synsets,
@@ -188,23 +202,31 @@ fn leaf_wnids(bytes: &[u8]) -> std::result::Result<Vec<String>, String> {
         if id < 1.0 || id.fract() != 0.0 {
             return Err(format!("synset {}: ILSVRC2012_ID {id} is not a positive integer", i + 1));
         }
-        let wnid = text(&s["WNID"])
-            .ok_or_else(|| format!("synset {}: field `WNID` is missing or not text", i + 1))?;
-        leaves.push((id as usize, wnid));
+        let text_field = |name: &str| {
+            text(&s[name]).ok_or_else(|| format!("synset {}: field `{name}` is missing or not text", i + 1))
+        };
+        leaves.push((id as usize, text_field("WNID")?, text_field("words")?));
     }
     leaves.sort();
-    if leaves.iter().enumerate().any(|(k, (id, _))| *id != k + 1) {
+    if leaves.iter().enumerate().any(|(k, (id, ..))| *id != k + 1) {
         return Err("leaf ILSVRC2012_IDs are not 1..=n".into());
     }
-    Ok(leaves.into_iter().map(|(_, w)| w).collect())
+    Ok(leaves.into_iter().map(|(_, wnid, words)| (wnid, words)).unzip())
 }
 
 /// Read Kaggle's `LOC_synset_mapping.txt` and `LOC_val_solution.csv` in `dir`.
 pub fn from_kaggle(dir: &Path) -> Result<Labels> {
     let mapping = dir.join("LOC_synset_mapping.txt");
     let text = std::fs::read_to_string(&mapping).io_ctx("read", &mapping)?;
-    let wnids: Vec<String> =
-        text.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_owned).collect();
+    let (wnids, words): (Vec<String>, Vec<String>) = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (wnid, words) = l.split_once(char::is_whitespace).unwrap_or((l, ""));
+            (wnid.to_owned(), words.trim_start().to_owned())
+        })
+        .unzip();
     let solution = dir.join("LOC_val_solution.csv");
     let text = std::fs::read_to_string(&solution).io_ctx("read", &solution)?;
     let mut val = HashMap::new();
@@ -223,5 +245,5 @@ pub fn from_kaggle(dir: &Path) -> Result<Labels> {
         }
         val.insert(format!("{id}.JPEG"), wnid.to_owned());
     }
-    Ok(Labels { wnids, val })
+    Ok(Labels { wnids, words, val })
 }

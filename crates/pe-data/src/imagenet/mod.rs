@@ -5,16 +5,23 @@
 //! each read straight into its class folder; the flat validation tar is sorted into class folders with
 //! the devkit's labels ([`labels`]). Kaggle's copy is hard-linked (copied across file systems).
 //!
+//! The classes' names go to `<to>/class_names.tsv` ([`class_names`]), written after the checks and before
+//! the marker.
+//!
 //! Interruption: a class folder is filled under `<to>/.partial/` and renamed into `train/` when complete,
 //! a validation file likewise, so a rerun skips what is done and redoes the rest; the marker
 //! `<to>/.pe-prepared` is written last, after the checks, and a folder without it is never complete.
+//! A complete folder is left as it is, except that one from before `class_names.tsv` gets that file
+//! (from the source's class list, which must match its training folders).
 //! Checks: training classes = the devkit's wnids, sorted (= torchvision's indices); every validation
 //! image labelled and filed; with the full 1,000-class devkit, exactly 1,281,167 / 50,000 images.
 
+pub mod class_names;
 pub mod labels;
 
 use crate::error::{Error, IoContext, Result};
 use crate::index::{ImageFolder, IndexCache};
+pub use class_names::{read_class_names, write_class_names, CLASS_NAMES_FILE};
 pub use labels::Labels;
 use std::path::{Path, PathBuf};
 
@@ -51,7 +58,8 @@ pub struct Summary {
     pub val: usize,
     /// True when the full-size counts were checked.
     pub full_size_checked: bool,
-    /// False when the marker was already there (nothing done).
+    /// False when the marker was already there (nothing done but, for a folder from before
+    /// `class_names.tsv`, writing that file).
     pub written: bool,
 }
 
@@ -72,7 +80,11 @@ pub type Progress<'a> = &'a mut dyn FnMut(&str, u64, u64);
 /// Prepare `to` from `source`; reruns continue where an interrupted run stopped.
 pub fn prepare(source: &Source, to: &Path, progress: Progress) -> Result<Summary> {
     let marker = to.join(MARKER);
+    let names = to.join(CLASS_NAMES_FILE);
     if let Ok(text) = std::fs::read_to_string(&marker) {
+        if !names.exists() {
+            names_of_prepared(source, to, &names)?;
+        }
         let n = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().parse().ok());
         return Ok(Summary {
             classes: n("classes=").unwrap_or(0),
@@ -82,10 +94,7 @@ pub fn prepare(source: &Source, to: &Path, progress: Progress) -> Result<Summary
             written: false,
         });
     }
-    let labels = match source {
-        Source::Archives { devkit, .. } => labels::from_devkit(devkit)?,
-        Source::Kaggle(dir) => labels::from_kaggle(dir)?,
-    };
+    let labels = read_labels(source)?;
     let partial = to.join(".partial");
     for d in [to.join("train"), to.join("val"), partial.clone()] {
         std::fs::create_dir_all(&d).io_ctx("create directory", &d)?;
@@ -102,6 +111,7 @@ pub fn prepare(source: &Source, to: &Path, progress: Progress) -> Result<Summary
         }
     }
     let summary = check(to, &labels)?;
+    write_class_names(&names, &labels.class_names())?;
     std::fs::remove_dir_all(&partial).io_ctx("remove", &partial)?;
     let text = format!(
         "classes={}\ntrain={}\nval={}\nfull={}\n",
@@ -109,6 +119,37 @@ pub fn prepare(source: &Source, to: &Path, progress: Progress) -> Result<Summary
     );
     std::fs::write(&marker, text).io_ctx("write", &marker)?;
     Ok(summary)
+}
+
+fn read_labels(source: &Source) -> Result<Labels> {
+    match source {
+        Source::Archives { devkit, .. } => labels::from_devkit(devkit),
+        Source::Kaggle(dir) => labels::from_kaggle(dir),
+    }
+}
+
+/// Writes `names` for a complete folder prepared before the file existed; its training folders must be
+/// the source's classes.
+fn names_of_prepared(source: &Source, to: &Path, names: &Path) -> Result<()> {
+    let class_names = read_labels(source)?.class_names();
+    let train = to.join("train");
+    let mut folders = Vec::new();
+    for name in sorted_names(&train)? {
+        if train.join(&name).is_dir() {
+            folders.push(name);
+        }
+    }
+    if !class_names.iter().map(|(wnid, _)| wnid).eq(folders.iter()) {
+        return Err(Error::Format {
+            path: train,
+            reason: format!(
+                "the {} prepared classes are not the source's {} wnids: cannot write {CLASS_NAMES_FILE}",
+                folders.len(),
+                class_names.len()
+            ),
+        });
+    }
+    write_class_names(names, &class_names)
 }
 
 /// The file name part of a tar member path.
