@@ -17,8 +17,9 @@ fn eval_json(recipe: &Path, checkpoint: &Path, data: &Path) -> (serde_json::Valu
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    (serde_json::from_str(stdout.lines().last().unwrap()).unwrap(), stdout)
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    (serde_json::from_str(stdout.lines().last().unwrap()).unwrap(), stderr)
 }
 
 #[test]
@@ -43,10 +44,10 @@ fn a_validation_split_missing_a_class_keeps_its_labels_and_an_unknown_folder_is_
     }
     std::fs::remove_dir_all(removed.join("val/class_0")).unwrap();
     let (reference, _) = eval_json(&recipe, &checkpoint, &emptied);
-    let (result, stdout) = eval_json(&recipe, &checkpoint, &removed);
+    let (result, stderr) = eval_json(&recipe, &checkpoint, &removed);
     assert_eq!(result["samples"], 6);
     assert_eq!(result, reference, "labels must not shift when a class folder is missing");
-    assert!(stdout.contains("no images of 1 class(es): class_0"), "{stdout}");
+    assert!(stderr.contains("no images of 1 class(es): class_0"), "{stderr}");
 
     let extra = dir.path().join("extra");
     tiny_image_folder(&extra, 4, 1, 1, 16);

@@ -266,3 +266,45 @@ fn read_class_map(file: &Path, classes: &[String]) -> anyhow::Result<HashMap<Str
     }
     Ok(map)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classes() -> Vec<String> {
+        ["n01", "n02", "n03"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn index_folders_are_exact_decimal_indices_below_the_class_count() {
+        let dir = Path::new("/sets/v2");
+        assert_eq!(index_folder(dir, "2", 3).unwrap(), 2);
+        for bad in ["3", "01", "-1", "n01"] {
+            let message = index_folder(dir, bad, 3).unwrap_err().to_string();
+            assert!(
+                message.contains("folders named 0..2") && message.contains(&format!("{bad:?}")),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_class_map_takes_names_or_indices_and_names_the_line_it_cannot_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("map.txt");
+        std::fs::write(&file, "# mine\ncats n02\n\ndogs 2  # by index\n").unwrap();
+        let map = read_class_map(&file, &classes()).unwrap();
+        assert_eq!((map["cats"], map["dogs"], map.len()), (1, 2, 2));
+        for (text, expected) in [
+            ("cats n09\n", "map.txt:1: \"n09\" is neither"),
+            ("cats\n", "map.txt:1: expected `folder class`"),
+            ("a 0\nb 1 2\n", "map.txt:2: expected"),
+            ("a 0\na 1\n", "map.txt:2: the folder \"a\" is mapped twice"),
+            ("a 3\n", "nor an index below it"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let message = read_class_map(&file, &classes()).unwrap_err().to_string();
+            assert!(message.contains(expected), "{text:?}: {message}");
+        }
+    }
+}
