@@ -56,6 +56,44 @@ def fashion_mnist(tmp_path_factory):
     return root
 
 
+#: A short run on the `fashion_mnist` images; `extra` adds sections (`[optimizer]`, `[eval]`).
+FASHION_MNIST_RECIPE = """
+[model]
+name = "{model}"
+num_classes = 10
+
+[data]
+root = "{data}"
+img_size = 28
+crop_pct = 0.9
+interpolation = "bicubic"
+workers = 1
+
+[schedule]
+warmup_epochs = 0
+
+[train]
+epochs = {epochs}
+batch_size = 32
+device = "cpu"
+ema_decay = {ema}
+
+[logging]
+runs_dir = "{runs}"
+sample_images = 0
+progress = false
+{extra}"""
+
+
+def train_on_fashion_mnist(folder, model, data, *, epochs=1, ema=0.9, extra=""):
+    """Trains `model` on `data` (the `fashion_mnist` fixture) into `folder/runs/<model>`; returns it."""
+    recipe = pathlib.Path(folder) / f"{model}.toml"
+    recipe.write_text(FASHION_MNIST_RECIPE.format(model=model, data=data, runs=pathlib.Path(folder) / "runs",
+                                                  epochs=epochs, ema=ema, extra=extra))
+    run_pe("train", recipe)
+    return pathlib.Path(folder) / "runs" / model
+
+
 def save_tensors(path, tensors):
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(path))
 

@@ -16,42 +16,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import PE, run_pe
+from conftest import PE, run_pe, train_on_fashion_mnist
 
-RECIPE = """
-[model]
-name = "{model}"
-num_classes = 10
-
-[data]
-root = "{data}"
-img_size = 28
-crop_pct = 0.9
-interpolation = "bicubic"
-workers = 1
-
+#: A learning rate that gets a few epochs on 320 images past chance; per-class TensorBoard summaries.
+EXTRA = """
 [optimizer]
 name = "adamw"
 lr = 3e-3
 base_batch = 0
 
-[schedule]
-warmup_epochs = 0
-
-[train]
-epochs = {epochs}
-batch_size = 32
-device = "cpu"
-ema_decay = {ema}
-
 [eval]
 batch_size = 24
 per_class = {per_class}
-
-[logging]
-runs_dir = "{runs}"
-sample_images = 0
-progress = false
 """
 
 #: Evaluate on the 320 training images: enough for every class to be confused with some other.
@@ -63,14 +39,11 @@ def runs(tmp_path_factory, fashion_mnist):
     """A vit_pe_mini run with an EMA and per-class TensorBoard summaries (4 epochs), and a
     resnet_mini_pe run without an EMA (2 epochs)."""
     tmp = tmp_path_factory.mktemp("eval")
-    made = {}
-    for model, epochs, ema, per_class in (("vit_pe_mini", 4, 0.9, "true"), ("resnet_mini_pe", 2, 0, "false")):
-        recipe = tmp / f"{model}.toml"
-        recipe.write_text(RECIPE.format(model=model, data=fashion_mnist, runs=tmp / "runs", epochs=epochs,
-                                        ema=ema, per_class=per_class))
-        run_pe("train", recipe)
-        made[model] = tmp / "runs" / model
-    return made
+    return {
+        model: train_on_fashion_mnist(tmp, model, fashion_mnist, epochs=epochs, ema=ema,
+                                      extra=EXTRA.format(per_class=per_class))
+        for model, epochs, ema, per_class in (("vit_pe_mini", 4, 0.9, "true"), ("resnet_mini_pe", 2, 0, "false"))
+    }
 
 
 def pe_eval(*args):

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from timm.layers import resample_abs_pos_embed
 
-from conftest import PE, load_tensors, rust_forward, run_pe, save_tensors
+from conftest import PE, load_tensors, run_pe, rust_forward, save_tensors, train_on_fashion_mnist
 
 #: Every registry model and the side it is exported at: ResNets take any size (64 keeps the
 #: ResNet-50s quick on a CPU), ViTs their own.
@@ -70,44 +70,12 @@ def test_torchscript_reproduces_pe_forward_at_any_batch(tmp_path, name):
     assert relative_error(theirs["one"], ours[:1]) <= 1e-4
 
 
-RECIPE = """
-[model]
-name = "{model}"
-num_classes = 10
-
-[data]
-root = "{data}"
-img_size = 28
-crop_pct = 0.9
-interpolation = "bicubic"
-workers = 1
-
-[schedule]
-warmup_epochs = 0
-
-[train]
-epochs = 1
-batch_size = 32
-device = "cpu"
-ema_decay = 0.9
-
-[logging]
-runs_dir = "{runs}"
-sample_images = 0
-progress = false
-"""
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, fashion_mnist):
     """A vit_pe_mini and a resnet_mini_pe run of one epoch on real Fashion-MNIST JPEGs."""
     tmp = tmp_path_factory.mktemp("export")
-    runs = {}
-    for model in ("vit_pe_mini", "resnet_mini_pe"):
-        recipe = tmp / f"{model}.toml"
-        recipe.write_text(RECIPE.format(model=model, data=fashion_mnist, runs=tmp / "runs"))
-        run_pe("train", recipe)
-        runs[model] = tmp / "runs" / model
+    runs = {model: train_on_fashion_mnist(tmp, model, fashion_mnist) for model in ("vit_pe_mini", "resnet_mini_pe")}
     return tmp, runs
 
 
