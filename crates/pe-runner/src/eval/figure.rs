@@ -44,15 +44,8 @@ pub fn top_confusions(counts: &[f64], n: usize, max_classes: usize) -> Confusion
 /// The classes of the off-diagonal pairs with the most images; if few confusions exist, then the
 /// classes of lowest recall among those with images.
 fn select(counts: &[f64], n: usize, max: usize, row_sums: &[f64]) -> Vec<usize> {
-    let mut pairs: Vec<(f64, usize, usize)> = Vec::new();
-    for i in 0..n {
-        for j in (0..n).filter(|&j| j != i) {
-            let c = counts[i * n + j];
-            if c > 0.0 {
-                pairs.push((c, i, j));
-            }
-        }
-    }
+    let mut pairs: Vec<(f64, usize, usize)> =
+        (0..n * n).map(|ij| (counts[ij], ij / n, ij % n)).filter(|&(c, i, j)| i != j && c > 0.0).collect();
     pairs.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
     let mut chosen = vec![false; n];
     let mut selected = Vec::with_capacity(max);
@@ -104,14 +97,9 @@ fn seriate(mut classes: Vec<usize>, sym: impl Fn(usize, usize) -> f64) -> Vec<us
 
 /// The first item with the largest positive key; None when no key is positive.
 fn argmax_positive(items: impl Iterator<Item = usize>, key: impl Fn(usize) -> f64) -> Option<usize> {
-    let mut best: Option<(f64, usize)> = None;
-    for item in items {
-        let v = key(item);
-        if v > best.map_or(0.0, |b| b.0) {
-            best = Some((v, item));
-        }
-    }
-    best.map(|b| b.1)
+    let better =
+        |best: Option<(f64, usize)>, (v, u)| if v > best.map_or(0.0, |b| b.0) { Some((v, u)) } else { best };
+    items.map(|u| (key(u), u)).fold(None, better).map(|b| b.1)
 }
 
 const BLUE: [u8; 3] = [8, 48, 107];
@@ -144,10 +132,8 @@ fn name(names: &[String], class: usize) -> String {
 }
 
 fn truncate(s: &str) -> String {
-    if s.chars().count() <= LABEL_CHARS {
-        return s.to_string();
-    }
-    s.chars().take(LABEL_CHARS - 1).chain(['…']).collect()
+    let cut = s.chars().count() > LABEL_CHARS;
+    s.chars().take(LABEL_CHARS - usize::from(cut)).chain(cut.then_some('…')).collect()
 }
 
 fn escape(s: &str) -> String {
@@ -159,9 +145,8 @@ fn escape(s: &str) -> String {
 pub fn svg(view: &ConfusionView, names: &[String], title: &str) -> String {
     let k = view.classes.len();
     let off_max = off_diagonal_max(view);
-    let labels: Vec<String> = view.classes.iter().map(|&i| escape(&truncate(&name(names, i)))).collect();
-    let longest = view.classes.iter().map(|&i| truncate(&name(names, i)).chars().count()).max();
-    let label_w = longest.unwrap_or(0) as f64 * CHAR_W + 6.0;
+    let labels: Vec<String> = view.classes.iter().map(|&i| truncate(&name(names, i))).collect();
+    let label_w = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0) as f64 * CHAR_W + 6.0;
     let subtitle = if k == view.total_classes {
         format!("all {k} classes; row-normalised, in %")
     } else {
@@ -190,7 +175,7 @@ pub fn svg(view: &ConfusionView, names: &[String], title: &str) -> String {
         x0 + grid / 2.0,
         y0 + grid / 2.0,
     );
-    for (r, label) in labels.iter().enumerate() {
+    for (r, label) in labels.iter().map(|l| escape(l)).enumerate() {
         let (x, y) = (x0 - 4.0, y0 + r as f64 * CELL + CELL / 2.0 + 4.0);
         out.push_str(&format!("<text x=\"{x:.1}\" y=\"{y:.1}\" text-anchor=\"end\">{label}</text>\n"));
         let (x, y) = (x0 + r as f64 * CELL + CELL / 2.0 + 3.0, y0 - 4.0);
@@ -211,13 +196,13 @@ pub fn svg(view: &ConfusionView, names: &[String], title: &str) -> String {
                 f * 100.0,
             ));
             if f * 100.0 >= 1.0 - 1e-9 {
-                let dark =
-                    0.299 * f64::from(red) + 0.587 * f64::from(green) + 0.114 * f64::from(blue) < 128.0;
+                let luma = 0.299 * f64::from(red) + 0.587 * f64::from(green) + 0.114 * f64::from(blue);
                 out.push_str(&format!(
-                    "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"8\" text-anchor=\"middle\" fill=\"{}\">{:.0}</text>\n",
+                    "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"8\" text-anchor=\"middle\" \
+                     fill=\"{}\">{:.0}</text>\n",
                     x + CELL / 2.0,
                     y + CELL / 2.0 + 3.0,
-                    if dark { "#fff" } else { "#000" },
+                    if luma < 128.0 { "#fff" } else { "#000" },
                     f * 100.0,
                 ));
             }
@@ -294,13 +279,17 @@ mod tests {
             diagonal[i * 5 + i] = v;
         }
         assert_eq!(top_confusions(&diagonal, 5, 3).classes, vec![0, 2, 3]);
-        // One confusion (3 -> 1) first, then the fill; 1 and 3 stay side by side.
-        let mut one = [0.0; 16];
-        one[5] = 5.0;
-        one[10] = 5.0;
-        one[3 * 4 + 1] = 2.0;
-        one[15] = 3.0;
-        assert_eq!(top_confusions(&one, 4, 3).classes, vec![1, 3, 2]);
+        // Pairs (3,4)=4 and (2,3)=2 give {3,4,2}; the fill adds 0 (recall 1 like class 1; smaller index).
+        // Order: 3 (pair 3-4), 4; 4 has no confusion with 0 or 2, but 2 has 0.2 with the placed 3.
+        #[rustfmt::skip]
+        let few = [
+            10.0, 0.0, 0.0, 0.0, 0.0,
+            0.0, 10.0, 0.0, 0.0, 0.0,
+            0.0, 0.0, 8.0, 2.0, 0.0,
+            0.0, 0.0, 0.0, 6.0, 4.0,
+            0.0, 0.0, 0.0, 0.0, 10.0,
+        ];
+        assert_eq!(top_confusions(&few, 5, 4).classes, vec![3, 4, 2, 0]);
     }
 
     #[test]
@@ -316,6 +305,10 @@ mod tests {
         assert!(!doc.contains("a<b"));
         assert!(doc.contains("3 of 5 classes: those in the most-confused pairs"));
         assert_eq!(doc.matches("<text").count(), doc.matches("</text>").count());
+        assert_eq!(
+            (truncate(&"x".repeat(29)), truncate(&"y".repeat(28))),
+            ("x".repeat(27) + "…", "y".repeat(28))
+        );
     }
 
     #[test]
