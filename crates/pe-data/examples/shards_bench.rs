@@ -1,13 +1,16 @@
 //! Folder vs shard loader throughput on the same images: one warm-up epoch each, then timed epochs,
 //! alternating so both see the same machine state; prints one JSON line per (format, epoch).
 //!
-//! Usage: `shards_bench <folder root> <shard root> <train-basic|eval> <workers> [batch=64] [epochs=2]`
-//! (the shard root written from the folder root by `pe prepare shards`).
+//! Usage: `shards_bench <folder root> <shard root> <train-basic|eval> <workers> [batch=64] [epochs=2]
+//! [URL...]` (the shard root written from the folder root by `pe prepare shards`). Each URL is a copy of
+//! the shard root elsewhere (`s3://bucket/prefix`, `http://host/dir`), read as `format = "webdataset"`
+//! with the same shard list: a remote row beside the local ones.
 
 use pe_data::config::DataConfig;
 use pe_data::index::{ImageFolder, IndexCache};
 use pe_data::loader::{Loader, LoaderOptions};
 use pe_data::shards::ShardSet;
+use pe_data::wds::{open_split, ShardList, SplitRequest};
 use pe_data::Transform;
 use std::time::Instant;
 
@@ -33,9 +36,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let opts = LoaderOptions { drop_last: false, ..opts };
     let folder = ImageFolder::open(&folder_root, "train", IndexCache::Off)?;
     let set = ShardSet::open(&shard_root, "train")?;
-    let opens = [("folder", folder.len()), ("shards", set.shards.len())];
-    let loaders =
-        [Loader::new(folder, transform.clone(), opts.clone())?, Loader::from_shards(set, transform, opts)?];
+    let shard_list = ShardList(set.shards.iter().map(|s| format!("train/{}", s.file)).collect());
+    let mut opens = vec![("folder".to_string(), folder.len()), ("shards".to_string(), set.shards.len())];
+    let mut loaders = vec![
+        Loader::new(folder, transform.clone(), opts.clone())?,
+        Loader::from_shards(set, transform.clone(), opts.clone())?,
+    ];
+    for url in a.iter().skip(7) {
+        let root = std::path::PathBuf::from(url);
+        let request = SplitRequest {
+            key: "bench",
+            specs: &shard_list,
+            root: &root,
+            label: &cfg.label_key,
+            classes: None,
+            run_classes: None,
+            retries: cfg.read_retries,
+            cache_dir: &std::env::temp_dir(),
+        };
+        let remote = open_split(&request)?;
+        opens.push((format!("webdataset {}", url.split("://").next().unwrap_or(url)), remote.shards.len()));
+        loaders.push(Loader::from_shards(remote, transform.clone(), opts.clone())?);
+    }
     let run = |l: &Loader, epoch: u64| -> Result<(usize, f64), pe_data::Error> {
         let start = Instant::now();
         let mut n = 0;
@@ -50,7 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         run(l, 0)?;
     }
     for epoch in 1..=epochs {
-        for (l, (format, files)) in loaders.iter().zip(opens) {
+        for (l, (format, files)) in loaders.iter().zip(&opens) {
             let (n, secs) = run(l, epoch)?;
             println!(
                 "{{\"format\": \"{format}\", \"pipeline\": \"{pipeline}\", \"workers\": {workers}, \"epoch\": {epoch}, \

@@ -8,6 +8,7 @@ use crate::decode::DecoderKind;
 use crate::error::{Error, Result};
 use crate::transforms::rand_augment::RandAugmentSpec;
 use crate::transforms::resize::Interpolation;
+use crate::wds::{ClassSpec, LabelKey, ShardList};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -79,8 +80,22 @@ pub struct DataConfig {
     pub prefetch: usize,
     /// Repeated augmentation: each image appears this many times per epoch (DeiT: 3; 1 = off).
     pub repeated_aug: usize,
-    /// How the data is stored: an ImageFolder, or tar shards from `pe prepare shards`.
+    /// How the data is stored: an ImageFolder, tar shards from `pe prepare shards`, or WebDataset
+    /// shards listed by URL.
     pub format: DataFormat,
+    /// `webdataset`: the training shards, a list or a brace pattern (`train-{0000..0146}.tar`, several
+    /// joined by `::`); paths, `file://`, `http(s)://`, `s3://`, `gs://`, `az://`, `pipe:COMMAND`;
+    /// relative names are under `root`.
+    pub train_urls: ShardList,
+    /// `webdataset`: the evaluation shards, as `train_urls`.
+    pub val_urls: ShardList,
+    /// `webdataset`: the member holding a sample's label (`cls`), or `json:FIELD` for a field of its
+    /// `.json` member.
+    pub label_key: LabelKey,
+    /// `webdataset`: the class list, a count or names, when the shards' metadata does not give it.
+    pub classes: Option<ClassSpec>,
+    /// `webdataset`: failed reads of a shard retried (re-opened, with backoff) before the run stops.
+    pub read_retries: u32,
     /// JPEG decoder.
     pub decoder: DecoderKind,
     /// Let libjpeg-turbo decode at 1/2, 1/4, 1/8 scale when the crop is at least twice the output.
@@ -117,6 +132,11 @@ impl Default for DataConfig {
             prefetch: 4,
             repeated_aug: 1,
             format: DataFormat::Folder,
+            train_urls: ShardList::default(),
+            val_urls: ShardList::default(),
+            label_key: LabelKey::default(),
+            classes: None,
+            read_retries: 5,
             decoder: DecoderKind::default(),
             dct_scaling: true,
             mean: IMAGENET_MEAN,
@@ -179,6 +199,17 @@ impl DataConfig {
         check(self.repeated_aug >= 1, || "repeated_aug must be >= 1 (1 = off)".into())?;
         check(self.prefetch >= 1, || "prefetch must be >= 1".into())?;
         check(self.mean.iter().all(|m| m.is_finite()), || format!("mean = {:?} must be finite", self.mean))?;
+        let webdataset_only = [
+            ("train_urls", !self.train_urls.is_empty()),
+            ("val_urls", !self.val_urls.is_empty()),
+            ("label_key", self.label_key != LabelKey::default()),
+            ("classes", self.classes.is_some()),
+        ];
+        if let Some((key, _)) = webdataset_only.iter().find(|(_, set)| *set) {
+            check(self.format == DataFormat::WebDataset, || {
+                format!("{key} is read only with format = \"webdataset\" (format is {:?})", self.format)
+            })?;
+        }
         check(self.std.iter().all(|&s| s.is_finite() && s > 0.0), || {
             format!("std = {:?} must be finite and > 0", self.std)
         })
@@ -209,6 +240,9 @@ pub enum DataFormat {
     /// `<root>/<split>/NNNNNN.tar` WebDataset shards with an `index.json` (`pe prepare shards`):
     /// read sequentially, few files opened, for network file systems.
     Shards,
+    /// WebDataset shards anywhere (`train_urls`, `val_urls`): local, HTTP(S), S3/GCS/Azure or `pipe:`.
+    #[serde(rename = "webdataset")]
+    WebDataset,
 }
 
 #[cfg(test)]
@@ -257,5 +291,14 @@ mod tests {
         assert!(e.to_string().contains("zz3"), "{e}");
         let c = DataConfig { reprob: 1.5, ..Default::default() };
         assert!(c.validate().unwrap_err().to_string().contains("reprob"));
+        let c: DataConfig = toml::from_str(r#"train_urls = "t-{0..3}.tar""#).unwrap();
+        assert_eq!(c.train_urls, ShardList(vec!["t-{0..3}.tar".into()]));
+        assert!(c.validate().unwrap_err().to_string().contains("webdataset"));
+        let c: DataConfig =
+            toml::from_str("format = \"webdataset\"\nval_urls = [\"a.tar\", \"b.tar\"]\nclasses = 10")
+                .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.classes, Some(ClassSpec::Count(10)));
+        assert!(toml::from_str::<DataConfig>(r#"label_key = "json:""#).is_err());
     }
 }

@@ -52,6 +52,10 @@ pub enum Error {
     /// A configuration value is out of range or unknown.
     #[error("data config: {0}")]
     Config(String),
+    /// A shard stream could not be read (missing, or the network failing after its retries): the
+    /// epoch stops rather than train without it.
+    #[error("cannot read the data: {0}")]
+    Unreadable(String),
     /// A loader worker thread ended without delivering its batch (it panicked, or its pool shut down).
     #[error("a loader worker stopped without delivering its batch")]
     WorkerStopped,

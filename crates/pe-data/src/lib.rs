@@ -5,7 +5,8 @@
 //! [`transforms::Transform`] into uint8 NCHW [`loader::Batch`]es, and [`mixup::Mixup`] mixes a batch
 //! and produces soft targets. [`fashion_mnist::prepare`] turns Debian's IDX files into an ImageFolder,
 //! [`imagenet::prepare`] the ImageNet archives, and [`shards`] packs an ImageFolder into tar shards
-//! that the loader streams instead ([`source`] is what a loader reads from).
+//! that the loader streams instead, as it streams WebDataset shards from anywhere ([`wds`]); [`source`]
+//! is what a loader reads from.
 pub mod atomic_file;
 pub mod config;
 pub mod decode;
@@ -20,6 +21,7 @@ pub mod sampler;
 pub mod shards;
 pub mod source;
 pub mod transforms;
+pub mod wds;
 
 pub use config::{DataConfig, DataFormat};
 pub use error::{Error, Result};

@@ -153,6 +153,17 @@ impl std::fmt::Display for BadFileReport {
     }
 }
 
+/// Where a WebDataset scan is cached when no run folder is given: `$XDG_CACHE_HOME/pe/webdataset`
+/// (or `~/.cache/pe/webdataset`).
+pub fn default_scan_cache() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("pe").join("webdataset")
+}
+
 /// Which split of a data set to open, and for what.
 #[derive(Clone, Copy, Debug)]
 pub enum Split<'a> {
@@ -198,11 +209,41 @@ impl Loader {
     }
 
     /// `split` of the data set `cfg` describes, in its `format`, as rank `rank` of `world` sees it:
-    /// `<root>/<split>` as an ImageFolder indexed with the cache beside it, or as shards.
+    /// `<root>/<split>` as an ImageFolder indexed with the cache beside it, as shards, or the
+    /// WebDataset URLs of the split; a WebDataset scan is cached in [`default_scan_cache`].
     pub fn open(cfg: &DataConfig, split: Split, rank: usize, world: usize) -> Result<Self> {
+        Self::open_with_cache(cfg, split, rank, world, &default_scan_cache())
+    }
+
+    /// As [`Loader::open`], a WebDataset scan cached in `scan_cache` (a run's own folder).
+    pub fn open_with_cache(
+        cfg: &DataConfig,
+        split: Split,
+        rank: usize,
+        world: usize,
+        scan_cache: &std::path::Path,
+    ) -> Result<Self> {
         let (name, classes) = match split {
             Split::Train { .. } => (&cfg.train_split, None),
             Split::Eval { classes, .. } => (&cfg.val_split, classes),
+        };
+        let webdataset = |run_classes| {
+            let (key, specs) = match split {
+                Split::Train { .. } => ("data.train_urls", &cfg.train_urls),
+                Split::Eval { .. } => ("data.val_urls", &cfg.val_urls),
+            };
+            let request = crate::wds::SplitRequest {
+                key,
+                specs,
+                root: &cfg.root,
+                label: &cfg.label_key,
+                classes: cfg.classes.as_ref(),
+                run_classes,
+                retries: cfg.read_retries,
+                cache_dir: scan_cache,
+            };
+            crate::wds::open_split(&request)
+                .map(|set| Box::new(ShardSource::new(set)) as Box<dyn SampleSource>)
         };
         let source: Box<dyn SampleSource> = match (cfg.format, classes) {
             (DataFormat::Folder, None) => {
@@ -215,6 +256,7 @@ impl Loader {
             (DataFormat::Shards, Some(classes)) => {
                 Box::new(ShardSource::new(ShardSet::open_with_classes(&cfg.root, name, classes)?))
             }
+            (DataFormat::WebDataset, classes) => webdataset(classes)?,
         };
         let (transform, opts) = match split {
             Split::Train { batch_size, seed } => {
@@ -472,6 +514,9 @@ struct SampleOut {
 }
 
 fn build_batch(shared: &Shared, epoch: u64, index: u64, work: &dyn BatchSamples) -> Result<Batch> {
+    if let Some(reason) = work.fatal() {
+        return Err(Error::Unreadable(reason));
+    }
     let t = &shared.transform;
     let per = t.sample_len();
     let n = work.slots();

@@ -74,6 +74,10 @@ pub trait BatchSamples: Send + Sync {
     fn planned(&self, slot: usize) -> usize;
     /// Candidates a bad one may be replaced by (`0..candidates()`).
     fn candidates(&self) -> usize;
+    /// Why the batch cannot be built at all (its source could not be read), if so.
+    fn fatal(&self) -> Option<String> {
+        None
+    }
     /// Hands candidate `candidate`'s encoded bytes to `decode`; returns its (label, dataset
     /// index), or the bad file and why (unreadable, or `decode`'s error).
     fn read(

@@ -3,7 +3,7 @@
 //! about the shuffle buffer plus the channel).
 
 use super::plan::Planned;
-use super::read::{Delivery, RawSample, ShardSet};
+use super::read::{Delivery, Failure, RawSample, ShardSet};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -16,7 +16,7 @@ pub(crate) struct Item {
     /// `<shard>#<member>`, for reports.
     pub name: PathBuf,
     /// The encoded sample, or why it could not be read.
-    pub sample: Result<Arc<RawSample>, String>,
+    pub sample: Result<Arc<RawSample>, Failure>,
 }
 
 type Key = (usize, usize);
@@ -26,7 +26,7 @@ pub(crate) struct Feed {
     set: Arc<ShardSet>,
     batches: VecDeque<Vec<Planned>>,
     rx: mpsc::Receiver<Delivery>,
-    held: HashMap<Key, Result<Arc<RawSample>, String>>,
+    held: HashMap<Key, Result<Arc<RawSample>, Failure>>,
     /// Uses left per sample (repeated augmentation uses one sample several times).
     uses: HashMap<Key, usize>,
 }
@@ -46,8 +46,8 @@ impl Feed {
             std::thread::Builder::new().name("pe-shards".into()).spawn(move || reader_set.stream(&plan, &tx));
         if let Err(e) = spawned {
             // No reader: every sample reports why (the batches then fail as unreadable).
-            let held =
-                uses.keys().map(|&k| (k, Err(format!("cannot start the shard reader: {e}")))).collect();
+            let failure = Failure { reason: format!("cannot start the shard reader: {e}"), fatal: true };
+            let held = uses.keys().map(|&k| (k, Err(failure.clone()))).collect();
             return Feed { set, batches: batches.into(), rx, held, uses };
         }
         Feed { set, batches: batches.into(), rx, held: HashMap::new(), uses }
@@ -72,7 +72,8 @@ impl Feed {
                     self.held.insert(k, r.map(Arc::new));
                 }
                 Err(_) => {
-                    self.held.insert(key, Err("the shard reader stopped".into()));
+                    let failure = Failure { reason: "the shard reader stopped".into(), fatal: true };
+                    self.held.insert(key, Err(failure));
                 }
             }
         }
@@ -80,13 +81,13 @@ impl Feed {
             *n = n.saturating_sub(1);
             *n
         });
+        let lost = || Err(Failure { reason: "sample lost".into(), fatal: true });
         let sample = if left == Some(0) {
             self.uses.remove(&key);
-            self.held.remove(&key).unwrap_or_else(|| Err("sample lost".into()))
+            self.held.remove(&key).unwrap_or_else(lost)
         } else {
-            self.held.get(&key).cloned().unwrap_or_else(|| Err("sample lost".into()))
+            self.held.get(&key).cloned().unwrap_or_else(lost)
         };
-        let name = PathBuf::from(format!("{}#{}", self.set.shard_path(p.shard).display(), p.member));
-        Item { position: p.position, name, sample }
+        Item { position: p.position, name: self.set.member_name(p.shard, p.member), sample }
     }
 }

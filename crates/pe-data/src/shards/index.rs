@@ -8,6 +8,9 @@ use std::path::Path;
 
 /// File name of the index inside the shard root.
 pub const INDEX_FILE: &str = "index.json";
+/// The same facts in timm's WebDataset metadata format, so `format = "webdataset"` readers (ours,
+/// timm's) need no scan.
+pub const INFO_FILE: &str = "_info.json";
 const FORMAT: &str = "pe-shards v1";
 
 /// One shard file.
@@ -94,6 +97,33 @@ impl ShardIndex {
             });
         }
         Ok(index)
+    }
+
+    /// Write `<root>/_info.json` (timm's layout: per split `filenames` relative to the root,
+    /// `shard_lengths`, `num_samples`; plus `num_classes` and `classes`) atomically.
+    pub fn save_info(&self, root: &Path) -> Result<()> {
+        let splits: serde_json::Map<String, serde_json::Value> = self
+            .splits
+            .iter()
+            .map(|(name, split)| {
+                let info = serde_json::json!({
+                    "name": name,
+                    "num_samples": split.samples,
+                    "filenames": split.shards.iter().map(|s| format!("{name}/{}", s.file)).collect::<Vec<_>>(),
+                    "shard_lengths": split.shards.iter().map(|s| s.samples).collect::<Vec<_>>(),
+                });
+                (name.clone(), info)
+            })
+            .collect();
+        let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let info = serde_json::json!({
+            "name": name,
+            "num_classes": self.classes.len(),
+            "classes": self.classes,
+            "splits": splits,
+        });
+        let text = serde_json::to_string_pretty(&info).map_err(|e| Error::Config(e.to_string()))?;
+        crate::atomic_file::write(&root.join(INFO_FILE), text)
     }
 
     /// Write `<root>/index.json` atomically (temporary file, then rename).

@@ -1,16 +1,22 @@
-//! Reading a shard set: [`ShardSet`] (one split, opened from the index) and the reader thread that
-//! streams the samples an epoch needs, shard by shard, front to back.
+//! Reading a shard set: [`ShardSet`] (one split: a `pe prepare shards` index, or a WebDataset URL list
+//! with its sample counts) and the reader thread that streams the samples an epoch needs, shard by
+//! shard, front to back.
 //!
-//! The reader opens each shard once, walks its members in order, keeps only the samples the plan asks
-//! for (skipped ones are read past, not decoded: that is how a resumed epoch starts mid-shard) and stops
-//! a shard after its last needed sample. A shard that cannot be opened, is truncated or holds fewer
-//! samples than the index says yields one error per sample it could not deliver, naming the shard;
-//! the loader replaces those samples like unreadable files and reports them.
+//! The reader opens each shard once (the next one is opened while the current one is walked, so a
+//! remote shard's connection and first chunks are ready when needed), walks its members in order,
+//! keeps only the samples the plan asks for (skipped ones are read past, not decoded: that is how a
+//! resumed epoch starts mid-shard) and stops a shard after its last needed sample. A shard that is
+//! truncated or holds fewer samples than its counts say yields one bad sample per sample it could
+//! not deliver, naming the shard; the loader replaces those like unreadable files. A shard the
+//! stream could not read at all (missing, or the network failing after its retries) is fatal: the
+//! epoch fails with the URL named rather than silently train without it.
 
 use super::index::{ShardIndex, ShardInfo};
 use super::plan::Planned;
 use crate::error::{Error, Result};
 use crate::index::IMG_EXTENSIONS;
+use crate::wds::retry::open_retrying;
+use crate::wds::{LabelKey, ShardUrl};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -34,6 +40,12 @@ pub struct ShardSet {
     label_map: Vec<u32>,
     /// First flat sample number of each shard (shard i's member m is sample `first[i] + m`).
     first: Vec<usize>,
+    /// Where each shard is.
+    urls: Vec<ShardUrl>,
+    /// Which member holds the label.
+    label: LabelKey,
+    /// Failed reads of a shard stream retried before the epoch fails.
+    retries: u32,
 }
 
 /// A sample as read from a shard: still encoded.
@@ -47,8 +59,22 @@ pub struct RawSample {
     pub index: usize,
 }
 
+/// Why a planned sample was not delivered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: String,
+    /// The shard could not be read at all: the epoch fails instead of replacing the sample.
+    pub fatal: bool,
+}
+
+impl Failure {
+    fn bad(reason: impl Into<String>) -> Self {
+        Failure { reason: reason.into(), fatal: false }
+    }
+}
+
 /// What the reader delivers for one planned sample, keyed by (shard, member): the sample, or why not.
-pub type Delivery = ((usize, usize), std::result::Result<RawSample, String>);
+pub type Delivery = ((usize, usize), std::result::Result<RawSample, Failure>);
 
 impl ShardSet {
     /// Open `<root>/<split>` with the index's own class list (the defining split).
@@ -87,21 +113,48 @@ impl ShardSet {
             .filter(|c| !index.classes.contains(c) || shards.missing_classes.contains(c))
             .cloned()
             .collect();
-        let mut first = Vec::with_capacity(shards.shards.len());
-        let mut n = 0;
-        for s in &shards.shards {
-            first.push(n);
-            n += s.samples;
-        }
+        let urls = shards.shards.iter().map(|s| ShardUrl::Local(dir.join(&s.file))).collect();
         Ok(ShardSet {
+            first: first_samples(&shards.shards),
             dir,
             classes: classes.to_vec(),
             missing_classes,
             shards: shards.shards,
             fingerprint: shards.fingerprint,
             label_map,
-            first,
+            urls,
+            label: LabelKey::default(),
+            retries: 0,
         })
+    }
+
+    /// A WebDataset split: `urls` with `counts[i]` samples each, labels already numbered by
+    /// `classes`; `location` names the set in messages.
+    pub fn from_urls(
+        location: PathBuf,
+        urls: Vec<ShardUrl>,
+        counts: &[usize],
+        classes: Vec<String>,
+        label: LabelKey,
+        retries: u32,
+    ) -> Self {
+        let shards: Vec<ShardInfo> = urls
+            .iter()
+            .zip(counts)
+            .map(|(url, &samples)| ShardInfo { file: url.to_string(), samples, bytes: 0 })
+            .collect();
+        ShardSet {
+            first: first_samples(&shards),
+            dir: location,
+            label_map: (0..classes.len() as u32).collect(),
+            classes,
+            missing_classes: Vec::new(),
+            shards,
+            fingerprint: None,
+            urls,
+            label,
+            retries,
+        }
     }
 
     /// Total samples.
@@ -119,17 +172,20 @@ impl ShardSet {
         self.shards.iter().map(|s| s.samples).collect()
     }
 
-    /// Path of shard `i`.
-    pub fn shard_path(&self, i: usize) -> PathBuf {
-        self.dir.join(&self.shards[i].file)
+    /// Where shard `i` is.
+    pub fn shard_url(&self, i: usize) -> &ShardUrl {
+        &self.urls[i]
     }
 
-    /// `<shard path>#<member number>` of flat sample `index` (the index keeps no member keys).
+    /// `<shard>#<member number>` of flat sample `index` (the index keeps no member keys).
     pub fn member_path(&self, index: usize) -> PathBuf {
         let shard = self.first.partition_point(|&first| first <= index) - 1;
-        let mut path = self.shard_path(shard).into_os_string();
-        path.push(format!("#{}", index - self.first[shard]));
-        PathBuf::from(path)
+        self.member_name(shard, index - self.first[shard])
+    }
+
+    /// `<shard>#<member number>`, for reports.
+    pub fn member_name(&self, shard: usize, member: usize) -> PathBuf {
+        PathBuf::from(format!("{}#{member}", self.urls[shard]))
     }
 
     /// Read the samples of `plan` (each once, in stream order) and send them on `tx`; returns early
@@ -149,24 +205,31 @@ impl ShardSet {
                 members.push(p.member);
             }
         }
-        for shard in order {
-            let members = &needed[&shard];
-            if !self.stream_shard(shard, members, tx) {
+        let mut shards = order.iter().map(|&s| (s, open_retrying(&self.urls[s], self.retries))).peekable();
+        while let Some((shard, stream)) = shards.next() {
+            shards.peek(); // opens the next shard, which starts reading ahead
+            if !self.stream_shard(shard, &needed[&shard], stream, tx) {
                 return;
             }
         }
     }
 
     /// One shard; false when the receiver is gone.
-    fn stream_shard(&self, shard: usize, members: &[usize], tx: &SyncSender<Delivery>) -> bool {
+    fn stream_shard(
+        &self,
+        shard: usize,
+        members: &[usize],
+        (stream, gave_up): (crate::wds::open::ShardStream, crate::wds::retry::GaveUp),
+        tx: &SyncSender<Delivery>,
+    ) -> bool {
         let mut want = members.iter().copied().peekable();
         let mut hung_up = false;
         let send =
-            |member: usize, r: std::result::Result<RawSample, String>| tx.send(((shard, member), r)).is_ok();
-        let result = walk_tar(&self.shard_path(shard), |member, sample| {
+            |member: usize, r: std::result::Result<RawSample, Failure>| tx.send(((shard, member), r)).is_ok();
+        let result = walk_tar(stream, &self.label, |member, sample| {
             // Needed samples the walk has passed were not where the index put them (duplicate keys).
             while let Some(m) = want.next_if(|&m| m < member) {
-                if !send(m, Err(format!("sample {m} not found in the shard"))) {
+                if !send(m, Err(Failure::bad(format!("sample {m} not found in the shard")))) {
                     hung_up = true;
                     return Walk::Stop;
                 }
@@ -177,13 +240,14 @@ impl ShardSet {
                 (Some(_), None) => Walk::Read,
                 (Some(_), Some(parsed)) => {
                     want.next();
-                    let delivered = parsed.and_then(|(bytes, label)| {
-                        let label = *self
-                            .label_map
-                            .get(label as usize)
-                            .ok_or(format!("label {label} out of range"))?;
-                        Ok(RawSample { bytes, label, index: self.first[shard] + member })
-                    });
+                    let delivered = parsed
+                        .and_then(|(bytes, label)| {
+                            let label = *self.label_map.get(label as usize).ok_or_else(|| {
+                                format!("label {label} is not below the {} classes", self.label_map.len())
+                            })?;
+                            Ok(RawSample { bytes, label, index: self.first[shard] + member })
+                        })
+                        .map_err(Failure::bad);
                     hung_up = !send(member, delivered);
                     if hung_up {
                         Walk::Stop
@@ -196,16 +260,30 @@ impl ShardSet {
         if hung_up {
             return false;
         }
-        let reason = match result {
-            Ok(_) => "the shard ends early (fewer samples than its index says)".to_string(),
-            Err(e) => e,
+        let gave_up = gave_up.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let failure = match (result, gave_up) {
+            (_, Some(reason)) => Failure { reason, fatal: true },
+            (Ok(_), None) => Failure::bad("the shard ends early (fewer samples than its counts say)"),
+            (Err(e), None) => Failure::bad(e),
         };
-        want.all(|m| send(m, Err(reason.clone())))
+        want.all(|m| send(m, Err(failure.clone())))
     }
 }
 
+/// First flat sample number of each shard.
+fn first_samples(shards: &[ShardInfo]) -> Vec<usize> {
+    shards
+        .iter()
+        .scan(0, |n, s| {
+            let first = *n;
+            *n += s.samples;
+            Some(first)
+        })
+        .collect()
+}
+
 /// What the tar walk should do with the current sample.
-enum Walk {
+pub(crate) enum Walk {
     /// Read its members' data, then call back with the sample.
     Read,
     /// Skip its data.
@@ -216,24 +294,26 @@ enum Walk {
 
 type Parsed = std::result::Result<(Vec<u8>, u32), String>;
 
-/// Walk the samples (key groups) of a tar. `visit(member, None)` is asked at each sample's first
-/// member whether to read it; for read samples `visit(member, Some(parsed))` follows at its end.
-/// Returns when `visit` says stop or at the end of the file; `Err` on a broken file.
-fn walk_tar(
-    path: &Path,
+/// Walk the samples of a tar, grouped WebDataset's way: members sharing a key (the path up to the
+/// first dot of the file name) form a sample; its image is the first `jpg|jpeg|png|webp|...` member,
+/// its label the member `label` names; other members are ignored. `visit(member, None)` is asked at
+/// each sample's first member whether to read it; for read samples `visit(member, Some(parsed))`
+/// follows at its end. Returns when `visit` says stop or at the end of the stream; `Err` on a
+/// broken file.
+pub(crate) fn walk_tar(
+    stream: impl Read,
+    label_key: &LabelKey,
     mut visit: impl FnMut(usize, Option<Parsed>) -> Walk,
 ) -> std::result::Result<(), String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("open: {e}"))?;
-    let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, file));
+    let mut archive = tar::Archive::new(stream);
     let mut member: Option<usize> = None;
     let mut key = String::new();
     let mut reading = false;
     let (mut image, mut label): (Option<Vec<u8>>, Option<String>) = (None, None);
     let finish = |image: &mut Option<Vec<u8>>, label: &mut Option<String>| -> Parsed {
         let bytes = image.take().ok_or("no image member")?;
-        let text = label.take().ok_or("no .cls member")?;
-        let label = text.trim().parse::<u32>().map_err(|_| format!("bad .cls {text:?}"))?;
-        Ok((bytes, label))
+        let text = label.take().ok_or_else(|| format!("no .{} member", label_key.member()))?;
+        Ok((bytes, label_key.parse(&text)?))
     };
     for entry in archive.entries().map_err(|e| format!("read: {e}"))? {
         let mut entry = entry.map_err(|e| format!("read: {e}"))?;
@@ -264,7 +344,7 @@ fn walk_tar(
             continue;
         }
         let ext = ext.to_ascii_lowercase();
-        if ext == "cls" {
+        if ext == label_key.member() {
             let mut s = String::new();
             entry.read_to_string(&mut s).map_err(|e| format!("read {name}: {e}"))?;
             label = Some(s);

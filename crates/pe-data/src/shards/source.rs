@@ -91,6 +91,12 @@ impl BatchSamples for ShardBatch {
         self.0.len()
     }
 
+    fn fatal(&self) -> Option<String> {
+        self.0
+            .iter()
+            .find_map(|item| item.sample.as_ref().err().filter(|f| f.fatal).map(|f| f.reason.clone()))
+    }
+
     fn read(
         &self,
         candidate: usize,
@@ -99,7 +105,7 @@ impl BatchSamples for ShardBatch {
         let item = &self.0[candidate];
         item.sample
             .as_ref()
-            .map_err(String::clone)
+            .map_err(|f| f.reason.clone())
             .and_then(|s| decode(&s.bytes).map(|()| (s.label as i64, s.index)))
             .map_err(|reason| BadFile { path: item.name.clone(), reason })
     }

@@ -100,7 +100,12 @@ pub fn write_shards(
                 )));
             }
             // Written before the settings were recorded: nothing to compare, keep it unless forced.
-            _ if !opts.force => return Ok(ShardWriteSummary { index, written: false }),
+            _ if !opts.force => {
+                if !to.join(super::index::INFO_FILE).exists() {
+                    index.save_info(to)?; // a set an older `pe prepare shards` wrote
+                }
+                return Ok(ShardWriteSummary { index, written: false });
+            }
             _ => remove_set(to, &index)?,
         }
     }
@@ -127,6 +132,7 @@ pub fn write_shards(
         index.splits.insert(split.clone(), shards);
     }
     index.written_with = Some(opts.written_with());
+    index.save_info(to)?;
     index.save(to)?;
     Ok(ShardWriteSummary { index, written: true })
 }

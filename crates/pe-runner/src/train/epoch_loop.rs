@@ -79,6 +79,16 @@ pub fn train(experiment: &Experiment, request: &StartRequest, stop: StopRequest)
 }
 
 fn data_error(config: &ExperimentConfig, error: pe_data::Error) -> anyhow::Error {
+    if config.data.format == pe_data::DataFormat::WebDataset {
+        return anyhow::anyhow!(
+            "{error}\nThe recipe {} reads WebDataset shards data.train_urls = {:?}, data.val_urls = {:?} \
+             (relative names under data.root = {:?}); see data/README.md.",
+            config.name,
+            config.data.train_urls.0,
+            config.data.val_urls.0,
+            config.data.root
+        );
+    }
     anyhow::anyhow!(
         "{error}\nThe recipe {} reads data.root = {:?}; see data/README.md for the expected ImageFolder layout \
          (or set another root with --set data.root=PATH).",
@@ -124,13 +134,16 @@ impl TrainLoop {
         }
         let (rank, world) = (dist.rank, dist.world);
         let split = Split::Train { batch_size: train.batch_size, seed: train.seed };
-        let train_loader =
-            Loader::open(&config.data, split, rank, world).map_err(|e| data_error(&config, e))?;
+        // A WebDataset scan is cached beside the runs, keyed by its URL list, for every run to share.
+        let scan_cache = config.logging.runs_dir.join(".webdataset");
+        let open = |split| {
+            Loader::open_with_cache(&config.data, split, rank, world, &scan_cache)
+                .map_err(|e| data_error(&config, e))
+        };
+        let train_loader = open(split)?;
         // The training split defines the classes; validation folders map through its list.
         let classes = train_loader.classes();
-        let split = Split::Eval { batch_size: config.eval_batch_size(), classes: Some(classes) };
-        let eval_loader =
-            Loader::open(&config.data, split, rank, world).map_err(|e| data_error(&config, e))?;
+        let eval_loader = open(Split::Eval { batch_size: config.eval_batch_size(), classes: Some(classes) })?;
         if dist.is_main() && !eval_loader.missing_classes().is_empty() {
             tracing::warn!(
                 "the {} split has no images of {} class(es): {}",
