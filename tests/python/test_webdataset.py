@@ -150,8 +150,8 @@ def assert_same_losses(resumed, uninterrupted):
 
 def assert_scanned(result, run):
     assert "scanning" in result.stderr, f"no metadata: pe scans the shards: {describe(result)}"
-    cache = pathlib.Path(run) / "webdataset"
-    assert cache.is_dir() and any(cache.iterdir()), f"the scan's counts are cached in {cache}"
+    cache = pathlib.Path(run).parent / ".webdataset"
+    assert cache.is_dir() and any(cache.iterdir()), f"the scan's counts are cached beside the run, in {cache}"
 
 
 def assert_not_scanned(result):
@@ -419,7 +419,7 @@ def test_s3_root_trains_and_a_killed_run_resumes_to_the_same_losses(s3, s3_bucke
     assert len(step_losses(run)) < len(expected), "killed before the end"
     resumed = pe_train(interrupted, env=env)
     assert "resumed from" in resumed.stdout, describe(resumed)
-    assert_not_scanned(resumed)  # the counts are cached in the run folder
+    assert_not_scanned(resumed)  # the counts are cached beside the runs
     assert_same_losses(step_losses(run), expected)
 
 

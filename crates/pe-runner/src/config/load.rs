@@ -185,9 +185,10 @@ pub fn load_experiment(path: &Path, overrides: &[String]) -> Result<Experiment, 
 
 /// A path a recipe file gives, resolved against that file's folder (as `base =` is), so a
 /// recipe means the same data and runs folder from whatever folder `pe` is started in. Absolute
-/// paths stay; `--set` paths and defaults are the working directory's.
+/// paths and URLs (a WebDataset `data.root` may be `s3://bucket/prefix`) stay; `--set` paths and
+/// defaults are the working directory's.
 fn relative_to(file: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() {
+    if path.is_absolute() || path.to_string_lossy().contains("://") {
         return path.to_owned();
     }
     let folder = file.parent().unwrap_or(Path::new("."));
