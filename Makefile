@@ -121,12 +121,14 @@ bench-infer: build ## Inference: pe vs PyTorch eager vs ONNX Runtime, batch 1/32
 		$(PYTHON) bench/infer.py --pe $(PE) --amp bf16 --models resnet_mini_pe vit_pe_mini --threads 2 --steps 5 --warmup 1 --out bench/results/inference_cpu_bf16.md; \
 	fi
 
-bench-shards: build ## Folder vs tar-shard loader img/s and files opened (bench/results/shards.md)
+bench-shards: build ## Folder vs tar-shard loader img/s and files opened (bench/results/shards.md); local vs loopback S3/HTTP shards (shards_remote.md)
 	$(PYTHON) bench/data/make_photos.py --out data/bench-photos
 	$(PE) prepare shards --from data/bench-photos --to data/bench-photos-shards --shard-mb 8
 	cargo build --release -p pe-data --example shards_bench
 	for w in 1 $$(nproc); do target/release/examples/shards_bench data/bench-photos data/bench-photos-shards train-basic $$w 64 2; done
 	target/release/examples/shards_bench data/bench-photos data/bench-photos-shards eval $$(nproc) 64 2
+	$(PYTHON) bench/data/remote_shards.py --bench target/release/examples/shards_bench --folder data/bench-photos \
+		--shards data/bench-photos-shards --out bench/results/shards_remote.md
 
 bench-ddp: build ## Data-parallel scaling on CPU: 1 vs 2 processes (Gloo), efficiency, all-reduce hidden behind backward
 	$(PYTHON) bench/ddp_bench.py --pe $(PE) --out bench/results/ddp_cpu.md

@@ -1,5 +1,6 @@
 //! `data.format = "shards"`: the same recipe trains from `pe prepare shards` output as from the
-//! ImageFolder, on one process and on two, and is killed and resumed exactly.
+//! ImageFolder, on one process and on two, and is killed and resumed exactly; the same tars read as
+//! `format = "webdataset"` (listed by URL, counted by `_info.json`) train to the same losses.
 
 mod common;
 
@@ -34,5 +35,24 @@ fn a_recipe_trains_from_tar_shards_and_resumes_exactly() {
 
     let two = tiny_recipe(dir.path(), "two", &shards, &runs, "", "format = \"shards\"");
     let stdout = run_ok(pe().args(["launch", "--nproc", "2", "--", "train"]).arg(&two), "2 processes");
+    assert!(stdout.contains("on 9 images"), "{stdout}");
+
+    let urls = |split: &str| {
+        let mut names: Vec<String> = std::fs::read_dir(shards.join(split))
+            .unwrap()
+            .map(|e| format!("{split}/{}", e.unwrap().file_name().to_string_lossy()))
+            .collect();
+        names.sort();
+        names
+    };
+    let webdataset =
+        format!("format = \"webdataset\"\ntrain_urls = {:?}\nval_urls = {:?}", urls("train"), urls("val"));
+    let recipe = tiny_recipe(dir.path(), "webdataset", &shards, &runs, "accum_steps = 2", &webdataset);
+    let stdout = run_ok(pe().arg("train").arg(&recipe), "train from the tars as webdataset");
+    assert!(stdout.contains("on 9 images"), "{stdout}");
+    assert_same_losses(&step_losses(&runs.join("webdataset")), &expected);
+    let two = tiny_recipe(dir.path(), "webdataset-two", &shards, &runs, "", &webdataset);
+    let stdout =
+        run_ok(pe().args(["launch", "--nproc", "2", "--", "train"]).arg(&two), "webdataset, 2 processes");
     assert!(stdout.contains("on 9 images"), "{stdout}");
 }
