@@ -141,8 +141,7 @@ fn cached(path: &std::path::Path, urls: &[ShardUrl]) -> Option<Found> {
 /// Count every shard's samples and the largest label, reading `SCAN_THREADS` shards at once.
 fn scan(urls: &[ShardUrl], req: &SplitRequest) -> Result<Scanned> {
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<std::result::Result<(usize, Option<u32>), String>>>> =
-        Mutex::new(vec![None; urls.len()]);
+    let results: Mutex<Vec<Option<Counted>>> = Mutex::new(vec![None; urls.len()]);
     std::thread::scope(|scope| {
         for _ in 0..SCAN_THREADS.min(urls.len()) {
             scope.spawn(|| loop {
@@ -164,7 +163,10 @@ fn scan(urls: &[ShardUrl], req: &SplitRequest) -> Result<Scanned> {
     Ok(Scanned { shards: urls.iter().map(ToString::to_string).collect(), counts, max_label })
 }
 
-fn count_shard(url: &ShardUrl, req: &SplitRequest) -> std::result::Result<(usize, Option<u32>), String> {
+/// A shard's samples and largest label, or why it could not be read.
+type Counted = std::result::Result<(usize, Option<u32>), String>;
+
+fn count_shard(url: &ShardUrl, req: &SplitRequest) -> Counted {
     let (stream, gave_up) = open_retrying(url, req.retries);
     let (mut samples, mut max_label) = (0, None);
     let walked = walk_tar(stream, req.label, |_, parsed| match parsed {

@@ -110,11 +110,7 @@ pub fn expand_braces(pattern: &str) -> std::result::Result<Vec<String>, String> 
     let (head, body, tail) = (&pattern[..open], &pattern[open + 1..close], &pattern[close + 1..]);
     let alternatives = match range(body)? {
         Some(values) => values,
-        None => split_top_level(body)
-            .into_iter()
-            .map(|a| expand_braces(a))
-            .collect::<Result<Vec<_>, _>>()?
-            .concat(),
+        None => split_top_level(body).into_iter().map(expand_braces).collect::<Result<Vec<_>, _>>()?.concat(),
     };
     let tails = expand_braces(tail)?;
     Ok(alternatives.iter().flat_map(|a| tails.iter().map(move |t| format!("{head}{a}{t}"))).collect())
