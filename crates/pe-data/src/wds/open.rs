@@ -83,28 +83,22 @@ fn store_for(url: &url::Url) -> io::Result<(Arc<dyn ObjectStore>, object_store::
         return Ok((Arc::clone(store), path));
     }
     let no_retries = RetryConfig { max_retries: 0, ..Default::default() };
+    // The cloud builders share these calls but no trait.
+    macro_rules! from_env {
+        ($builder:ty) => {
+            Arc::new(
+                <$builder>::from_env()
+                    .with_url(url.as_str())
+                    .with_retry(no_retries)
+                    .build()
+                    .map_err(store_error)?,
+            )
+        };
+    }
     let store: Arc<dyn ObjectStore> = match scheme {
-        ObjectStoreScheme::AmazonS3 => Arc::new(
-            object_store::aws::AmazonS3Builder::from_env()
-                .with_url(url.as_str())
-                .with_retry(no_retries)
-                .build()
-                .map_err(store_error)?,
-        ),
-        ObjectStoreScheme::GoogleCloudStorage => Arc::new(
-            object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_url(url.as_str())
-                .with_retry(no_retries)
-                .build()
-                .map_err(store_error)?,
-        ),
-        ObjectStoreScheme::MicrosoftAzure => Arc::new(
-            object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_url(url.as_str())
-                .with_retry(no_retries)
-                .build()
-                .map_err(store_error)?,
-        ),
+        ObjectStoreScheme::AmazonS3 => from_env!(object_store::aws::AmazonS3Builder),
+        ObjectStoreScheme::GoogleCloudStorage => from_env!(object_store::gcp::GoogleCloudStorageBuilder),
+        ObjectStoreScheme::MicrosoftAzure => from_env!(object_store::azure::MicrosoftAzureBuilder),
         ObjectStoreScheme::Http => Arc::new(
             object_store::http::HttpBuilder::new()
                 .with_url(origin.as_str())

@@ -329,9 +329,13 @@ impl BatchNormPolicy {
             return refuse("--recompute-bn needs at least 1 batch".into());
         }
         let split = Split::Train { batch_size: config.train.batch_size, seed: config.train.seed };
-        let loader = Loader::open(&config.data, split, 0, 1).with_context(|| {
-            format!("opening the training split of {:?} to recompute BatchNorm statistics", config.data.root)
-        })?;
+        let loader =
+            Loader::open_with_cache(&config.data, split, 0, 1, &config.scan_cache()).with_context(|| {
+                format!(
+                    "opening the training split of {:?} to recompute BatchNorm statistics",
+                    config.data.root
+                )
+            })?;
         let normalizer = Normalizer::new(config.data.mean, config.data.std, device);
         let precision = Precision { amp: config.train.amp, channels_last: false };
         Ok(Self::Recomputed { loader, batches, normalizer, precision })

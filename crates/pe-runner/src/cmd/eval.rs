@@ -78,9 +78,10 @@ pub struct EvalArgs {
 /// split's own folders; says (on stderr) which classes it has no image of.
 pub fn validation_loader(config: &ExperimentConfig, classes: Option<&[String]>) -> Result<Loader> {
     let split = Split::Eval { batch_size: config.eval_batch_size(), classes };
-    let loader = Loader::open(&config.data, split, 0, 1).with_context(|| {
-        format!("opening the validation split of {:?} (see data/README.md)", config.data.root)
-    })?;
+    let loader =
+        Loader::open_with_cache(&config.data, split, 0, 1, &config.scan_cache()).with_context(|| {
+            format!("opening the validation split of {:?} (see data/README.md)", config.data.root)
+        })?;
     if !loader.missing_classes().is_empty() {
         eprintln!(
             "warning: the validation split has no images of {} class(es): {}",

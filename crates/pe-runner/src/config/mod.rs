@@ -510,6 +510,12 @@ impl ExperimentConfig {
         self.train.batch_size * self.train.accum_steps * world
     }
 
+    /// Where a WebDataset scan of this recipe's shards is cached: beside the runs, keyed by the URL
+    /// list inside, so every run (and `pe eval`) over the same shards shares one scan.
+    pub fn scan_cache(&self) -> PathBuf {
+        self.logging.runs_dir.join(".webdataset")
+    }
+
     /// Evaluation batch size (`eval.batch_size`, or the training one when 0).
     pub fn eval_batch_size(&self) -> usize {
         match self.eval.batch_size {

@@ -134,8 +134,7 @@ impl TrainLoop {
         }
         let (rank, world) = (dist.rank, dist.world);
         let split = Split::Train { batch_size: train.batch_size, seed: train.seed };
-        // A WebDataset scan is cached beside the runs, keyed by its URL list, for every run to share.
-        let scan_cache = config.logging.runs_dir.join(".webdataset");
+        let scan_cache = config.scan_cache();
         let open = |split| {
             Loader::open_with_cache(&config.data, split, rank, world, &scan_cache)
                 .map_err(|e| data_error(&config, e))
