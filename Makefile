@@ -17,7 +17,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: help setup build exp data fashion-mnist-package tensorboard summary bench bench-data bench-torch bench-train bench-infer bench-ddp bench-shards bench-gpu test-gpu claim-table fmnist-table transfer-table test fmt fmt-check clippy cargo-test pytest clean
+.PHONY: help setup build exp paper-table1 paper-table2 data fashion-mnist-package tensorboard summary bench bench-data bench-torch bench-train bench-infer bench-ddp bench-shards bench-gpu test-gpu claim-table fmnist-table transfer-table test fmt fmt-check clippy cargo-test pytest clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -135,6 +135,16 @@ bench-ddp: build ## Data-parallel scaling on CPU: 1 vs 2 processes (Gloo), effic
 
 # Does tying beat shrinking? baseline / PE twin / parameter-matched baseline × 3 seeds (~5 h on an idle 2-core CPU).
 CLAIM_EPOCHS ?= 10
+# The paper's tables at its scale, for whoever has ImageNet and GPUs: NPROC processes per run, DATA =
+# data.root, EPOCHS = a short schedule, SET = "key=value ..." overrides; rerun to continue after a stop.
+PAPER_TABLE_ARGS = --pe $(PE) --nproc $(or $(NPROC),1) $(if $(DATA),--data $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+	$(foreach s,$(SET),--set $(s)) $(if $(RETRY_FAILED),--retry-failed)
+paper-table1: build ## The paper's Table 1 (DeiT-T/S, ViT-PE 300/600 ep, matched ViT-S): trains, evaluates, bench/results/paper_table1.md
+	$(PYTHON) bench/paper_table.py --table 1 $(PAPER_TABLE_ARGS)
+
+paper-table2: build ## The paper's Table 2 (ResNet-18/34/50, ResNet50-PE¹/², matched ResNet50): bench/results/paper_table2.md
+	$(PYTHON) bench/paper_table.py --table 2 $(PAPER_TABLE_ARGS)
+
 claim-table: build data ## Tying vs shrinking on Fashion-MNIST, 3 seeds: bench/results/claim.{md,json,svg}
 	cargo build --release -p pe-analyze --example claim_figure
 	$(PYTHON) bench/claim_table.py --pe $(PE) --epochs $(CLAIM_EPOCHS) --out bench/results/claim.md

@@ -1,0 +1,133 @@
+"""`make paper-table1/2` (bench/paper_table.py) end to end on a generated ImageFolder, with overrides that
+make each ImageNet recipe a few steps at 32 px: every recipe trains, a stop signal checkpoints the run in
+progress and a rerun resumes it, finished runs are skipped, a failed run is reported and not retried
+unless asked, and the table's numbers are those `pe eval` and `pe summary` give for the runs."""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import PE, ROOT, make_image_folder
+
+SCRIPT = ROOT / "bench" / "paper_table.py"
+#: 3 classes × 6 images, batch 4: 4 steps per epoch; every step logged and checkpointed.
+SMALL = ["model.num_classes=3", 'train.device="cpu"', "train.batch_size=4", "train.threads=1", "eval.batch_size=6",
+         "data.img_size=32", "data.workers=1", "schedule.warmup_epochs=0", "train.checkpoint_every_steps=1",
+         "logging.every_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("paper-table-data")
+    make_image_folder(root, classes=3, per_class=6, side=40, val_per_class=2)
+    return root
+
+
+def command(table, data, runs, *extra, epochs=2):
+    sets = SMALL + (["model.img_size=32"] if table == 1 else [])
+    args = [sys.executable, str(SCRIPT), "--table", str(table), "--pe", PE, "--data", str(data), "--epochs",
+            str(epochs), "--runs-dir", str(runs), "--out", str(runs / f"table{table}")]
+    for s in sets:
+        args += ["--set", s]
+    return args + list(extra)
+
+
+def run(args, ok=True):
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    if ok and result.returncode != 0:
+        pytest.fail(f"{' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def train_steps(run_dir):
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        return 0
+    return sum(1 for line in metrics.read_text().splitlines() if '"type":"train"' in line.replace(" ", ""))
+
+
+def pe_json(*args):
+    return json.loads(subprocess.run([PE, *map(str, args)], check=True, capture_output=True, text=True).stdout)
+
+
+def test_table2_trains_every_recipe_resumes_after_a_stop_and_reports_what_pe_eval_measures(data, tmp_path):
+    runs = tmp_path / "runs"
+    # A run folder with a damaged checkpoint: `pe train` refuses it, so that row fails.
+    poisoned = runs / "resnet50_matched-2ep"
+    (poisoned / "checkpoints" / "step-000000001").mkdir(parents=True)
+    (poisoned / "checkpoints" / "step-000000001" / "state.json").write_text("not json")
+
+    driver = subprocess.Popen(command(2, data, runs), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while train_steps(runs / "resnet34-2ep") < 2:
+        assert driver.poll() is None, f"the driver ended early:\n{driver.stdout.read()}"
+        assert time.monotonic() < deadline, "resnet34 never started"
+        time.sleep(0.02)
+    driver.send_signal(signal.SIGTERM)
+    out, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 143, f"a stop signal ends the driver with the run's code:\n{out}"
+    record = json.loads((runs / "paper_table.json").read_text())
+    assert record["resnet18-2ep"]["status"] == "finished"
+    assert record["resnet34-2ep"]["status"] == "stopped", record
+    assert "resnet50-2ep" not in record, "nothing after the stopped run was started"
+    assert (runs / "resnet34-2ep" / "checkpoints").is_dir()
+
+    again = run(command(2, data, runs), ok=False)
+    assert again.returncode == 1, f"a failed row makes the table incomplete:\n{again.stdout}\n{again.stderr}"
+    assert "resnet18-2ep: finished, skipped" in again.stdout
+    assert "resnet34-2ep: training (resuming)" in again.stdout
+    assert "resumed from" in (runs / "logs" / "resnet34-2ep.log").read_text()
+    record = json.loads((runs / "paper_table.json").read_text())
+    failed = record["resnet50_matched-2ep"]
+    assert failed["status"] == "failed" and failed["exit"] not in (0, 130, 143), failed
+    table = (runs / "table2.md").read_text()
+    assert "failed (exit" in table, table
+
+    third = run(command(2, data, runs), ok=False)
+    assert "resnet50_matched-2ep: failed before" in third.stdout, "a failed run is not retried unasked"
+    assert json.loads((runs / "paper_table.json").read_text())["resnet50_matched-2ep"]["attempts"] == 1
+
+    shutil.rmtree(poisoned)
+    run(command(2, data, runs, "--retry-failed"))
+    rows = {r["recipe"]: r for r in json.loads((runs / "table2.json").read_text())}
+    assert list(rows) == ["resnet18", "resnet34", "resnet50", "resnet50_pe_all", "resnet50_pe_stage34",
+                          "resnet50_matched"]
+    assert all(r["status"] == "finished" for r in rows.values()), rows
+    row = rows["resnet50_pe_stage34"]
+    measured = pe_json("eval", runs / "resnet50_pe_stage34-2ep", "--format", "json")["evaluations"][0]
+    assert (row["acc1"], row["acc5"], row["eval_images"]) == (measured["acc1"], measured["acc5"], 6)
+    summary = pe_json("summary", "--model", "resnet50_pe_stage34", "--img-size", 32, "--format", "json")
+    assert row["params_m"] == summary["params"] / 1e6 and row["gflops"] == summary["macs"] / 1e9
+    assert (row["epochs"], row["global_batch"], row["paper"]["acc1"]) == (2, 4, 75.1)
+    table = (runs / "table2.md").read_text()
+    assert "| ResNet50-PE² (stages 3-4) | 18.1 | 16.0 |" in table, table
+    assert f"| {row['acc1']:.2f} | {row['acc5']:.2f} | — | 75.1 | {row['acc1'] - 75.1:+.1f} | 92.8 |" in table, table
+    assert "Short schedule: 2 epoch(s)" in table
+
+
+def test_table1_trains_the_vit_family_and_prints_the_papers_numbers(data, tmp_path):
+    runs = tmp_path / "runs"
+    result = run(command(1, data, runs, epochs=1))
+    rows = json.loads((runs / "table1.json").read_text())
+    assert [r["recipe"] for r in rows] == ["deit_tiny_300e", "deit_small_300e", "vit_pe_300e", "vit_pe_600e",
+                                           "vit_small_matched_300e"]
+    assert all(r["status"] == "finished" and r["eval_images"] == 6 for r in rows), rows
+    assert [r["paper"]["acc1"] for r in rows] == [72.2, 79.9, 77.3, 78.8, None]
+    assert "| ViT-PE² (600 ep) | 11.4 | 11.0 |" in result.stdout, result.stdout
+
+
+def test_make_passes_nproc_data_epochs_and_set_through():
+    dry = subprocess.run(["make", "-n", "paper-table2", "NPROC=8", "DATA=/data/imagenet", "EPOCHS=10",
+                          "SET=train.amp=true eval.batch_size=128"], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "MAKEFLAGS": ""}, check=True).stdout
+    line = next(l for l in dry.splitlines() if "paper_table.py" in l)
+    for part in ["--table 2", "--nproc 8", "--data /data/imagenet", "--epochs 10", "--set train.amp=true",
+                 "--set eval.batch_size=128"]:
+        assert part in line, line
