@@ -131,3 +131,41 @@ def test_make_passes_nproc_data_epochs_and_set_through():
     for part in ["--table 2", "--nproc 8", "--data /data/imagenet", "--epochs 10", "--set train.amp=true",
                  "--set eval.batch_size=128"]:
         assert part in line, line
+
+
+def test_the_slurm_array_task_trains_its_row_checkpoints_on_usr1_requeues_and_resumes(data, tmp_path):
+    """bench/slurm/paper_table.sbatch with stand-ins for `srun` (runs the step here) and `scontrol`
+    (records the requeue): SLURM's early USR1 to the batch script stops the step at a checkpoint."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/sh\nwhile [ "${1#--}" != "$1" ]; do shift; done\nexec "$@"\n')
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\nif [ "$1" = show ]; then echo localhost; '
+                                      f'else echo "$@" >> {tmp_path / "scontrol.log"}; fi\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    runs = tmp_path / "runs"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TABLE": "2", "SLURM_ARRAY_TASK_ID": "0",
+           "SLURM_ARRAY_JOB_ID": "77", "SLURM_JOB_ID": "78", "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "localhost",
+           "GPUS_PER_NODE": "1", "RUNS_DIR": str(runs), "DATA": str(data), "EPOCHS": "2", "SET": " ".join(SMALL),
+           "PE": PE, "PYTHON": sys.executable}
+    script = ["bash", str(ROOT / "bench" / "slurm" / "paper_table.sbatch")]
+    task = subprocess.Popen(script, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while train_steps(runs / "resnet18-2ep") < 2:
+        assert task.poll() is None, f"the task ended early:\n{task.stdout.read()}"
+        assert time.monotonic() < deadline, "resnet18 never started"
+        time.sleep(0.02)
+    task.send_signal(signal.SIGUSR1)
+    out, _ = task.communicate(timeout=120)
+    assert task.returncode == 0, out
+    assert "requeueing" in out, out
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "77_0"]
+    steps = train_steps(runs / "resnet18-2ep")
+    assert 2 <= steps < 8, f"stopped inside the run: {steps} of 8 steps"
+
+    requeued = subprocess.run(script, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert requeued.returncode == 0, requeued.stdout + requeued.stderr
+    assert "resumed from" in requeued.stdout, requeued.stdout
+    report = subprocess.run(script + ["report"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 1, "the other rows are not trained yet"
+    assert "| ResNet18 | 11.7 |" in report.stdout and "| new |" in report.stdout, report.stdout
