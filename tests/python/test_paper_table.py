@@ -53,6 +53,15 @@ def train_steps(run_dir):
     return sum(1 for line in metrics.read_text().splitlines() if '"type":"train"' in line.replace(" ", ""))
 
 
+def wait_for_steps(process, run_dir, steps):
+    """Waits until `run_dir` logged `steps` training steps, failing if `process` ends first."""
+    deadline = time.monotonic() + 300
+    while train_steps(run_dir) < steps:
+        assert process.poll() is None, f"{process.args} ended early:\n{process.stdout.read()}"
+        assert time.monotonic() < deadline, f"{run_dir.name} never reached step {steps}"
+        time.sleep(0.02)
+
+
 def pe_json(*args):
     return json.loads(subprocess.run([PE, *map(str, args)], check=True, capture_output=True, text=True).stdout)
 
@@ -65,11 +74,7 @@ def test_table2_trains_every_recipe_resumes_after_a_stop_and_reports_what_pe_eva
     (poisoned / "checkpoints" / "step-000000001" / "state.json").write_text("not json")
 
     driver = subprocess.Popen(command(2, data, runs), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    while train_steps(runs / "resnet34-2ep") < 2:
-        assert driver.poll() is None, f"the driver ended early:\n{driver.stdout.read()}"
-        assert time.monotonic() < deadline, "resnet34 never started"
-        time.sleep(0.02)
+    wait_for_steps(driver, runs / "resnet34-2ep", 2)
     driver.send_signal(signal.SIGTERM)
     out, _ = driver.communicate(timeout=120)
     assert driver.returncode == 143, f"a stop signal ends the driver with the run's code:\n{out}"
@@ -150,11 +155,7 @@ def test_the_slurm_array_task_trains_its_row_checkpoints_on_usr1_requeues_and_re
            "PE": PE, "PYTHON": sys.executable}
     script = ["bash", str(ROOT / "bench" / "slurm" / "paper_table.sbatch")]
     task = subprocess.Popen(script, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    while train_steps(runs / "resnet18-2ep") < 2:
-        assert task.poll() is None, f"the task ended early:\n{task.stdout.read()}"
-        assert time.monotonic() < deadline, "resnet18 never started"
-        time.sleep(0.02)
+    wait_for_steps(task, runs / "resnet18-2ep", 2)
     task.send_signal(signal.SIGUSR1)
     out, _ = task.communicate(timeout=120)
     assert task.returncode == 0, out
