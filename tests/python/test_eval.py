@@ -277,7 +277,10 @@ def test_pe_predict_gives_pe_evals_top1_image_for_image(tmp_path, runs, fashion_
     result = subprocess.run([PE, "predict", "--checkpoint", runs["vit_pe_mini"], bad, good], capture_output=True, text=True)
     assert result.returncode == 1 and f"{bad}:" in result.stderr
     assert result.stdout.splitlines()[0] == str(good) and expected[str(good)][0] in result.stdout
-    assert f"{100 * expected[str(good)][1]:.3f}%" in result.stdout
+    # The table prints percentages to 3 decimals; a batch of one may differ from eval's batches in the
+    # last float bits, so the printed value is compared with that tolerance, not as a string.
+    printed = float(result.stdout.splitlines()[1].split("%")[0])
+    assert printed == pytest.approx(100 * expected[str(good)][1], abs=2e-3)
 
 
 def test_training_writes_the_per_class_summary_and_figure_to_tensorboard(runs):
