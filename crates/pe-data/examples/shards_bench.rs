@@ -53,6 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             run_classes: None,
             retries: cfg.read_retries,
             cache_dir: &std::env::temp_dir(),
+            scans: true,
         };
         let remote = open_split(&request)?;
         opens.push((format!("webdataset {}", url.split("://").next().unwrap_or(url)), remote.shards.len()));

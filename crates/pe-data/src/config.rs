@@ -94,7 +94,8 @@ pub struct DataConfig {
     pub label_key: LabelKey,
     /// `webdataset`: the class list, a count or names, when the shards' metadata does not give it.
     pub classes: Option<ClassSpec>,
-    /// `webdataset`: failed reads of a shard retried (re-opened, with backoff) before the run stops.
+    /// `shards` and `webdataset`: failed reads of a shard retried (re-opened, with backoff) before the
+    /// run stops.
     pub read_retries: u32,
     /// JPEG decoder.
     pub decoder: DecoderKind,

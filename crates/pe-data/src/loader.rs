@@ -241,6 +241,7 @@ impl Loader {
                 run_classes,
                 retries: cfg.read_retries,
                 cache_dir: scan_cache,
+                scans: rank == 0,
             };
             crate::wds::open_split(&request)
                 .map(|set| Box::new(ShardSource::new(set)) as Box<dyn SampleSource>)
@@ -252,9 +253,12 @@ impl Loader {
             (DataFormat::Folder, Some(classes)) => Box::new(FolderSource::new(
                 ImageFolder::open_with_classes(&cfg.root, name, classes, IndexCache::Beside)?,
             )),
-            (DataFormat::Shards, None) => Box::new(ShardSource::new(ShardSet::open(&cfg.root, name)?)),
-            (DataFormat::Shards, Some(classes)) => {
-                Box::new(ShardSource::new(ShardSet::open_with_classes(&cfg.root, name, classes)?))
+            (DataFormat::Shards, classes) => {
+                let set = match classes {
+                    None => ShardSet::open(&cfg.root, name)?,
+                    Some(classes) => ShardSet::open_with_classes(&cfg.root, name, classes)?,
+                };
+                Box::new(ShardSource::new(set.with_retries(cfg.read_retries)))
             }
             (DataFormat::WebDataset, classes) => webdataset(classes)?,
         };

@@ -195,3 +195,23 @@ fn labels_come_from_a_json_field_and_other_members_are_ignored() {
     let err = open(&wds(dir.path(), vec![], vec![]), EVAL, &dir.path().join("cache")).unwrap_err();
     assert!(err.to_string().contains("data.val_urls"), "{err}");
 }
+
+#[test]
+fn only_rank_0_scans_and_the_other_ranks_wait_for_its_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = shards(dir.path());
+    std::fs::remove_file(root.join("_info.json")).unwrap();
+    let train: Vec<String> = tars(&root, "train").iter().map(|t| format!("train/{t}")).collect();
+    let cfg = wds(&root, train, vec![]);
+    let cache = dir.path().join("cache");
+    let waiting = std::thread::scope(|scope| {
+        let rank1 = scope.spawn(|| Loader::open_with_cache(&cfg, TRAIN, 1, 2, &cache).map(|l| l.len()));
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        assert!(!rank1.is_finished(), "rank 1 waits rather than scan");
+        assert!(!cache.exists());
+        let rank0 = Loader::open_with_cache(&cfg, TRAIN, 0, 2, &cache).unwrap();
+        assert_eq!(rank0.len(), 18);
+        rank1.join().unwrap().unwrap()
+    });
+    assert_eq!(waiting, 18, "rank 1 took rank 0's counts");
+}

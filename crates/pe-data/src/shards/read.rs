@@ -128,6 +128,12 @@ impl ShardSet {
         })
     }
 
+    /// Retry a failed shard read `retries` times (re-opened, with backoff) before the epoch fails;
+    /// sets opened from an index start with none.
+    pub fn with_retries(self, retries: u32) -> Self {
+        ShardSet { retries, ..self }
+    }
+
     /// A WebDataset split: `urls` with `counts[i]` samples each, labels already numbered by
     /// `classes`; `location` names the set in messages.
     pub fn from_urls(

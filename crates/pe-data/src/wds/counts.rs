@@ -6,7 +6,8 @@
 //!    `sizes.json` (`{"shard.tar": count}`);
 //! 2. an earlier scan of the same URL list, cached in the run folder (never beside the data, which may
 //!    be read-only or remote);
-//! 3. a scan: every shard read once, front to back, a few at a time; its result is that cache.
+//! 3. a scan: every shard read once, front to back, a few at a time, by rank 0 only (the other ranks
+//!    wait for its cache file); its result is that cache.
 
 use super::open::read_small;
 use super::retry::open_retrying;
@@ -22,6 +23,8 @@ use std::sync::Mutex;
 
 /// Shards read at once by a scan (remote reads are latency-bound).
 const SCAN_THREADS: usize = 8;
+/// How long the other ranks wait for rank 0's scan.
+const SCAN_WAIT: std::time::Duration = std::time::Duration::from_secs(2 * 3600);
 
 /// What was found, and where.
 pub struct Found {
@@ -41,6 +44,9 @@ pub fn find(urls: &[ShardUrl], req: &SplitRequest) -> Result<Found> {
     if let Some(found) = cached(&cache, urls) {
         return Ok(found);
     }
+    if !req.scans {
+        return wait_for_scan(&cache, urls, req);
+    }
     tracing::info!(
         "scanning {} shard(s) of {} once to count their samples (no _info.json or sizes.json beside them); \
          the counts are cached in {}",
@@ -53,6 +59,25 @@ pub fn find(urls: &[ShardUrl], req: &SplitRequest) -> Result<Found> {
     std::fs::create_dir_all(req.cache_dir).io_ctx("create directory", req.cache_dir)?;
     crate::atomic_file::write(&cache, text)?;
     Ok(scanned.found(format!("the scan cached in {}", cache.display())))
+}
+
+/// Another rank's scan: its cache file, once written (atomically, so it is whole when it appears).
+fn wait_for_scan(cache: &std::path::Path, urls: &[ShardUrl], req: &SplitRequest) -> Result<Found> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(found) = cached(cache, urls) {
+            return Ok(found);
+        }
+        if started.elapsed() > SCAN_WAIT {
+            return Err(Error::Unreadable(format!(
+                "{}: rank 0's scan did not write {} within {} s (is logging.runs_dir shared by every rank?)",
+                req.key,
+                cache.display(),
+                SCAN_WAIT.as_secs()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
 
 /// timm's `_info.json` (the parts read here).

@@ -148,6 +148,9 @@ pub struct SplitRequest<'a> {
     pub retries: u32,
     /// Where a scan's counts are cached.
     pub cache_dir: &'a Path,
+    /// Whether this process scans when nothing gives the counts (rank 0); the other ranks wait
+    /// for its cache file (the runs folder is shared by every rank).
+    pub scans: bool,
 }
 
 /// Open one split: expand its URLs, find its counts, settle its class list.
