@@ -208,7 +208,10 @@ impl DataConfig {
         ];
         if let Some((key, _)) = webdataset_only.iter().find(|(_, set)| *set) {
             check(self.format == DataFormat::WebDataset, || {
-                format!("{key} is read only with format = \"webdataset\" (format is {:?})", self.format)
+                format!(
+                    "{key} is read only with format = \"webdataset\" (format is \"{}\")",
+                    format!("{:?}", self.format).to_lowercase()
+                )
             })?;
         }
         check(self.std.iter().all(|&s| s.is_finite() && s > 0.0), || {
