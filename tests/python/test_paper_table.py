@@ -152,7 +152,7 @@ def test_the_slurm_array_task_trains_its_row_checkpoints_on_usr1_requeues_and_re
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TABLE": "2", "SLURM_ARRAY_TASK_ID": "0",
            "SLURM_ARRAY_JOB_ID": "77", "SLURM_JOB_ID": "78", "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "localhost",
            "GPUS_PER_NODE": "1", "RUNS_DIR": str(runs), "DATA": str(data), "EPOCHS": "2", "SET": " ".join(SMALL),
-           "PE": PE, "PYTHON": sys.executable}
+           "PE": PE, "PYTHON": sys.executable, "OUT": str(tmp_path / "table2")}
     script = ["bash", str(ROOT / "bench" / "slurm" / "paper_table.sbatch")]
     task = subprocess.Popen(script, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for_steps(task, runs / "resnet18-2ep", 2)
@@ -170,3 +170,4 @@ def test_the_slurm_array_task_trains_its_row_checkpoints_on_usr1_requeues_and_re
     report = subprocess.run(script + ["report"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert report.returncode == 1, "the other rows are not trained yet"
     assert "| ResNet18 | 11.7 |" in report.stdout and "| new |" in report.stdout, report.stdout
+    assert (tmp_path / "table2.md").read_text() in report.stdout, "the table went to OUT, not bench/results"
