@@ -44,6 +44,11 @@ fn tars(root: &Path, split: &str) -> Vec<String> {
     names
 }
 
+/// The training shards as `data.train_urls` entries relative to the shard root.
+fn train_urls(root: &Path) -> Vec<String> {
+    tars(root, "train").iter().map(|t| format!("train/{t}")).collect()
+}
+
 fn wds(root: &Path, train: Vec<String>, val: Vec<String>) -> DataConfig {
     DataConfig {
         root: root.to_path_buf(),
@@ -93,8 +98,7 @@ fn without_metadata_the_counts_come_from_one_cached_scan() {
     let dir = tempfile::tempdir().unwrap();
     let root = shards(dir.path());
     std::fs::remove_file(root.join("_info.json")).unwrap();
-    let train: Vec<String> = tars(&root, "train").iter().map(|t| format!("train/{t}")).collect();
-    let cfg = wds(&root, train.clone(), vec![]);
+    let cfg = wds(&root, train_urls(&root), vec![]);
     let cache = dir.path().join("cache");
     let loader = open(&cfg, TRAIN, &cache).unwrap();
     assert_eq!(loader.len(), 18);
@@ -133,9 +137,9 @@ fn pipe_streams_resume_mid_epoch_exactly() {
     let full = epoch(&loader, 0);
     assert_eq!(full.len(), 4, "18 images / 4, last dropped");
     assert_eq!(epoch(&loader, 2), full[2..], "a resumed epoch skips exactly what was trained on");
-    let local: Vec<String> = tars(&root, "train").iter().map(|t| format!("train/{t}")).collect();
     let same =
-        open(&DataConfig { train_urls: ShardList(local), ..cfg }, TRAIN, &dir.path().join("c2")).unwrap();
+        open(&DataConfig { train_urls: ShardList(train_urls(&root)), ..cfg }, TRAIN, &dir.path().join("c2"))
+            .unwrap();
     assert_eq!(epoch(&same, 0), full, "a pipe reads what the file holds");
 }
 
@@ -201,8 +205,7 @@ fn only_rank_0_scans_and_the_other_ranks_wait_for_its_counts() {
     let dir = tempfile::tempdir().unwrap();
     let root = shards(dir.path());
     std::fs::remove_file(root.join("_info.json")).unwrap();
-    let train: Vec<String> = tars(&root, "train").iter().map(|t| format!("train/{t}")).collect();
-    let cfg = wds(&root, train, vec![]);
+    let cfg = wds(&root, train_urls(&root), vec![]);
     let cache = dir.path().join("cache");
     let waiting = std::thread::scope(|scope| {
         let rank1 = scope.spawn(|| Loader::open_with_cache(&cfg, TRAIN, 1, 2, &cache).map(|l| l.len()));
