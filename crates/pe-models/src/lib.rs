@@ -2,6 +2,7 @@
 //! a registry of named presets; parameter/MAC accounting; PyTorch-compatible weight files.
 
 pub mod accounting;
+pub mod convert;
 pub mod error;
 pub mod init;
 pub mod model;

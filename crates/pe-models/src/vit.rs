@@ -113,7 +113,7 @@ impl VitConfig {
         Self { embed_dim: 276, ..Self::deit_small() }
     }
 
-    fn hidden(&self) -> i64 {
+    pub(crate) fn hidden(&self) -> i64 {
         (self.embed_dim as f64 * self.mlp_ratio).round() as i64
     }
 

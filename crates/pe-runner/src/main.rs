@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use pe_runner::cmd::{
-    analyze, average, bench, eval, export, forward, info, launch, predict, prepare, summary, train,
+    analyze, average, bench, convert, eval, export, forward, info, launch, predict, prepare, summary, train,
 };
 use pe_runner::config;
 use pe_runner::eval::labels::EvalSetError;
@@ -61,6 +61,8 @@ enum Command {
     Analyze(analyze::AnalyzeArgs),
     /// Average checkpoints (uniformly, or as a greedy soup) into a new checkpoint.
     Average(average::AverageArgs),
+    /// Turn a trained baseline into its PE twin (tied W/Wᵀ) for fine-tuning, with the error of each tie.
+    Convert(convert::ConvertArgs),
     /// Export a trained model: TorchScript, ONNX or safetensors, with its preprocessing as JSON.
     Export(export::ExportArgs),
     /// Run a `pe` command as N ranks on this machine with torchrun's environment
@@ -105,6 +107,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
         Command::Analyze(args) => analyze::run(args).map(|()| ExitCode::SUCCESS),
         Command::Average(args) => average::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Convert(args) => convert::run(args).map(|()| ExitCode::SUCCESS),
         Command::Export(args) => export::run(args).map(|()| ExitCode::SUCCESS),
         Command::Launch(args) => launch::run(args),
         Command::Info => info::run().map(|()| ExitCode::SUCCESS),

@@ -4,6 +4,7 @@
 pub mod analyze;
 pub mod average;
 pub mod bench;
+pub mod convert;
 pub mod eval;
 pub mod export;
 pub mod forward;
