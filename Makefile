@@ -17,7 +17,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: help setup build exp paper-table1 paper-table2 data fashion-mnist-package tensorboard summary bench bench-data bench-torch bench-train bench-infer bench-ddp bench-shards bench-gpu test-gpu claim-table fmnist-table transfer-table test fmt fmt-check clippy cargo-test pytest clean
+.PHONY: help setup build exp paper-table1 paper-table2 data fashion-mnist-package tensorboard summary bench bench-data bench-torch bench-train bench-infer bench-ddp bench-shards bench-gpu test-gpu claim-table fmnist-table transfer-table convert-table test fmt fmt-check clippy cargo-test pytest clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -154,6 +154,13 @@ fmnist-table: build data ## The Fashion-MNIST PE/baseline table (3 seeds each) f
 
 transfer-table: build data ## Pre-train on Fashion-MNIST 0-4, then 5-9: fine-tune / linear probe / scratch, ViT and ViT-PE, 3 seeds
 	$(PYTHON) bench/transfer_table.py --pe $(PE) --out bench/results/transfer.md
+
+# `pe convert` against training: per family and seed, baseline → PE twin (naive, symmetric) → k fine-tune
+# epochs, beside the twin from scratch for 2 + k epochs (~50 min per family and seed on an idle 2-core CPU).
+CONVERT_SEEDS ?= 0 1 2
+CONVERT_FINETUNE ?= 1 2 5
+convert-table: build data ## Convert a trained ViT/ResNet to its PE twin and fine-tune, vs the twin from scratch: bench/results/convert.{md,json,svg}
+	$(PYTHON) bench/convert_table.py --pe $(PE) --seeds $(CONVERT_SEEDS) --finetune $(CONVERT_FINETUNE) --out bench/results/convert.md
 
 # The weight-space analysis of the four Fashion-MNIST recipes (`pe analyze`, crates/pe-analyze): runs/<recipe>
 # as `make exp EXP=<recipe>` leaves them, each trained here first if missing.

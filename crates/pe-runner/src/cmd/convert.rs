@@ -225,10 +225,8 @@ fn compare(
                 .mean(Kind::Double)
                 .double_value(&[])
     };
-    let change = |logits: &Tensor| {
-        let scale = baseline.norm().double_value(&[]);
-        (logits - &baseline).norm().double_value(&[]) / scale
-    };
+    let scale = baseline.norm().double_value(&[]);
+    let change = |logits: &Tensor| (logits - &baseline).norm().double_value(&[]) / scale;
     let same = twin.argmax(1, false).eq_tensor(&baseline.argmax(1, false));
     Ok(LogitCheck {
         images: labels.size()[0] as usize,
