@@ -12,18 +12,15 @@ use clap::Args;
 use serde::Serialize;
 use tch::nn;
 
-use pe_data::{Loader, Split};
 use pe_models::weights;
 
 use crate::cmd::eval::{evaluate_with_recipe, validation_loader};
 use crate::config::{resolved_with_overrides, ExperimentConfig};
 use crate::eval::labels::Targets;
-use crate::train::amp::Precision;
-use crate::train::batch::{to_device, Normalizer};
 use crate::train::checkpoint::{self, Checkpoints, TrainState};
 use crate::train::evaluate::Keep;
 use crate::train::run_identity::Identity;
-use crate::train::weight_average::{recompute_bn, set_mean, Ingredient};
+use crate::train::weight_average::{set_mean, Ingredient, TrainingBatches};
 
 #[derive(Debug, Args)]
 pub struct AverageArgs {
@@ -319,7 +316,7 @@ fn greedy_soup(
 /// What happens to the BatchNorm statistics of an average.
 enum BatchNormPolicy {
     Averaged,
-    Recomputed { loader: Loader, batches: usize, normalizer: Normalizer, precision: Precision },
+    Recomputed(TrainingBatches),
 }
 
 impl BatchNormPolicy {
@@ -328,46 +325,20 @@ impl BatchNormPolicy {
         if batches == 0 {
             return refuse("--recompute-bn needs at least 1 batch".into());
         }
-        let split = Split::Train { batch_size: config.train.batch_size, seed: config.train.seed };
-        let loader =
-            Loader::open_with_cache(&config.data, split, 0, 1, &config.scan_cache()).with_context(|| {
-                format!(
-                    "opening the training split of {:?} to recompute BatchNorm statistics",
-                    config.data.root
-                )
-            })?;
-        let normalizer = Normalizer::new(config.data.mean, config.data.std, device);
-        let precision = Precision { amp: config.train.amp, channels_last: false };
-        Ok(Self::Recomputed { loader, batches, normalizer, precision })
+        Ok(Self::Recomputed(TrainingBatches::open(config, batches, device)?))
     }
 
     fn apply(&self, model: &impl tch::nn::ModuleT, vs: &nn::VarStore) -> Result<()> {
-        let Self::Recomputed { loader, batches, normalizer, precision } = self else { return Ok(()) };
-        let device = vs.device();
-        let inputs = loader
-            .epoch(0)
-            .filter_map(|batch| match batch {
-                Ok(batch) if batch.n == 0 => {
-                    loader.recycle(batch.images);
-                    None
-                }
-                Ok(batch) => {
-                    let (images, _) = to_device(&batch, device);
-                    loader.recycle(batch.images);
-                    Some(precision.input(normalizer.apply(&images)))
-                }
-                Err(error) => Some(Err(error.into())),
-            })
-            .take(*batches);
-        let _autocast = precision.autocast(device)?;
-        recompute_bn(model, vs, inputs)?;
+        if let Self::Recomputed(batches) = self {
+            batches.recompute_bn(model, vs)?;
+        }
         Ok(())
     }
 
     fn describe(&self) -> String {
         match self {
             Self::Averaged => "averaged".into(),
-            Self::Recomputed { batches, .. } => format!("recomputed on {batches} training batches"),
+            Self::Recomputed(batches) => format!("recomputed on {} training batches", batches.batches()),
         }
     }
 }

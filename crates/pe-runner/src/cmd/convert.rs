@@ -19,6 +19,7 @@ use crate::config::ExperimentConfig;
 use crate::train::amp::Precision;
 use crate::train::batch::{to_device, Normalizer};
 use crate::train::evaluate::eval_logits;
+use crate::train::weight_average::TrainingBatches;
 
 /// The weights file in the output folder.
 pub const WEIGHTS: &str = "model.safetensors";
@@ -52,6 +53,12 @@ pub struct ConvertArgs {
     /// needs the run's recipe).
     #[arg(long, default_value_t = 2000, value_name = "N")]
     pub images: usize,
+    /// Measure the twin's BatchNorm statistics again on this many batches of the run's training
+    /// data (its training transform, in train mode): the tie moves every activation a BatchNorm
+    /// normalises, and the baseline's statistics no longer describe them (0: keep them; models
+    /// without BatchNorm skip this).
+    #[arg(long, default_value_t = 100, value_name = "BATCHES")]
+    pub recompute_bn: usize,
     /// What stdout shows (the folder always gets both convert.md and convert.json).
     #[arg(long, value_enum, default_value = "text")]
     pub format: ReportFormat,
@@ -76,6 +83,8 @@ pub struct Report {
     pub weights: String,
     pub tied: Vec<TiedMatrix>,
     pub notes: Vec<String>,
+    /// Training batches the twin's BatchNorm statistics were measured on (0: the baseline's kept).
+    pub batch_norm_batches: usize,
     pub logits: Option<LogitCheck>,
 }
 
@@ -102,13 +111,21 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         .with_context(|| format!("converting {} to {}", trained.weights.display(), args.to))?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let file = args.out.join(WEIGHTS);
-    let twin = build(&target, conversion.weights, &file)?;
-    pe_models::weights::save(&twin.0, &file)?;
+    let (vs, twin) = build(&target, conversion.weights, &file)?;
+    let batch_norm_batches = match (&trained.recipe, args.recompute_bn) {
+        (Some(recipe), batches) if batches > 0 => {
+            TrainingBatches::open(recipe, batches, Device::Cpu)?.recompute_bn(&twin, &vs)?
+        }
+        _ => 0,
+    };
+    pe_models::weights::save(&vs, &file)?;
 
     let logits = match (&trained.recipe, args.images) {
         (_, 0) => None,
         (None, _) => {
-            eprintln!("note: a bare weights file has no recipe: no logit comparison (name the run folder)");
+            eprintln!(
+                "note: a bare weights file has no recipe: no logit comparison and no BatchNorm statistics measured (name the run folder)"
+            );
             None
         }
         (Some(recipe), limit) => {
@@ -125,6 +142,7 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         weights: file.display().to_string(),
         tied: conversion.tied,
         notes: conversion.notes,
+        batch_norm_batches,
         logits,
     };
     let json = serde_json::to_string_pretty(&report)? + "\n";
@@ -275,6 +293,13 @@ fn logit_lines(check: &LogitCheck) -> String {
     )
 }
 
+fn batch_norm_line(report: &Report) -> String {
+    match report.batch_norm_batches {
+        0 => String::new(),
+        n => format!("BatchNorm statistics measured again on {n} training batches\n"),
+    }
+}
+
 fn summary(report: &Report) -> String {
     let mut text = format!("{} → {} ({}): {}\n", report.source, report.to, report.method, report.weights);
     for (kind, n, naive, error) in by_kind(&report.tied) {
@@ -283,6 +308,7 @@ fn summary(report: &Report) -> String {
     for note in &report.notes {
         text += &format!("note: {note}\n");
     }
+    text += &batch_norm_line(report);
     if let Some(check) = &report.logits {
         text += &logit_lines(check);
     }
@@ -297,6 +323,7 @@ fn markdown(report: &Report) -> String {
     for (kind, n, naive, error) in by_kind(&report.tied) {
         text += &format!("| {kind} | {n} | {error:.4} | {naive:.4} |\n");
     }
+    text += &format!("\n{}", batch_norm_line(report));
     if let Some(check) = &report.logits {
         text += &format!("\n{}", logit_lines(check));
     }

@@ -8,11 +8,16 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
+use pe_data::{Loader, Split};
 use pe_models::weights;
+
+use crate::config::ExperimentConfig;
+use crate::train::amp::Precision;
+use crate::train::batch::{to_device, Normalizer};
 
 /// One checkpoint's variables in float64 on the CPU: sums of them do not depend on the order
 /// the ingredients come in.
@@ -89,6 +94,59 @@ pub fn recompute_bn(
         }
     });
     Ok(used)
+}
+
+/// The first `batches` training batches of a recipe (its training transform, seed and batch
+/// size), ready to forward: what BatchNorm statistics are measured again on.
+pub struct TrainingBatches {
+    loader: Loader,
+    batches: usize,
+    normalizer: Normalizer,
+    precision: Precision,
+}
+
+impl TrainingBatches {
+    pub fn open(config: &ExperimentConfig, batches: usize, device: Device) -> Result<Self> {
+        let split = Split::Train { batch_size: config.train.batch_size, seed: config.train.seed };
+        let loader =
+            Loader::open_with_cache(&config.data, split, 0, 1, &config.scan_cache()).with_context(|| {
+                format!(
+                    "opening the training split of {:?} to recompute BatchNorm statistics",
+                    config.data.root
+                )
+            })?;
+        let normalizer = Normalizer::new(config.data.mean, config.data.std, device);
+        let precision = Precision { amp: config.train.amp, channels_last: false };
+        Ok(Self { loader, batches, normalizer, precision })
+    }
+
+    pub fn batches(&self) -> usize {
+        self.batches
+    }
+
+    /// [`recompute_bn`] of `model` (whose variables `vs` holds) on these batches; returns the
+    /// batches used.
+    pub fn recompute_bn(&self, model: &impl ModuleT, vs: &nn::VarStore) -> Result<usize> {
+        let device = vs.device();
+        let inputs = self
+            .loader
+            .epoch(0)
+            .filter_map(|batch| match batch {
+                Ok(batch) if batch.n == 0 => {
+                    self.loader.recycle(batch.images);
+                    None
+                }
+                Ok(batch) => {
+                    let (images, _) = to_device(&batch, device);
+                    self.loader.recycle(batch.images);
+                    Some(self.precision.input(self.normalizer.apply(&images)))
+                }
+                Err(error) => Some(Err(error.into())),
+            })
+            .take(self.batches);
+        let _autocast = self.precision.autocast(device)?;
+        recompute_bn(model, vs, inputs)
+    }
 }
 
 #[cfg(test)]
