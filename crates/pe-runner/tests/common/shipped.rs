@@ -31,6 +31,18 @@ pub fn recipes() -> Vec<PathBuf> {
     recipes
 }
 
+/// Recipes that start from what `pe convert` wrote (`model.init = ".../runs/<folder>/model.safetensors"`):
+/// the folder, the baseline recipe's run it converts, and the PE twin. The walk converts the
+/// baseline's run (trained earlier: its name sorts first) into that folder before the recipe trains.
+const CONVERSIONS: &[(&str, &str, &str)] =
+    &[("vit_pe_small_from_deit_small_300e", "deit_small_300e", "vit_pe_small")];
+
+/// The conversion `init` (a recipe's `model.init`) names, if it is one of [`CONVERSIONS`].
+fn conversion(init: &Path) -> Option<(&'static str, &'static str, &'static str)> {
+    let folder = init.parent()?.file_name()?;
+    CONVERSIONS.iter().copied().find(|(name, ..)| folder == *name)
+}
+
 /// The `--set` overrides that fit `recipe` to `machine`: data root (a generated ImageFolder of 3
 /// classes), class count, input size, batch sizes, device, runs folder, logging every step and
 /// `train.max_steps`. Everything else — channels_last, Mixup/CutMix, RandAugment, random erasing,
@@ -66,8 +78,14 @@ pub fn overrides(recipe: &Path, data: &Path, runs: &Path, max_steps: u32, machin
     }
     // A fine-tune starts from its parent recipe's run (`model.init = ".../runs/<parent>"`): the
     // parent's run in this runs folder, trained earlier in the walk (its name sorts first).
-    if let Some(parent) = config.model_init.init.as_ref().and_then(|p| p.file_name()) {
-        sets.push(format!("model.init={:?}", runs.join(parent)));
+    // A converted start is that folder's weights file in this runs folder.
+    if let Some(init) = config.model_init.init.as_ref() {
+        match conversion(init) {
+            Some((folder, ..)) => {
+                sets.push(format!("model.init={:?}", runs.join(folder).join("model.safetensors")))
+            }
+            None => sets.push(format!("model.init={:?}", runs.join(init.file_name().unwrap()))),
+        }
     }
     sets.into_iter().flat_map(|set| ["--set".to_owned(), set]).collect()
 }
@@ -83,7 +101,14 @@ pub fn write_data(root: &Path, machine: Machine) {
 /// Trains `recipe` for 2 optimizer steps (publishing a checkpoint), resumes to step 3, then has
 /// `pe eval` read the last checkpoint. Returns the run folder.
 pub fn train_resume_evaluate(recipe: &Path, data: &Path, runs: &Path, machine: Machine) -> PathBuf {
-    let name = load_experiment(recipe, &[]).unwrap().config.name;
+    let config = load_experiment(recipe, &[]).unwrap().config;
+    let name = config.name;
+    if let Some((folder, baseline, twin)) = config.model_init.init.as_deref().and_then(conversion) {
+        let mut convert = pe();
+        convert.arg("convert").arg(runs.join(baseline)).args(["--to", twin, "--images", "0"]);
+        convert.arg("--out").arg(runs.join(folder));
+        run_ok(&mut convert, &format!("{name}: pe convert {baseline} --to {twin}"));
+    }
     let train = |max_steps, extra: &[&str]| {
         let sets = overrides(recipe, data, runs, max_steps, machine);
         let what = format!("{name}: train to step {max_steps} ({machine:?})");
