@@ -249,7 +249,7 @@ fn a_model_that_is_not_the_twin_is_refused() {
         assert!(matches!(error, ConvertError::Mismatch(_)), "{error}");
         error.to_string()
     };
-    assert!(refuse("vit_mini", "resnet_mini_pe").contains("different families"));
+    assert!(refuse("vit_mini", "resnet_mini_pe").contains("the baseline is a ViT, the PE model a ResNet"));
     assert!(refuse("vit_mini", "vit_pe_tiny").contains("not the baseline's twin"));
     assert!(refuse("vit_pe_mini", "vit_pe_mini").contains("already tied"));
     assert!(refuse("resnet_mini", "resnet_mini").contains("no PE stage"));

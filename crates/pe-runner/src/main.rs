@@ -120,6 +120,7 @@ fn main() -> ExitCode {
                 || error.is::<init_weights::InitError>()
                 || error.is::<param_groups::UnmatchedPattern>()
                 || error.is::<average::AverageError>()
+                || error.is::<convert::ConvertRefusal>()
                 || error.is::<EvalSetError>() =>
         {
             // Every rank of a launch reads the same recipe: one of them says what is wrong.

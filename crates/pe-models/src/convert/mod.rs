@@ -103,6 +103,14 @@ pub enum ConvertError {
     Shape { name: String, found: Vec<i64>, expected: Vec<i64> },
 }
 
+fn other_family(from: &ModelConfig, to: &ModelConfig) -> ConvertError {
+    let family = |config: &ModelConfig| match config {
+        ModelConfig::Vit(_) => "a ViT",
+        ModelConfig::Resnet(_) => "a ResNet",
+    };
+    ConvertError::Mismatch(format!("the baseline is {}, the PE model {}", family(from), family(to)))
+}
+
 /// The PE weights for `to` from the weights of its baseline `from`, and what the tie cost.
 pub fn convert(
     from: &ModelConfig,
@@ -113,9 +121,7 @@ pub fn convert(
     match (from, to) {
         (ModelConfig::Vit(from), ModelConfig::Vit(to)) => vit::convert(from, to, weights, method),
         (ModelConfig::Resnet(from), ModelConfig::Resnet(to)) => resnet::convert(from, to, weights, method),
-        _ => Err(ConvertError::Mismatch(
-            "the baseline and the PE model are of different families (ResNet vs ViT)".into(),
-        )),
+        _ => Err(other_family(from, to)),
     }
 }
 
@@ -125,9 +131,7 @@ pub fn aligned(from: &ModelConfig, to: &ModelConfig, weights: Weights) -> Result
     match (from, to) {
         (ModelConfig::Vit(from), ModelConfig::Vit(to)) => vit::aligned(from, to, weights),
         (ModelConfig::Resnet(from), ModelConfig::Resnet(to)) => resnet::aligned(from, to, weights),
-        _ => Err(ConvertError::Mismatch(
-            "the baseline and the PE model are of different families (ResNet vs ViT)".into(),
-        )),
+        _ => Err(other_family(from, to)),
     }
 }
 

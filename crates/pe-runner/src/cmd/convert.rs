@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 use tch::{nn, Device, Kind, Tensor};
 
-use pe_models::convert::{self, Method, TiedMatrix, Weights};
+use pe_models::convert::{self, ConvertError, Method, TiedMatrix, Weights};
 use pe_models::pretrained::{self, Selection};
 use pe_models::{Model, ModelConfig};
 
@@ -23,6 +23,15 @@ use crate::train::weight_average::TrainingBatches;
 
 /// The weights file in the output folder.
 pub const WEIGHTS: &str = "model.safetensors";
+
+/// Why `pe convert` refuses its source (exit code 2: nothing was written).
+#[derive(Debug, thiserror::Error)]
+#[error("converting {weights} to {to}: {reason}")]
+pub struct ConvertRefusal {
+    weights: String,
+    to: String,
+    reason: ConvertError,
+}
 
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
@@ -108,7 +117,11 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     let target = twin_config(&trained.model, &args.to)?;
     let weights = pretrained::read(&trained.weights)?;
     let conversion = convert::convert(&trained.model, &target, convert::share(&weights), args.method)
-        .with_context(|| format!("converting {} to {}", trained.weights.display(), args.to))?;
+        .map_err(|reason| ConvertRefusal {
+            weights: trained.weights.display().to_string(),
+            to: args.to.clone(),
+            reason,
+        })?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let file = args.out.join(WEIGHTS);
     let (vs, twin) = build(&target, conversion.weights, &file)?;
@@ -323,7 +336,10 @@ fn markdown(report: &Report) -> String {
     for (kind, n, naive, error) in by_kind(&report.tied) {
         text += &format!("| {kind} | {n} | {error:.4} | {naive:.4} |\n");
     }
-    text += &format!("\n{}", batch_norm_line(report));
+    let batch_norm = batch_norm_line(report);
+    if !batch_norm.is_empty() {
+        text += &format!("\n{batch_norm}");
+    }
     if let Some(check) = &report.logits {
         text += &format!("\n{}", logit_lines(check));
     }
