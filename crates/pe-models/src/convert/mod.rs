@@ -45,6 +45,11 @@
 //! reads the stage input, the PE block the projection's output at the new resolution), so block 0
 //! keeps its 3×3 conv and BNs and the projection takes the baseline's `downsample`; its `conv3`
 //! still enters the fit.
+//!
+//! The tie itself is not a symmetry: it moves every activation after it, and a ResNet's BatchNorm
+//! running statistics then describe activations that no longer occur. `pe convert` therefore
+//! measures them again on training batches (`--recompute-bn`, as SWA does); on the Fashion-MNIST
+//! ResNet the converted logits otherwise grow to ~60× the baseline's.
 
 pub mod assignment;
 mod report;
