@@ -244,7 +244,19 @@ fn fit_member(member: &Member, shared: &Tensor, rho: f64) -> Move {
         Role::Reduce => signs(&(shared * &columned).sum_dim_intlist(1, false, Kind::Double)),
         Role::Expand => Tensor::ones_like(&norms),
     };
-    Move { permutation, row_scale: sign * rho / norms, column_scale }
+    let row_scale = sign * rho / norms;
+    match column_scale {
+        // `diag(e) M diag(c)` is also `diag(e/g) M diag(g c)`: the gauge puts the common factor g
+        // (the geometric mean of e) on bn3's side, whose input scale a BatchNorm forgets, so that
+        // bn2's affine (divided by e) keeps its trained magnitude. Without it bn2's γ fell to
+        // ~1e-3 and bn3's rose to ~1e3 on the Fashion-MNIST ResNet: the same function, but a
+        // parametrisation that fine-tuning could not recover from.
+        Some(columns) => {
+            let g = row_scale.log().mean(Kind::Double).exp();
+            Move { permutation, row_scale: &row_scale / &g, column_scale: Some(columns * g) }
+        }
+        None => Move { permutation, row_scale, column_scale },
+    }
 }
 
 /// The member's rows (a permutation) that best match `shared`'s by cosine, and the total cosine:
