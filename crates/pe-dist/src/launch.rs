@@ -14,6 +14,8 @@ use crate::{ffi, Error, Result};
 /// How long ranks get to exit after SIGTERM before SIGKILL.
 const GRACE: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(50);
+/// The exit code of a rank that refused its configuration (`pe`'s convention: nothing started).
+const INVALID_CONFIGURATION: i32 = 2;
 /// Timeout of the launcher's own store operations (ranks use their own process-group timeout).
 const STORE_TIMEOUT_MS: i64 = 30 * 60 * 1000;
 
@@ -140,6 +142,11 @@ impl Ranks {
                 if !status.success() && !stopped_as_asked(status) {
                     let pid = self.0[rank].as_ref().map_or(0, Child::id);
                     self.reap(rank);
+                    if status.code() == Some(INVALID_CONFIGURATION) {
+                        // Every rank read the same recipe and refuses it too; only rank 0 says
+                        // why, so it must not be terminated before it has.
+                        self.let_exit(GRACE);
+                    }
                     self.terminate_all();
                     return Err(Error::RankFailed { rank, pid, status });
                 }
@@ -175,13 +182,18 @@ impl Ranks {
         for child in self.0.iter().flatten() {
             ffi::send_signal(child.id(), libc::SIGTERM);
         }
-        let deadline = Instant::now() + GRACE;
+        self.let_exit(GRACE);
+        self.kill_all();
+    }
+
+    /// Waits up to `limit` for every rank to exit by itself.
+    fn let_exit(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
         while Instant::now() < deadline
             && self.0.iter_mut().flatten().any(|c| matches!(c.try_wait(), Ok(None)))
         {
             thread::sleep(POLL);
         }
-        self.kill_all();
     }
 
     fn kill_all(&mut self) {
