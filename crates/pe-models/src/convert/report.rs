@@ -25,4 +25,7 @@ pub struct Conversion {
     pub tied: Vec<TiedMatrix>,
     /// What the PE model could not take over exactly, one sentence each.
     pub notes: Vec<String>,
+    /// Symmetric method: the baseline after the symmetry moves alone, in its own layout (the
+    /// same function, bar the GELU MLP's scales), what the ties were taken from.
+    pub aligned: Option<Weights>,
 }

@@ -85,14 +85,15 @@ pub(super) fn convert(
     method: Method,
 ) -> Result<Conversion, ConvertError> {
     let plans = pe_stages(from, to)?;
-    let mut out = share(&weights);
+    let aligned = match method {
+        Method::Naive => share(&weights),
+        Method::Symmetric => self::aligned(from, to, share(&weights))?,
+    };
+    let mut out = share(&aligned);
     let (mut tied, mut notes) = (Vec::new(), Vec::new());
     for plan in &plans {
         let original = members(&weights, plan)?;
-        if method == Method::Symmetric {
-            apply(&mut out, plan, &original, &fit_stage(&original))?;
-        }
-        let moved = members(&out, plan)?;
+        let moved = members(&aligned, plan)?;
         let naive = mean(&original);
         let shared = mean(&moved);
         put(&mut out, &format!("{}.shared_w", plan.name), &shared);
@@ -106,7 +107,8 @@ pub(super) fn convert(
         }
         rename_to_pe(&mut out, plan, &mut notes);
     }
-    Ok(Conversion { weights: out, tied, notes })
+    let aligned = (method == Method::Symmetric).then_some(aligned);
+    Ok(Conversion { weights: out, tied, notes, aligned })
 }
 
 /// The baseline's weights after the symmetry fit of every PE stage, in the baseline's layout.

@@ -38,7 +38,8 @@ pub(super) fn convert(
     } else {
         Vec::new()
     };
-    Ok(Conversion { weights: out, tied, notes })
+    let aligned = (method == Method::Symmetric).then_some(moved);
+    Ok(Conversion { weights: out, tied, notes, aligned })
 }
 
 /// The baseline's weights after the symmetry fit, in the baseline's layout.

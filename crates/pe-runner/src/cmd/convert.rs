@@ -116,7 +116,7 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     let trained = Trained::resolve(&args.source, args.ema, args.model.as_deref(), &args.overrides)?;
     let target = twin_config(&trained.model, &args.to)?;
     let weights = pretrained::read(&trained.weights)?;
-    let conversion = convert::convert(&trained.model, &target, convert::share(&weights), args.method)
+    let mut conversion = convert::convert(&trained.model, &target, convert::share(&weights), args.method)
         .map_err(|reason| ConvertRefusal {
             weights: trained.weights.display().to_string(),
             to: args.to.clone(),
@@ -142,10 +142,7 @@ pub fn run(args: ConvertArgs) -> Result<()> {
             None
         }
         (Some(recipe), limit) => {
-            let aligned = (args.method == Method::Symmetric)
-                .then(|| convert::aligned(&trained.model, &target, convert::share(&weights)))
-                .transpose()?;
-            Some(compare(&trained, recipe, &target, &file, aligned, limit)?)
+            Some(compare(&trained, recipe, &target, &file, conversion.aligned.take(), limit)?)
         }
     };
     let report = Report {
