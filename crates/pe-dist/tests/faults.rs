@@ -84,11 +84,13 @@ fn killed_peer_makes_the_survivor_fail_within_the_timeout() {
 #[test]
 fn a_missing_rank_times_out_naming_the_store() {
     // Rank 0 waits for rank 1 to join its store; rank 1 finds no store to connect to. Both give up
-    // after about the timeout (the client used to take 2-3 timeouts: c10d's own retries).
+    // after about the timeout (the client used to take 2-3 timeouts: c10d's own retries). The
+    // ports differ, or rank 1 could find rank 0's store.
     let timeout = Duration::from_secs(1);
+    let ports = common::free_ports::<2>();
     let alone = |rank: usize| {
         std::thread::spawn(move || {
-            let port = common::free_port();
+            let port = ports[rank];
             let (result, took) = timed(|| ProcessGroup::new(&env(rank, port), Backend::Gloo, timeout));
             let err = result.expect_err("a group without its peer was created").to_string();
             println!("rank {rank} alone, after {took:?}: {err}");

@@ -35,7 +35,15 @@ pub fn launch_ranks(test: &str, nproc: usize) {
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct loopback ports nobody listens on right now: all are held at once while chosen,
+/// since the kernel may hand a just-released port out again (two `free_port` calls can agree).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: [TcpListener; N] =
+        std::array::from_fn(|_| TcpListener::bind("127.0.0.1:0").expect("free port"));
+    held.map(|l| l.local_addr().expect("free port").port())
 }
 
 /// Starts `ranks` of a `world`-sized group running `test`, rank 0 hosting the store on `port`
