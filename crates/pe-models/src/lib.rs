@@ -17,4 +17,4 @@ pub use error::Error;
 pub use model::{Model, ModelConfig};
 pub use registry::{preset, presets, Preset};
 pub use resnet::{ResNet, ResNetConfig};
-pub use vit::{Vit, VitConfig};
+pub use vit::{Heads, Vit, VitConfig};

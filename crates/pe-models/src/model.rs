@@ -1,13 +1,13 @@
 //! One type for "any model of the registry", so the runner needs no per-architecture code.
 
 use serde::{Deserialize, Serialize};
-use tch::nn;
+use tch::nn::{self, ModuleT as _};
 use tch::Tensor;
 
 use crate::accounting::CostSheet;
 use crate::error::Error;
 use crate::resnet::{ResNet, ResNetConfig};
-use crate::vit::{Vit, VitConfig};
+use crate::vit::{Heads, Vit, VitConfig};
 
 /// A model's full definition, as written in a TOML `[model]` section (`arch = "resnet" | "vit"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +45,14 @@ impl ModelConfig {
         match self {
             ModelConfig::Resnet(_) => "fc",
             ModelConfig::Vit(_) => "head",
+        }
+    }
+
+    /// Every classifier: the head, and a distilled ViT's `head_dist` beside it.
+    pub fn head_prefixes(&self) -> Vec<&'static str> {
+        match self {
+            ModelConfig::Vit(config) if config.distilled => vec!["head", "head_dist"],
+            other => vec![other.head_prefix()],
         }
     }
 
@@ -95,8 +103,21 @@ impl Model {
     pub fn forward_probed(&self, xs: &Tensor, probe: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
         match self {
             Model::Resnet(model) => model.features_probed(xs, false, probe).apply(&model.fc),
-            Model::Vit(model) => model.features_probed(xs, false, probe).apply(&model.head),
+            Model::Vit(model) => model.heads_of(&model.prefix_features_probed(xs, false, probe)).merged(),
         }
+    }
+
+    /// Each head's logits (a distilled ViT has two; see [`Heads`]); `forward_t` is their mean.
+    pub fn forward_heads(&self, xs: &Tensor, train: bool) -> Heads {
+        match self {
+            Model::Resnet(model) => Heads { class: model.forward_t(xs, train), dist: None },
+            Model::Vit(model) => model.forward_heads(xs, train),
+        }
+    }
+
+    /// Whether the model has DeiT's distillation head.
+    pub fn is_distilled(&self) -> bool {
+        matches!(self, Model::Vit(vit) if vit.distillation.is_some())
     }
 }
 

@@ -42,9 +42,9 @@ impl Adapted {
         let mut lines = Vec::new();
         if let Some(classes) = self.head_reinitialised_from {
             lines.push(format!(
-                "the weights have {classes} classes, this model {}: {}.* re-initialised",
+                "the weights have {classes} classes, this model {}: {} re-initialised",
                 config.num_classes(),
-                config.head_prefix()
+                config.head_prefixes().iter().map(|head| format!("{head}.*")).collect::<Vec<_>>().join(", ")
             ));
         }
         if let Some((from, to)) = self.pos_embed_resampled {
@@ -111,14 +111,15 @@ pub fn load(
         Adapted { excluded: variables.keys().filter(|n| excluded(n)).count(), ..Adapted::default() };
     weights.retain(|name, _| !excluded(name) && !name.ends_with(BN_COUNTER));
 
-    let head = config.head_prefix();
-    let head_weight = format!("{head}.weight");
+    let heads = config.head_prefixes();
+    let head_weight = format!("{}.weight", config.head_prefix());
     if let (Some(stored), Some(var)) = (weights.get(&head_weight), variables.get(&head_weight)) {
         let (stored, wanted) = (stored.size(), var.size());
-        // Another class count, same feature width: a new head for the new classes.
+        // Another class count, same feature width: new heads (both of a distilled ViT) for the
+        // new classes.
         if stored.len() == 2 && stored[1] == wanted[1] && stored[0] != wanted[0] {
             adapted.head_reinitialised_from = Some(stored[0]);
-            for name in [head_weight, format!("{head}.bias")] {
+            for name in heads.iter().flat_map(|head| [format!("{head}.weight"), format!("{head}.bias")]) {
                 weights.remove(&name);
                 if let Some(var) = variables.get(&name) {
                     let _ = tch::no_grad(|| var.shallow_clone().g_mul_scalar_(selection.head_init_scale));
@@ -131,15 +132,15 @@ pub fn load(
     {
         if stored.size() != var.size() {
             let grid = vit.img_size / vit.patch_size;
-            if let Some((from, resampled)) = resample_pos_embed(stored, grid, 1) {
+            if let Some((from, resampled)) = resample_pos_embed(stored, grid, vit.prefix_tokens()) {
                 adapted.pos_embed_resampled = Some((from, grid));
                 weights.insert("pos_embed".into(), resampled);
             }
         }
     }
 
-    let reinitialised =
-        |name: &str| adapted.head_reinitialised_from.is_some() && name.starts_with(&format!("{head}."));
+    let in_head = |name: &str| heads.iter().any(|head| name.starts_with(&format!("{head}.")));
+    let reinitialised = |name: &str| adapted.head_reinitialised_from.is_some() && in_head(name);
     copy_checked(vs, &weights, path, |n| excluded(n) || reinitialised(n))
         .map_err(|e| with_hint(e, config))?;
     Ok(adapted)
@@ -148,18 +149,23 @@ pub fn load(
 /// The mismatch error with a hint at the way out: a new head when only the head differs.
 fn with_hint(error: WeightsError, config: &ModelConfig) -> WeightsError {
     let WeightsError::Mismatch { path, missing, unexpected, mismatched, .. } = error else { return error };
-    let head = format!("{}.", config.head_prefix());
-    let only_head = missing.iter().chain(&unexpected).chain(&mismatched).all(|n| n.starts_with(&head));
+    let heads: Vec<String> = config.head_prefixes().iter().map(|head| format!("{head}.")).collect();
+    let only_head = missing
+        .iter()
+        .chain(&unexpected)
+        .chain(&mismatched)
+        .all(|n| heads.iter().any(|head| n.starts_with(head.as_str())));
+    let head = heads.iter().map(|head| format!("\"{head}*\"")).collect::<Vec<_>>().join(" and ");
     let hint = if only_head {
-        format!("only the head differs: add \"{head}*\" to model.init_exclude to train a new one")
+        format!("only the head differs: add {head} to model.init_exclude to train a new one")
     } else {
         "the weights are of another architecture; model.init_exclude leaves tensors out on purpose".into()
     };
     WeightsError::Mismatch { path, missing, unexpected, mismatched, hint: Some(hint) }
 }
 
-/// `posemb` [1, prefix + g², C] resampled to [1, prefix + grid², C]: the prefix tokens (class
-/// token) kept, the patch tokens interpolated as a g×g image, bicubic, antialiased, in fp32 (timm's
+/// `posemb` [1, prefix + g², C] resampled to [1, prefix + grid², C]: the prefix tokens (class and
+/// distillation token) kept, the patch tokens interpolated as a g×g image, bicubic, antialiased, in fp32 (timm's
 /// `resample_abs_pos_embed`). `None` when the stored tokens do not form a square grid.
 pub fn resample_pos_embed(posemb: &Tensor, grid: i64, prefix: i64) -> Option<(i64, Tensor)> {
     let size = posemb.size();

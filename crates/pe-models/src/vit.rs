@@ -1,5 +1,9 @@
 //! DeiT/ViT as timm builds them (`deit_*_patch16_224`), and ViT-PE: every block's attention
 //! and MLP replaced by the tied `PeAttention` / `PeMlp` (the paper's Section 3.1).
+//!
+//! With `distilled`, DeiT's distillation token rides beside the class token and feeds a second head
+//! (timm's `deit_*_distilled_patch16_224`: `dist_token`, `head_dist`); the model's logits are the
+//! two heads' mean, and training with a teacher reads the heads apart ([`Vit::forward_heads`]).
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
@@ -43,6 +47,9 @@ pub struct VitConfig {
     /// Stochastic depth of the last block; block i gets `drop_path_rate × i / (depth − 1)`.
     #[serde(default)]
     pub drop_path_rate: f64,
+    /// DeiT's distillation token and its head (timm's `dist_token`, `head_dist`).
+    #[serde(default)]
+    pub distilled: bool,
 }
 
 fn yes() -> bool {
@@ -66,6 +73,7 @@ impl VitConfig {
             drop_rate: 0.0,
             attn_drop_rate: 0.0,
             drop_path_rate: 0.0,
+            distilled: false,
         }
     }
 
@@ -80,6 +88,11 @@ impl VitConfig {
     /// The given geometry with both attention and MLP tied (the paper's ViT-PE).
     pub fn pe(self) -> Self {
         Self { pe_attention: true, pe_mlp: true, ..self }
+    }
+
+    /// The given geometry with DeiT's distillation token and second head.
+    pub fn distilled(self) -> Self {
+        Self { distilled: true, ..self }
     }
 
     /// A 28×28, patch-4 ViT for CPU-scale experiments on Fashion-MNIST (49 tokens + cls).
@@ -121,8 +134,13 @@ impl VitConfig {
         self.img_size / self.patch_size
     }
 
+    /// Tokens before the patches: the class token, and the distillation token when `distilled`.
+    pub fn prefix_tokens(&self) -> i64 {
+        1 + i64::from(self.distilled)
+    }
+
     fn tokens(&self) -> i64 {
-        self.grid() * self.grid() + 1
+        self.grid() * self.grid() + self.prefix_tokens()
     }
 
     pub fn validate(&self) -> Result<(), Error> {
@@ -167,6 +185,11 @@ impl VitConfig {
         );
         // timm: cls_token ~ N(0, 1e-6), pos_embed ~ trunc_normal(0.02).
         let cls_token = path.var("cls_token", &[1, 1, dim], nn::Init::Randn { mean: 0.0, stdev: 1e-6 });
+        // timm's distilled DeiT: dist_token ~ trunc_normal(0.02), head_dist like the head.
+        let distillation = self.distilled.then(|| DistillationToken {
+            token: init::trunc_normal(&path, "dist_token", &[1, 1, dim], init::VIT_STD),
+            head: init::vit_linear(&path / "head_dist", dim, self.num_classes, true),
+        });
         let pos_embed = init::trunc_normal(&path, "pos_embed", &[1, self.tokens(), dim], init::VIT_STD);
         let rates = drop_path::linear_rates(self.drop_path_rate, self.depth);
         let blocks_path = &path / "blocks";
@@ -177,7 +200,7 @@ impl VitConfig {
             .collect::<Result<_, _>>()?;
         let norm = layer_norm(&path / "norm", dim);
         let head = init::vit_linear(&path / "head", dim, self.num_classes, true);
-        Ok(Vit { patch_embed, cls_token, pos_embed, blocks, norm, head, config: self.clone() })
+        Ok(Vit { patch_embed, cls_token, distillation, pos_embed, blocks, norm, head, config: self.clone() })
     }
 
     fn init_block(&self, path: nn::Path, drop_path: f64) -> Result<VitBlock, pe_layers::Error> {
@@ -217,6 +240,9 @@ impl VitConfig {
         let mut sheet = CostSheet::default();
         sheet.conv_with_bias("patch_embed.proj", self.in_channels, dim, self.patch_size, grid, grid);
         sheet.push(Cost::param("cls_token".into(), dim));
+        if self.distilled {
+            sheet.push(Cost::param("dist_token".into(), dim));
+        }
         sheet.push(Cost::param("pos_embed".into(), tokens * dim));
         for block in 0..self.depth {
             let name = |layer: &str| format!("blocks.{block}.{layer}");
@@ -254,6 +280,10 @@ impl VitConfig {
         sheet.norm("norm", dim);
         sheet.linear("head", dim, self.num_classes, 1);
         sheet.mark_head("head");
+        if self.distilled {
+            sheet.linear("head_dist", dim, self.num_classes, 1);
+            sheet.mark_head("head_dist");
+        }
         sheet
     }
 }
@@ -324,15 +354,16 @@ impl VitBlock {
         &xs + self.drop_path.forward_t(&mixed, train)
     }
 
-    /// The block's output for the class token alone, [B, N, C] -> [B, 1, C]: what the last block
-    /// computes when only the class token reaches the head. Every token still serves as a key and
-    /// value, but the queries, the output projection and the MLP run for one token instead of N,
-    /// which saves most of a block's work (exact: the other tokens' outputs are never read).
-    pub fn forward_class_token(&self, xs: &Tensor, train: bool) -> Tensor {
-        let attended = self.attn.forward_leading(&xs.apply(&self.norm1), 1, train);
-        let cls = xs.narrow(1, 0, 1) + self.drop_path.forward_t(&attended, train);
-        let (mixed, _) = self.mlp.forward_with_hidden(&cls.apply(&self.norm2), train);
-        &cls + self.drop_path.forward_t(&mixed, train)
+    /// The block's output for the `prefix` leading tokens alone, [B, N, C] -> [B, prefix, C]: what
+    /// the last block computes when only the class (and distillation) token reach a head. Every
+    /// token still serves as a key and value, but the queries, the output projection and the MLP
+    /// run for `prefix` tokens instead of N, which saves most of a block's work (exact: the other
+    /// tokens' outputs are never read).
+    pub fn forward_prefix(&self, xs: &Tensor, prefix: i64, train: bool) -> Tensor {
+        let attended = self.attn.forward_leading(&xs.apply(&self.norm1), prefix, train);
+        let lead = xs.narrow(1, 0, prefix) + self.drop_path.forward_t(&attended, train);
+        let (mixed, _) = self.mlp.forward_with_hidden(&lead.apply(&self.norm2), train);
+        &lead + self.drop_path.forward_t(&mixed, train)
     }
 }
 
@@ -342,10 +373,35 @@ impl nn::ModuleT for VitBlock {
     }
 }
 
+/// DeiT's distillation token and the head that reads it (timm's `dist_token`, `head_dist`).
+#[derive(Debug)]
+pub struct DistillationToken {
+    pub token: Tensor,
+    pub head: nn::Linear,
+}
+
+/// The logits of each head: the class token's, and the distillation token's when there is one.
+#[derive(Debug)]
+pub struct Heads {
+    pub class: Tensor,
+    pub dist: Option<Tensor>,
+}
+
+impl Heads {
+    /// The model's prediction: the class head, or both heads' mean (DeiT's and timm's inference).
+    pub fn merged(self) -> Tensor {
+        match self.dist {
+            Some(dist) => (self.class + dist) / 2.0,
+            None => self.class,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Vit {
     pub patch_embed: nn::Conv2D,
     pub cls_token: Tensor,
+    pub distillation: Option<DistillationToken>,
     pub pos_embed: Tensor,
     pub blocks: Vec<VitBlock>,
     pub norm: nn::LayerNorm,
@@ -354,38 +410,70 @@ pub struct Vit {
 }
 
 impl Vit {
-    /// The normalised cls token: [B, C_in, H, W] -> [B, embed_dim]. Only the class token reaches
-    /// the head, so the last block computes its output for that token alone
-    /// ([`VitBlock::forward_class_token`]).
+    /// The normalised cls token: [B, C_in, H, W] -> [B, embed_dim].
     pub fn features(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.prefix_features(xs, train).select(1, 0)
+    }
+
+    /// The normalised prefix tokens (class, then distillation): [B, C_in, H, W] -> [B, P, C]. Only
+    /// they reach a head, so the last block computes its output for them alone
+    /// ([`VitBlock::forward_prefix`]).
+    pub fn prefix_features(&self, xs: &Tensor, train: bool) -> Tensor {
         let (last, blocks) = self.blocks.split_last().expect("validate() requires depth >= 1");
         let tokens = blocks.iter().fold(self.embed(xs, train), |xs, block| block.forward_t(&xs, train));
-        last.forward_class_token(&tokens, train).apply(&self.norm).squeeze_dim(1)
+        last.forward_prefix(&tokens, self.config.prefix_tokens(), train).apply(&self.norm)
     }
 
     /// [`Vit::features`] with every block computed for all tokens, handing `probe` each block's
     /// hidden activations named `blocks.{i}.attn` and `blocks.{i}.mlp` (see
     /// [`VitBlock::forward_probed`]).
     pub fn features_probed(&self, xs: &Tensor, train: bool, probe: &mut dyn FnMut(&str, &Tensor)) -> Tensor {
+        self.prefix_features_probed(xs, train, probe).select(1, 0)
+    }
+
+    /// [`Vit::prefix_features`] with every block computed for all tokens (see [`Vit::features_probed`]).
+    pub fn prefix_features_probed(
+        &self,
+        xs: &Tensor,
+        train: bool,
+        probe: &mut dyn FnMut(&str, &Tensor),
+    ) -> Tensor {
         let tokens = self.blocks.iter().enumerate().fold(self.embed(xs, train), |xs, (i, block)| {
             block.forward_probed(&xs, train, &mut |name, hidden| probe(&format!("blocks.{i}.{name}"), hidden))
         });
-        tokens.apply(&self.norm).select(1, 0)
+        tokens.narrow(1, 0, self.config.prefix_tokens()).apply(&self.norm)
     }
 
-    /// Patch embedding, class token and position embedding: [B, C_in, H, W] -> [B, N, C]
+    /// Each head's logits: [B, C_in, H, W] -> [B, num_classes] per head.
+    pub fn forward_heads(&self, xs: &Tensor, train: bool) -> Heads {
+        self.heads_of(&self.prefix_features(xs, train))
+    }
+
+    /// The heads applied to normalised prefix tokens [B, P, C].
+    pub fn heads_of(&self, prefix: &Tensor) -> Heads {
+        let class = prefix.select(1, 0).apply(&self.head);
+        let dist = self.distillation.as_ref().map(|d| prefix.select(1, 1).apply(&d.head));
+        Heads { class, dist }
+    }
+
+    /// Patch embedding, prefix tokens and position embedding: [B, C_in, H, W] -> [B, N, C]
     fn embed(&self, xs: &Tensor, train: bool) -> Tensor {
         // [B, C_in, H, W] -> [B, C, H/p, W/p] -> [B, N, C]
         let patches = xs.apply(&self.patch_embed).flatten(2, -1).transpose(1, 2);
         // Expanded to the patches' batch (not to a number), so a traced model takes any batch.
-        let cls = self.cls_token.expand_as(&patches.narrow(1, 0, 1)).to_kind(patches.kind());
-        (Tensor::cat(&[cls, patches], 1) + &self.pos_embed).dropout(self.config.drop_rate, train)
+        let one = patches.narrow(1, 0, 1);
+        let mut tokens = vec![self.cls_token.expand_as(&one).to_kind(patches.kind())];
+        if let Some(distillation) = &self.distillation {
+            tokens.push(distillation.token.expand_as(&one).to_kind(patches.kind()));
+        }
+        tokens.push(patches);
+        (Tensor::cat(&tokens, 1) + &self.pos_embed).dropout(self.config.drop_rate, train)
     }
 }
 
 impl nn::ModuleT for Vit {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         // [B, C_in, H, W] -> [B, num_classes]
-        self.features(xs, train).apply(&self.head)
+        self.forward_heads(xs, train).merged()
     }
 }

@@ -17,6 +17,9 @@ const DOCUMENTED: &[(&str, i64)] = &[
     ("deit_small", 22_050_664),
     ("vit_pe_tiny", 3_063_208),
     ("vit_pe_small", 11_433_832),
+    ("deit_tiny_distilled", 5_910_800),
+    ("deit_small_distilled", 22_436_432),
+    ("vit_pe_small_distilled", 11_819_600),
 ];
 
 fn trainable(vs: &nn::VarStore) -> i64 {

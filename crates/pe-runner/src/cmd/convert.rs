@@ -14,7 +14,7 @@ use pe_models::pretrained::{self, Selection};
 use pe_models::{Model, ModelConfig};
 
 use crate::cmd::eval::validation_loader;
-use crate::cmd::trained::{at_img_size, Trained};
+use crate::train::trained::{at_img_size, Trained};
 use crate::config::ExperimentConfig;
 use crate::train::amp::Precision;
 use crate::train::batch::{to_device, Normalizer};

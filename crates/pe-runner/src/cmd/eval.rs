@@ -11,7 +11,7 @@ use tch::Device;
 
 use pe_data::{Loader, Split};
 
-use crate::cmd::trained::Trained;
+use crate::train::trained::Trained;
 use crate::config::{load_experiment, ExperimentConfig};
 use crate::eval::figure;
 use crate::eval::labels::{ClassMap, EvalSetError, Targets};

@@ -14,7 +14,7 @@ use tch::{nn::ModuleT, CModule, Device, Kind, Tensor};
 use pe_data::transforms::resize::Interpolation;
 use pe_models::{weights, ModelConfig};
 
-use crate::cmd::trained::{Loaded, Trained};
+use crate::train::trained::{Loaded, Trained};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {

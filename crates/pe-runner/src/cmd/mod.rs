@@ -14,4 +14,3 @@ pub mod predict;
 pub mod prepare;
 pub mod summary;
 pub mod train;
-pub mod trained;

@@ -14,7 +14,7 @@ use pe_data::rng::{Rng, Stream};
 use pe_data::transforms::Scratch;
 use pe_data::Transform;
 
-use crate::cmd::trained::Trained;
+use crate::train::trained::Trained;
 use crate::train::amp::Precision;
 use crate::train::batch::Normalizer;
 use crate::train::evaluate::eval_logits;

@@ -176,6 +176,9 @@ pub fn load_experiment(path: &Path, overrides: &[String]) -> Result<Experiment, 
     if let (Some(source), Some(init)) = (set_by_file("model.init"), &config.model_init.init) {
         config.model_init.init = Some(relative_to(&source.path, init));
     }
+    if let (Some(source), Some(distill)) = (set_by_file("distill.teacher"), &mut config.distill) {
+        distill.teacher = relative_to(&source.path, &distill.teacher);
+    }
     if let Some(source) = set_by_file("logging.runs_dir") {
         config.logging.runs_dir = relative_to(&source.path, &config.logging.runs_dir);
     }

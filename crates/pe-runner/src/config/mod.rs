@@ -41,6 +41,55 @@ pub struct ExperimentConfig {
     pub eval: EvalConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// Training with a teacher (DeiT's distillation); absent: no teacher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillConfig>,
+}
+
+/// How the teacher's logits enter the loss (DeiT's `distillation_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DistillKind {
+    /// KL divergence to the teacher's distribution at temperature `tau`, scaled by τ².
+    Soft,
+    /// Cross-entropy on the teacher's top class.
+    Hard,
+}
+
+/// `[distill]`: a frozen teacher whose logits on each (mixed) training batch join the loss as
+/// `(1 − alpha)·CE(class head, targets) + alpha·distillation(dist head, teacher)` (DeiT's
+/// `DistillationLoss`; a model without a distillation token uses its one head for both terms).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillConfig {
+    /// A run folder (its best checkpoint, else its last), a checkpoint folder, or a safetensors
+    /// file (torchvision / timm names), as `model.init` takes them.
+    pub teacher: PathBuf,
+    /// The teacher's registry model; a run or checkpoint folder records its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_model: Option<String>,
+    /// Take the teacher checkpoint's EMA weights.
+    #[serde(default)]
+    pub teacher_ema: bool,
+    /// The image side the teacher sees (the batch is resized to it, bilinear, antialiased); 0:
+    /// its own size (a ViT's `img_size`, for a ResNet the batch's).
+    #[serde(default)]
+    pub teacher_img_size: usize,
+    pub kind: DistillKind,
+    /// Weight of the teacher's term (DeiT's default 0.5).
+    #[serde(default = "half")]
+    pub alpha: f64,
+    /// Temperature of the soft kind (DeiT's default 1).
+    #[serde(default = "one")]
+    pub tau: f64,
+}
+
+fn half() -> f64 {
+    0.5
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// Where a run's first weights come from (see `train/init_weights.rs`): the `[model] init*` keys.
@@ -359,6 +408,25 @@ fn ensure(ok: bool, key: &'static str, message: impl FnOnce() -> String) -> Resu
     }
 }
 
+impl DistillConfig {
+    fn validate(&self, train: &TrainConfig) -> Result<(), Invalid> {
+        ensure((0.0..=1.0).contains(&self.alpha), "distill.alpha", || {
+            format!("must be in [0, 1] (the teacher term's weight), got {}", self.alpha)
+        })?;
+        ensure(self.tau.is_finite() && self.tau > 0.0, "distill.tau", || {
+            format!("must be a finite positive number, got {}", self.tau)
+        })?;
+        ensure(self.kind == DistillKind::Soft || self.tau == 1.0, "distill.tau", || {
+            format!("is the soft kind's temperature; kind = \"hard\" takes none, got {}", self.tau)
+        })?;
+        ensure(!train.cuda_graph, "train.cuda_graph", || {
+            "cannot be combined with [distill]: the teacher's forward is not captured into the graph; \
+             turn train.cuda_graph off to train with a teacher"
+                .into()
+        })
+    }
+}
+
 impl ExperimentConfig {
     /// Checks every impossible value; the first failure names its key.
     pub fn validate(&self) -> Result<(), Invalid> {
@@ -449,6 +517,9 @@ impl ExperimentConfig {
         ensure(s.decay_rate.is_finite() && s.decay_rate > 0.0, "schedule.decay_rate", || {
             format!("must be a finite positive number, got {}", s.decay_rate)
         })?;
+        if let Some(distill) = &self.distill {
+            distill.validate(t)?;
+        }
         ensure(self.eval.every_epochs >= 1, "eval.every_epochs", || "must be at least 1".into())?;
         ensure(self.logging.every_steps >= 1, "logging.every_steps", || "must be at least 1".into())?;
         ensure(self.data.img_size as i64 == self.model_img_size(), "data.img_size", || {

@@ -1,6 +1,9 @@
-//! Classification losses: hard labels with label smoothing, and soft (Mixup/CutMix) targets.
+//! Classification losses: hard labels with label smoothing, soft (Mixup/CutMix) targets, and a
+//! teacher's term (DeiT's distillation).
 
 use tch::{Kind, Tensor};
+
+use crate::config::DistillKind;
 
 /// Cross-entropy of `logits` [B, K] against soft `targets` [B, K] (rows sum to 1), averaged over
 /// the batch: timm's `SoftTargetCrossEntropy`. Computed in fp32 whatever the logits' dtype.
@@ -19,4 +22,26 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, smoothing: f64) -> Tensor
         -100,
         smoothing,
     )
+}
+
+/// DeiT's teacher term (`DistillationLoss`) of `student` logits [B, K] against the `teacher`'s
+/// [B, K], in fp32. Soft: `KL(softmax(t/τ) ‖ softmax(s/τ))` summed and scaled by `τ² / (B·K)`;
+/// DeiT divides by the logits' element count, not the batch, and so do we, so that its α and τ
+/// mean the same here. Hard: cross-entropy on the teacher's top class.
+pub fn distillation(student: &Tensor, teacher: &Tensor, kind: DistillKind, tau: f64) -> Tensor {
+    let (student, teacher) = (student.to_kind(Kind::Float), teacher.to_kind(Kind::Float));
+    match kind {
+        DistillKind::Soft => {
+            let log_p = (student / tau).log_softmax(-1, Kind::Float);
+            let log_q = (teacher / tau).log_softmax(-1, Kind::Float);
+            let kl = (log_q.exp() * (&log_q - log_p)).sum(Kind::Float);
+            kl * (tau * tau) / log_q.numel() as f64
+        }
+        DistillKind::Hard => cross_entropy(&student, &teacher.argmax(-1, false), 0.0),
+    }
+}
+
+/// DeiT's combined loss: `(1 − alpha)·base + alpha·distillation`.
+pub fn with_teacher(base: Tensor, distillation: Tensor, alpha: f64) -> Tensor {
+    base * (1.0 - alpha) + distillation * alpha
 }

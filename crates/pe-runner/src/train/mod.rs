@@ -22,5 +22,7 @@ pub mod run_identity;
 pub mod schedule;
 pub mod step_engine;
 pub mod stop;
+pub mod teacher;
 pub mod tensorboard;
+pub mod trained;
 pub mod weight_average;

@@ -3,7 +3,7 @@
 //! - Weight decay: none for 1-D parameters (norm scales/shifts, biases) and the named ones
 //!   (position embedding, class token), as timm's `param_groups_weight_decay`.
 //! - `optimizer.layer_decay` (ViTs): timm's `param_groups_layer_decay` block ids — the embeddings
-//!   (`cls_token`, `pos_embed`, `patch_embed.*`) 0, `blocks.i.*` i + 1, the final norm with the last
+//!   (`cls_token`, `dist_token`, `pos_embed`, `patch_embed.*`) 0, `blocks.i.*` i + 1, the final norm with the last
 //!   block (depth), everything else (the head) depth + 1 — and the scale `layer_decay^(depth + 1 − id)`.
 //! - `[[optimizer.groups]]`: the first rule whose `match` pattern names a parameter multiplies its
 //!   learning rate by `lr_mult` and its weight decay by `wd_mult` (PE's stage-shared `shared_w`
@@ -82,8 +82,11 @@ pub fn groups(
     };
     let mut groups: Vec<(bool, Group)> = Vec::new();
     for (name, tensor) in named {
+        // The distillation token goes with the class token (timm exempts both), so recipes written
+        // before distilled models keep their meaning.
+        let named_as = if name == "dist_token" { "cls_token" } else { name.as_str() };
         let exempt = (config.no_decay_1d && tensor.dim() <= 1)
-            || config.no_decay_names.iter().any(|n| name == *n || name.ends_with(&format!(".{n}")));
+            || config.no_decay_names.iter().any(|n| named_as == n || named_as.ends_with(&format!(".{n}")));
         let rule = config.groups.iter().find(|rule| glob_match(&rule.pattern, &name));
         let (lr_mult, wd_mult) = rule.map_or((1.0, 1.0), |rule| (rule.lr_mult, rule.wd_mult));
         let lr_scale = lr_mult * config.layer_decay.powi((depth + 1 - vit_layer_id(&name, depth)) as i32);
@@ -114,7 +117,7 @@ pub fn groups(
 fn vit_layer_id(name: &str, depth: usize) -> usize {
     let root = name.split('.').next().unwrap_or(name);
     match root {
-        "cls_token" | "pos_embed" | "patch_embed" => 0,
+        "cls_token" | "dist_token" | "pos_embed" | "patch_embed" => 0,
         "blocks" => name.split('.').nth(1).and_then(|i| i.parse::<usize>().ok()).map_or(depth + 1, |i| i + 1),
         "norm" => depth,
         _ => depth + 1,

@@ -168,6 +168,12 @@ class VitConfig(_Config):
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    distilled: bool = False
+
+    @property
+    def prefix_tokens(self) -> int:
+        """The class token, and the distillation token when `distilled`."""
+        return 2 if self.distilled else 1
 
     @property
     def hidden(self) -> int:

@@ -102,11 +102,13 @@ def _load(model: nn.Module, file: Path, new_head: bool) -> None:
     """Strict loading; with `new_head`, a stored classifier of another class count is left out."""
     state = weights.read(file)
     head = "head" if isinstance(model, Vit) else "fc"
+    # A distilled ViT's second head is replaced with the first.
+    heads = tuple(f"{h}." for h in (head, "head_dist") if h == head or getattr(model, h, None) is not None)
     stored = state.get(f"{head}.weight")
     other_classes = stored is not None and stored.shape[0] != model.num_classes
     if new_head and other_classes and stored.shape[1:] == (model.num_features,):
-        state = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
-        weights.load_strict(model, state, file, may_miss=lambda n: n.startswith(f"{head}."))
+        state = {k: v for k, v in state.items() if not k.startswith(heads)}
+        weights.load_strict(model, state, file, may_miss=lambda n: n.startswith(heads))
     else:
         weights.load_strict(model, state, file)
 

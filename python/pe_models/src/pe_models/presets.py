@@ -26,6 +26,11 @@ def _pe(config: VitConfig) -> VitConfig:
     return replace(config, pe_attention=True, pe_mlp=True)
 
 
+def _distilled(config: VitConfig) -> VitConfig:
+    """DeiT's distillation token and second head (timm's `dist_token`, `head_dist`)."""
+    return replace(config, distilled=True)
+
+
 _RESNET50 = _imagenet_resnet("bottleneck", (3, 4, 6, 3))
 _RESNET_MINI = replace(
     _RESNET50, layers=(2, 2, 2), widths=(8, 16, 32), stem="small", stem_channels=16, num_classes=10
@@ -43,6 +48,9 @@ PRESETS: dict[str, tuple[ModelConfig, str]] = {
     "deit_small": (_deit(384, 6), "timm deit_small_patch16_224"),
     "vit_pe_tiny": (_pe(_deit(192, 3)), "DeiT-T geometry, tied attention + MLP"),
     "vit_pe_small": (_pe(_deit(384, 6)), "DeiT-S geometry, tied attention + MLP (the paper's ViT-PE)"),
+    "deit_tiny_distilled": (_distilled(_deit(192, 3)), "timm deit_tiny_distilled_patch16_224"),
+    "deit_small_distilled": (_distilled(_deit(384, 6)), "timm deit_small_distilled_patch16_224"),
+    "vit_pe_small_distilled": (_distilled(_pe(_deit(384, 6))), "vit_pe_small with DeiT's distillation token"),
     "resnet_mini": (_RESNET_MINI, "CPU scale: 28×28 input, 3 bottleneck stages of widths 8-32"),
     "resnet_mini_pe": (replace(_RESNET_MINI, pe_stages=(1, 2, 3)), "resnet_mini with one shared W in each stage"),
     "vit_mini": (_VIT_MINI, "CPU scale: 28×28 input, patch 4, dim 96, depth 4, 3 heads"),

@@ -2,7 +2,9 @@
 
 The parameter names are timm's `VisionTransformer` (`patch_embed.proj`, `cls_token`, `pos_embed`,
 `blocks.{i}.{norm1,attn,norm2,mlp}`, `norm`, `head`) and, for the tied layers, the Rust model's
-(`attn.wq`, `attn.wkv`, `mlp.weight`, ...), so the safetensors `pe` writes load strictly.
+(`attn.wq`, `attn.wkv`, `mlp.weight`, ...), so the safetensors `pe` writes load strictly. With
+`distilled`, DeiT's distillation token and second head are timm's `dist_token` and `head_dist`
+(`deit_*_distilled_patch16_224`), and the logits are the two heads' mean.
 """
 
 from __future__ import annotations
@@ -56,10 +58,12 @@ class Vit(nn.Module):
     def __init__(self, config: VitConfig):
         super().__init__()
         c = self.config = config
-        dim, tokens = c.embed_dim, (c.img_size // c.patch_size) ** 2 + 1
+        dim, tokens = c.embed_dim, (c.img_size // c.patch_size) ** 2 + c.prefix_tokens
         self.num_classes, self.num_features = c.num_classes, dim
         self.patch_embed = PatchEmbed(c.in_channels, dim, c.patch_size)
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 1e-6)
+        if c.distilled:
+            self.dist_token = nn.Parameter(trunc_normal_(torch.empty(1, 1, dim)))
         self.pos_embed = nn.Parameter(trunc_normal_(torch.empty(1, tokens, dim)))
         self.pos_drop = nn.Dropout(c.drop_rate)
         # Stochastic depth grows linearly from 0 to drop_path_rate over the blocks (timm's rule).
@@ -67,18 +71,30 @@ class Vit(nn.Module):
         self.blocks = nn.Sequential(*(Block(c, rate) for rate in rates))
         self.norm = nn.LayerNorm(dim, eps=LN_EPS)
         self.head = vit_linear(dim, c.num_classes)
+        if c.distilled:
+            self.head_dist = vit_linear(dim, c.num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised tokens, class token first: [B, C_in, H, W] -> [B, N, C]."""
+        """Normalised tokens, class (then distillation) token first: [B, C_in, H, W] -> [B, N, C]."""
         patches = self.patch_embed(x)
-        cls = self.cls_token.expand(x.shape[0], -1, -1).to(patches.dtype)
-        x = self.pos_drop(torch.cat([cls, patches], dim=1) + self.pos_embed)
+        prefix = [self.cls_token] + ([self.dist_token] if self.config.distilled else [])
+        prefix = [t.expand(x.shape[0], -1, -1).to(patches.dtype) for t in prefix]
+        x = self.pos_drop(torch.cat([*prefix, patches], dim=1) + self.pos_embed)
         return self.norm(self.blocks(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """The class token's logits (or its features with `pre_logits`): [B, N, C] -> [B, classes]."""
-        x = x[:, 0]
-        return x if pre_logits else self.head(x)
+        """The class token's logits (or its features with `pre_logits`): [B, N, C] -> [B, classes].
+        A distilled model gives both heads' mean (its distillation head alone: `forward_heads`)."""
+        if pre_logits:
+            return x[:, 0]
+        if self.config.distilled:
+            return sum(self.forward_heads(x)) / 2
+        return self.head(x[:, 0])
+
+    def forward_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Each head's logits from normalised tokens: (class,) or (class, distillation)."""
+        heads = [self.head] + ([self.head_dist] if self.config.distilled else [])
+        return tuple(head(x[:, i]) for i, head in enumerate(heads))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # [B, C_in, H, W] -> [B, num_classes]
@@ -92,7 +108,9 @@ class Vit(nn.Module):
         self.num_classes = num_classes
         self.config = self.config.replace(num_classes=num_classes)
         self.head = vit_linear(self.num_features, num_classes).to(self.norm.weight.device)
+        if self.config.distilled:
+            self.head_dist = vit_linear(self.num_features, num_classes).to(self.norm.weight.device)
 
     def no_weight_decay(self) -> set[str]:
         """What timm's optimizer factory and the Rust recipes (`no_decay_names`) exempt from decay."""
-        return {"pos_embed", "cls_token"}
+        return {"pos_embed", "cls_token", "dist_token"}

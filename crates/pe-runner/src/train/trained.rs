@@ -1,6 +1,7 @@
-//! The trained model a command starts from (`pe eval`, `pe predict`, `pe export`): a run folder (its
-//! best checkpoint, else last), a checkpoint folder or a safetensors file, with what its run
-//! recorded, and the model built at an input size with those weights in it.
+//! A trained model that commands and runs read (`pe eval`, `pe predict`, `pe export`, a
+//! distillation teacher): a run folder (its best checkpoint, else last), a checkpoint folder or a
+//! safetensors file, with what its run recorded, and the model built at an input size with those
+//! weights in it.
 
 use std::path::{Path, PathBuf};
 
