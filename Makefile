@@ -17,7 +17,7 @@ export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 export LIBTORCH_USE_PYTORCH := 1
 
-.PHONY: help setup build exp paper-table1 paper-table2 data fashion-mnist-package tensorboard summary bench bench-data bench-torch bench-train bench-infer bench-ddp bench-shards bench-gpu test-gpu claim-table fmnist-table transfer-table convert-table test fmt fmt-check clippy cargo-test pytest clean
+.PHONY: help setup build exp paper-table1 paper-table2 data fashion-mnist-package tensorboard summary bench bench-data bench-torch bench-train bench-infer bench-ddp bench-shards bench-gpu test-gpu claim-table fmnist-table transfer-table convert-table distill-table test fmt fmt-check clippy cargo-test pytest clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -161,6 +161,10 @@ CONVERT_SEEDS ?= 0 1 2
 CONVERT_FINETUNE ?= 1 2 5
 convert-table: build data ## Convert a trained ViT/ResNet to its PE twin and fine-tune, vs the twin from scratch: bench/results/convert.{md,json,svg}
 	$(PYTHON) bench/convert_table.py --pe $(PE) --seeds $(CONVERT_SEEDS) --finetune $(CONVERT_FINETUNE) --out bench/results/convert.md
+
+DISTILL_SEEDS ?= 0 1 2
+distill-table: build data ## ViT-PE-mini with and without teachers (DeiT's hard distillation token), and the matched untied model: bench/results/distill.md
+	$(PYTHON) bench/distill_table.py --pe $(PE) --seeds $(DISTILL_SEEDS) --out bench/results/distill.md
 
 # The weight-space analysis of the four Fashion-MNIST recipes (`pe analyze`, crates/pe-analyze): runs/<recipe>
 # as `make exp EXP=<recipe>` leaves them, each trained here first if missing.

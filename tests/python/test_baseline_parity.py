@@ -16,6 +16,8 @@ REFERENCES = {
     "resnet50": lambda: torchvision.models.resnet50(),
     "deit_tiny": lambda: timm.create_model("deit_tiny_patch16_224", pretrained=False),
     "deit_small": lambda: timm.create_model("deit_small_patch16_224", pretrained=False),
+    "deit_tiny_distilled": lambda: timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False),
+    "deit_small_distilled": lambda: timm.create_model("deit_small_distilled_patch16_224", pretrained=False),
 }
 
 GRAD_PARAMS = {
@@ -24,6 +26,8 @@ GRAD_PARAMS = {
     "deit_tiny": ["patch_embed.proj.weight", "pos_embed", "cls_token", "blocks.0.attn.qkv.weight", "blocks.11.attn.qkv.weight",
                   "blocks.11.attn.qkv.bias", "blocks.11.mlp.fc2.weight", "head.weight"],
     "deit_small": ["patch_embed.proj.weight", "blocks.5.attn.proj.weight", "blocks.11.norm2.weight", "norm.bias", "head.bias"],
+    "deit_tiny_distilled": ["pos_embed", "cls_token", "dist_token", "blocks.11.attn.qkv.weight", "head.weight", "head_dist.bias"],
+    "deit_small_distilled": ["dist_token", "blocks.11.mlp.fc1.weight", "norm.weight", "head_dist.weight", "head.bias"],
 }
 
 
@@ -86,6 +90,24 @@ def assert_training_gradients_agree(name, x, grad_output, compared, tmp_path):
 def test_training_mode_gradients_agree(name, tmp_path):
     x, grad_output = inputs()
     assert_training_gradients_agree(name, x, grad_output, GRAD_PARAMS[name], tmp_path)
+
+
+@pytest.mark.parametrize("name", ["deit_tiny_distilled", "deit_small_distilled"])
+def test_both_heads_of_a_distilled_deit_equal_timms(name, tmp_path):
+    """The class head and the distillation head apart (what training with a teacher reads), not
+    only their mean: timm's `head` on token 0 and `head_dist` on token 1."""
+    model = reference(name).eval()
+    save_tensors(tmp_path / "torch.safetensors", model.state_dict())
+    x, _ = inputs()
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        expected = {"class": model.head(tokens[:, 0]), "dist": model.head_dist(tokens[:, 1])}
+    rust_forward(tmp_path, ["--model", name], x, weights=tmp_path / "torch.safetensors")
+    out = load_tensors(tmp_path / "out.safetensors")
+    for head, logits in expected.items():
+        assert max_abs_diff(out[f"heads.{head}"], logits) <= 1e-4, head
+    # The heads differ, so the comparison above tells them apart.
+    assert max_abs_diff(expected["class"], expected["dist"]) > 1e-2
 
 
 def test_resnet50_on_32px_images_where_the_last_stages_run_as_gemms(tmp_path):

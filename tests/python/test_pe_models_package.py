@@ -35,6 +35,7 @@ if not pathlib.Path(pe_models.__file__).resolve().is_relative_to(PACKAGE_SRC):
 PE_AND_MATCHED = [
     "resnet50_pe", "resnet50_pe_stage34", "vit_pe_tiny", "vit_pe_small", "resnet_mini", "resnet_mini_pe",
     "vit_mini", "vit_pe_mini", "resnet50_matched", "vit_small_matched", "resnet_mini_matched", "vit_mini_matched",
+    "vit_pe_small_distilled",
 ]
 # Tensors whose gradients are compared; not k_bias: softmax makes its gradient exactly 0.
 TIED = ("shared_w", "wq", "wkv", "weight", "q_bias", "v_bias", "proj_bias")

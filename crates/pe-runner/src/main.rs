@@ -13,7 +13,7 @@ use pe_runner::config;
 use pe_runner::eval::labels::EvalSetError;
 use pe_runner::train::epoch_loop::Outcome;
 use pe_runner::train::stop::StopRequest;
-use pe_runner::train::{init_weights, param_groups, run_identity};
+use pe_runner::train::{init_weights, param_groups, run_identity, teacher};
 
 /// Library messages (`tracing`) go to stderr as `LEVEL target: message`; `RUST_LOG` overrides the
 /// default, which shows our crates' info and above and everyone else's warnings.
@@ -118,6 +118,7 @@ fn main() -> ExitCode {
             if error.is::<config::ConfigError>()
                 || error.is::<run_identity::RunConflict>()
                 || error.is::<init_weights::InitError>()
+                || error.is::<teacher::TeacherError>()
                 || error.is::<param_groups::UnmatchedPattern>()
                 || error.is::<average::AverageError>()
                 || error.is::<convert::ConvertRefusal>()

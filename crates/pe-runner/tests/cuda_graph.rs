@@ -36,6 +36,8 @@ fn engine_config(model: &str, amp: Amp, cuda_graph: bool) -> EngineConfig {
         vit.drop_path_rate = 0.1;
     }
     EngineConfig {
+        img_size: model.default_img_size(),
+        distill: None,
         model,
         optimizer: OptimizerConfig {
             name: OptimizerKind::Adamw,

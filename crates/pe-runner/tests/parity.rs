@@ -1,12 +1,13 @@
 //! The training step's pieces against timm and PyTorch (tests/data/parity.json, made by
-//! tests/python/gen_parity.py): Mixup/CutMix pixels and targets, both losses, gradient clipping
-//! and the EMA; plus CutMix pixels on plans as training draws them.
+//! tests/python/gen_parity.py): Mixup/CutMix pixels and targets, both losses, DeiT's distillation
+//! loss, gradient clipping and the EMA; plus CutMix pixels on plans as training draws them.
 
 use pe_data::mixup::{partner, MixKind, MixPlan, Mixup};
 use pe_runner::train::batch;
 use pe_runner::train::ema::Ema;
 use pe_runner::train::grad_norm::clip_grad_norm;
-use pe_runner::train::loss::{cross_entropy, soft_target_cross_entropy};
+use pe_runner::config::DistillKind;
+use pe_runner::train::loss::{cross_entropy, distillation, soft_target_cross_entropy, with_teacher};
 use serde_json::Value;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -77,6 +78,29 @@ fn losses_match_timm_and_torch() {
     for (eps, expected) in f["hard"].as_object().unwrap() {
         let eps: f64 = eps.parse().unwrap();
         assert!(close(cross_entropy(&logits, &labels, eps), expected), "label_smoothing {eps}");
+    }
+}
+
+#[test]
+fn distillation_loss_matches_deit_formulas() {
+    let f = &fixture()["distill"];
+    let [logits, dist_logits, teacher, soft] =
+        ["logits", "dist_logits", "teacher", "soft_targets"].map(|key| tensor(&f[key], &[6, -1]));
+    let labels = Tensor::from_slice(&ints(&f["labels"]));
+    let smoothing = f["smoothing"].as_f64().unwrap();
+    for case in f["cases"].as_array().unwrap() {
+        let kind = match case["kind"].as_str().unwrap() {
+            "soft" => DistillKind::Soft,
+            _ => DistillKind::Hard,
+        };
+        let (alpha, tau) = (case["alpha"].as_f64().unwrap(), case["tau"].as_f64().unwrap());
+        let base = match case["base"].as_str().unwrap() {
+            "soft" => soft_target_cross_entropy(&logits, &soft),
+            _ => cross_entropy(&logits, &labels, smoothing),
+        };
+        let loss = with_teacher(base, distillation(&dist_logits, &teacher, kind, tau), alpha);
+        let (ours, deit) = (loss.double_value(&[]), case["loss"].as_f64().unwrap());
+        assert!((ours - deit).abs() <= 1e-6, "{case}: {ours} vs DeiT's {deit}");
     }
 }
 

@@ -19,7 +19,7 @@ use tch::{Device, Kind, Tensor};
 
 use pe_models::ModelConfig;
 
-use crate::config::{Amp, DeviceChoice, DistBackend, OptimizerConfig, OptimizerKind};
+use crate::config::{Amp, DeviceChoice, DistBackend, DistillConfig, DistillKind, OptimizerConfig, OptimizerKind};
 use crate::train::amp::Precision;
 use crate::train::dist::Dist;
 use crate::train::step_engine::{EngineConfig, StepEngine, Targets, CUDA_GRAPH_WARMUP_STEPS};
@@ -57,6 +57,16 @@ pub struct BenchArgs {
     /// the warm-up then also covers the eager warm-up steps and the capture).
     #[arg(long)]
     cuda_graph: bool,
+    /// Train with this teacher, as `distill.teacher` (a run or checkpoint folder, or a weights
+    /// file with --teacher-model): the step then includes the teacher's forward.
+    #[arg(long, conflicts_with = "infer")]
+    teacher: Option<std::path::PathBuf>,
+    /// The teacher's registry model, for a bare weights file (`distill.teacher_model`).
+    #[arg(long, requires = "teacher")]
+    teacher_model: Option<String>,
+    /// How the teacher's logits enter the loss (`distill.kind`).
+    #[arg(long, value_enum, default_value = "hard")]
+    distill: DistillKind,
     /// Time inference (eval-mode forward without autograd) instead of a training step; with
     /// `--weights`, of those weights (a file `pe forward --save-weights` or a run wrote).
     #[arg(long)]
@@ -88,8 +98,12 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 fn table(r: &serde_json::Value) -> String {
     let layout = if r["channels_last"] == true { "channels_last" } else { "contiguous" };
     let graph = if r["cuda_graph"] == true { ", CUDA graph" } else { "" };
+    let teacher = match r["teacher"].as_str() {
+        Some(name) => format!(", teacher {name} ({})", r["distill"].as_str().unwrap_or_default()),
+        None => String::new(),
+    };
     let mut text = format!(
-        "pe bench {}: batch {} at {}×{}, amp {}, {layout}{graph}, {} process(es) × {} thread(s)\n",
+        "pe bench {}: batch {} at {}×{}, amp {}, {layout}{graph}{teacher}, {} process(es) × {} thread(s)\n",
         r["model"].as_str().unwrap_or_default(),
         r["batch"],
         r["img_size"],
@@ -165,6 +179,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         accum_steps: 1,
         label_smoothing: 0.0,
         cuda_graph: args.cuda_graph,
+        distill: args.teacher.as_ref().map(|teacher| DistillConfig {
+            teacher: teacher.clone(),
+            teacher_model: args.teacher_model.clone(),
+            teacher_ema: false,
+            teacher_img_size: 0,
+            kind: args.distill,
+            alpha: 0.5,
+            tau: 1.0,
+        }),
+        img_size: size,
         model,
     };
     // Under `pe launch`/torchrun every rank runs this bench: the engine then reduces gradients as
@@ -202,7 +226,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "ms_p10": quantile(&times, 0.1), "ms_p90": quantile(&times, 0.9),
         "img_per_s": images_per_step * 1e3 / median, "allreduce_hidden_share": hidden,
         "peak_rss_mb": peak_rss_bytes().map(|b| b as f64 / 1048576.0),
-        "cuda_peak_mb": cuda_peak_mb(device)?});
+        "cuda_peak_mb": cuda_peak_mb(device)?,
+        "teacher": args.teacher.as_ref().map(|t| t.display().to_string()),
+        "distill": args.teacher.as_ref().map(|_| args.distill)});
     report(&args, &record);
     Ok(())
 }

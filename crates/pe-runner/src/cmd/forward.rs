@@ -27,7 +27,8 @@ pub struct ForwardArgs {
     /// Input tensors: `x` [B, C, H, W]; optional `grad_output` [B, classes] for --grads.
     #[arg(long, requires = "output")]
     input: Option<PathBuf>,
-    /// Output tensors: `logits`, and `grad.<name>` for each --grads parameter.
+    /// Output tensors: `logits`, `grad.<name>` for each --grads parameter, and for a distilled
+    /// ViT each head's logits apart (`heads.class`, `heads.dist`).
     #[arg(long, requires = "input")]
     output: Option<PathBuf>,
     /// Training mode (batch statistics in BN, dropout/drop-path active).
@@ -71,8 +72,14 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     let tensors = Tensor::read_safetensors(input).with_context(|| format!("reading {}", input.display()))?;
     let find = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone());
     let xs = find("x").with_context(|| format!("{} has no tensor named \"x\"", input.display()))?;
-    let logits = model.forward_t(&xs.to_kind(Kind::Float), args.train);
+    let xs = xs.to_kind(Kind::Float);
+    let logits = model.forward_t(&xs, args.train);
     let mut results = vec![("logits".to_owned(), logits.detach())];
+    if model.is_distilled() {
+        let heads = tch::no_grad(|| model.forward_heads(&xs, args.train));
+        results.push(("heads.class".to_owned(), heads.class));
+        results.extend(heads.dist.map(|dist| ("heads.dist".to_owned(), dist)));
+    }
     if !args.grads.is_empty() {
         let grad_output = find("grad_output").unwrap_or_else(|| logits.ones_like());
         (&logits * grad_output.to_kind(Kind::Float)).sum(Kind::Float).backward();

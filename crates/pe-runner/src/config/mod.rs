@@ -47,7 +47,7 @@ pub struct ExperimentConfig {
 }
 
 /// How the teacher's logits enter the loss (DeiT's `distillation_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum DistillKind {
     /// KL divergence to the teacher's distribution at temperature `tau`, scaled by τ².
@@ -86,10 +86,6 @@ pub struct DistillConfig {
 
 fn half() -> f64 {
     0.5
-}
-
-fn one() -> f64 {
-    1.0
 }
 
 /// Where a run's first weights come from (see `train/init_weights.rs`): the `[model] init*` keys.

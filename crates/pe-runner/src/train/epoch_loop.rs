@@ -61,6 +61,9 @@ pub fn train(experiment: &Experiment, request: &StartRequest, stop: StopRequest)
         config.name,
         experiment.source.display()
     ));
+    if let (Some(teacher), Some(distill)) = (trainer.engine.teacher(), &config.distill) {
+        trainer.observers.say(&teacher.summary(distill));
+    }
     if start.is_none() {
         trainer.record_param_groups()?;
     }
@@ -203,8 +206,13 @@ impl TrainLoop {
             newest: config.train.keep_checkpoints,
             every_epochs: config.train.keep_every_epochs as u64,
         };
-        let folder =
-            RunFolder::new(run_dir, Identity::new(&config, dataset, init), dist.is_main(), retention);
+        let teacher = engine.teacher().map(|teacher| teacher.identity().clone());
+        let folder = RunFolder::new(
+            run_dir,
+            Identity::new(&config, dataset, init, teacher),
+            dist.is_main(),
+            retention,
+        );
         Ok(Self {
             config,
             dist,

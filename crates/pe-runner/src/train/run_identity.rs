@@ -44,9 +44,18 @@ pub const RESUMABLE_KEYS: &[&str] = &[
 /// Where a run is, what it is called and whether a progress bar is drawn do not change what it
 /// computes: never part of its identity.
 /// Where the data lives is not what it is (that is `dataset.*`: classes, counts, fingerprints).
-/// Nor is where the initial weights were read (`init.file`): their content is (`init.digest`).
-const NOT_IDENTITY: &[&str] =
-    &["name", "logging.runs_dir", "logging.progress", "data.root", "dataset.root", "init.file"];
+/// Nor is where the initial weights or the teacher were read (`init.file`, `distill.teacher`,
+/// `teacher.file`): their content is (`init.digest`, `teacher.digest`).
+const NOT_IDENTITY: &[&str] = &[
+    "name",
+    "logging.runs_dir",
+    "logging.progress",
+    "data.root",
+    "dataset.root",
+    "init.file",
+    "distill.teacher",
+    "teacher.file",
+];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Identity {
@@ -56,6 +65,9 @@ pub struct Identity {
     /// The weights `model.init` started the run from (absent without it, and in older runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<InitIdentity>,
+    /// The weights of the `[distill]` teacher (absent without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<InitIdentity>,
 }
 
 /// What a run's data is: its class list, sample counts and content fingerprints (see
@@ -110,8 +122,13 @@ pub enum RunConflict {
 }
 
 impl Identity {
-    pub fn new(config: &ExperimentConfig, dataset: DatasetIdentity, init: Option<InitIdentity>) -> Self {
-        Self { config: to_toml(config), dataset, init }
+    pub fn new(
+        config: &ExperimentConfig,
+        dataset: DatasetIdentity,
+        init: Option<InitIdentity>,
+        teacher: Option<InitIdentity>,
+    ) -> Self {
+        Self { config: to_toml(config), dataset, init, teacher }
     }
 
     pub fn read(dir: &Path) -> Result<Option<Self>> {
@@ -161,6 +178,9 @@ impl Identity {
         flatten_into(&mut flat, "dataset", &dataset);
         if let Some(init) = &self.init {
             flatten_into(&mut flat, "init", &toml::Value::try_from(init)?);
+        }
+        if let Some(teacher) = &self.teacher {
+            flatten_into(&mut flat, "teacher", &toml::Value::try_from(teacher)?);
         }
         Ok(flat)
     }
@@ -314,7 +334,7 @@ mod tests {
             train_fingerprint: None,
             val_fingerprint: None,
         };
-        Identity { config, dataset, init: None }
+        Identity { config, dataset, init: None, teacher: None }
     }
 
     #[test]

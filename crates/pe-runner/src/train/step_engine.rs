@@ -7,7 +7,8 @@
 //! `pe bench` times this same engine, so a benchmark measures what training runs.
 //!
 //! With [`EngineConfig::cuda_graph`] that same body is captured once into a CUDA graph and replayed
-//! ([`crate::train::graphed_step`]).
+//! ([`crate::train::graphed_step`]). With a teacher ([`EngineConfig::distill`]) the loss of that
+//! same body takes the teacher's term ([`crate::train::teacher`]).
 
 use std::path::Path;
 
@@ -19,7 +20,7 @@ use pe_models::pretrained::{Adapted, Selection};
 use pe_models::{weights, Model, ModelConfig};
 use pe_torch::scaler::{GradScaler, GradScalerState};
 
-use crate::config::{Amp, ExperimentConfig, ModelInit, OptimizerConfig};
+use crate::config::{Amp, DistillConfig, ExperimentConfig, ModelInit, OptimizerConfig};
 use crate::train::amp::Precision;
 use crate::train::checkpoint;
 use crate::train::ema::Ema;
@@ -27,9 +28,10 @@ use crate::train::grad_norm::clip_grad_norm;
 use crate::train::graphed_step::GraphedStep;
 pub use crate::train::graphed_step::{check_cuda_graph_config, CUDA_GRAPH_WARMUP_STEPS};
 use crate::train::init_weights::{InitError, InitialWeights};
-use crate::train::loss::{cross_entropy, soft_target_cross_entropy};
+use crate::train::loss::{cross_entropy, distillation, soft_target_cross_entropy, with_teacher};
 use crate::train::optimizer::{GroupSummary, Optimizer};
 use crate::train::param_groups;
+use crate::train::teacher::Teacher;
 
 /// Everything that decides what a step computes, separable from a whole experiment so that
 /// `pe bench` can build the engine for a bare model preset.
@@ -46,6 +48,10 @@ pub struct EngineConfig {
     /// [`GraphedStep`]. Needs a CUDA device, `accum_steps == 1`, one process and a fixed batch
     /// shape; anything else is refused with an error naming the setting.
     pub cuda_graph: bool,
+    /// A frozen teacher and how its logits enter the loss (`[distill]`).
+    pub distill: Option<DistillConfig>,
+    /// The side of the training images (what a teacher's input is resized from).
+    pub img_size: i64,
 }
 
 impl EngineConfig {
@@ -59,6 +65,8 @@ impl EngineConfig {
             accum_steps: config.train.accum_steps,
             label_smoothing: config.data.label_smoothing,
             cuda_graph: config.train.cuda_graph,
+            distill: config.distill.clone(),
+            img_size: config.data.img_size as i64,
         }
     }
 }
@@ -120,6 +128,8 @@ pub struct StepEngine {
     losses_finite: Tensor,
     /// The captured step, when `cuda_graph` is on.
     graphed: Option<GraphedStep>,
+    /// The teacher and its loss settings, when distilling.
+    teacher: Option<(Teacher, DistillConfig)>,
 }
 
 /// What a whole step leaves on the device; nothing of it has been read by the host.
@@ -167,6 +177,17 @@ impl StepEngine {
         } else {
             None
         };
+        // Built after the student, so the student's initialisation draws what it draws alone.
+        let teacher = match &config.distill {
+            Some(distill) => {
+                if config.cuda_graph {
+                    bail!("train.cuda_graph cannot be combined with [distill]: turn it off to train with a teacher");
+                }
+                let teacher = Teacher::open(distill, &config.model, config.img_size, &precision, device)?;
+                Some((teacher, distill.clone()))
+            }
+            None => None,
+        };
         Ok(Self {
             vs,
             model,
@@ -181,7 +202,13 @@ impl StepEngine {
             grad_sync: None,
             losses_finite: Tensor::from(true).to_device(device),
             graphed,
+            teacher,
         })
+    }
+
+    /// The teacher, when distilling.
+    pub fn teacher(&self) -> Option<&Teacher> {
+        self.teacher.as_ref().map(|(teacher, _)| teacher)
     }
 
     pub fn device(&self) -> Device {
@@ -333,15 +360,30 @@ impl StepEngine {
     }
 
     /// The loss of one micro-batch (forward under autocast), its finiteness recorded on the device.
+    /// With a teacher, DeiT's: the class head against the targets, the distillation head (or the
+    /// one head) against the teacher's logits on the same batch. Without one, a distilled model
+    /// trains its heads' mean (timm's default).
     fn loss(&self, images: &Tensor, targets: &Targets) -> Result<Tensor> {
         let images = self.precision.input(images.shallow_clone())?;
-        let logits = {
-            let _autocast = self.precision.autocast(self.device)?;
-            self.model.forward_t(&images, true)
+        let base = |logits: &Tensor| match targets {
+            Targets::Soft(targets) => soft_target_cross_entropy(logits, targets),
+            Targets::Labels(labels) => cross_entropy(logits, labels, self.label_smoothing),
         };
-        let loss = match targets {
-            Targets::Soft(targets) => soft_target_cross_entropy(&logits, targets),
-            Targets::Labels(labels) => cross_entropy(&logits, labels, self.label_smoothing),
+        let loss = match &self.teacher {
+            None => {
+                let _autocast = self.precision.autocast(self.device)?;
+                base(&self.model.forward_t(&images, true))
+            }
+            Some((teacher, distill)) => {
+                let teacher_logits = teacher.logits(&images, &self.precision, self.device)?;
+                let heads = {
+                    let _autocast = self.precision.autocast(self.device)?;
+                    self.model.forward_heads(&images, true)
+                };
+                let student = heads.dist.as_ref().unwrap_or(&heads.class);
+                let term = distillation(student, &teacher_logits, distill.kind, distill.tau);
+                with_teacher(base(&heads.class), term, distill.alpha)
+            }
         };
         let _ = self.losses_finite.shallow_clone().f_logical_and_(&loss.detach().f_isfinite()?)?;
         Ok(loss)

@@ -2,7 +2,9 @@
 
 Covers what the training step runs: timm's `Mixup` (pixels and soft targets of Mixup and CutMix for
 given draws), timm's `SoftTargetCrossEntropy`, `torch.nn.CrossEntropyLoss(label_smoothing=...)`,
-`torch.nn.utils.clip_grad_norm_` and timm's `ModelEmaV3`.
+`torch.nn.utils.clip_grad_norm_`, timm's `ModelEmaV3`, and DeiT's `DistillationLoss` (written out
+below from DeiT's losses.py, which is not a package: soft KL at temperature τ against the teacher's
+log-softmax, scaled by τ² over the logits' element count; hard CE on the teacher's argmax).
 
 Writes crates/pe-runner/tests/data/parity.json (run with the project venv's python):
     .venv/bin/python crates/pe-runner/tests/python/gen_parity.py
@@ -119,9 +121,54 @@ def ema_cases(g):
             "expected": {"params": flat(out.weight), "buffers": flat(out.running)}}
 
 
+class DeitDistillationLoss(torch.nn.Module):
+    """DeiT's `DistillationLoss` with the teacher's logits given instead of its model."""
+
+    def __init__(self, base_criterion, distillation_type, alpha, tau):
+        super().__init__()
+        self.base_criterion, self.distillation_type, self.alpha, self.tau = base_criterion, distillation_type, alpha, tau
+
+    def forward(self, outputs, labels, teacher_outputs):
+        outputs, outputs_kd = outputs
+        base_loss = self.base_criterion(outputs, labels)
+        if self.distillation_type == "soft":
+            T = self.tau
+            distillation_loss = torch.nn.functional.kl_div(
+                torch.nn.functional.log_softmax(outputs_kd / T, dim=1),
+                torch.nn.functional.log_softmax(teacher_outputs / T, dim=1),
+                reduction="sum",
+                log_target=True,
+            ) * (T * T) / outputs_kd.numel()
+        else:
+            distillation_loss = torch.nn.functional.cross_entropy(outputs_kd, teacher_outputs.argmax(dim=1))
+        return base_loss * (1 - self.alpha) + distillation_loss * self.alpha
+
+
+# (kind, alpha, tau, base): the base criterion is timm's soft-target CE (Mixup) or label-smoothed CE.
+DISTILL_CASES = [("soft", 0.5, 1.0, "soft"), ("soft", 0.3, 3.0, "hard"), ("hard", 0.5, 1.0, "soft"),
+                 ("hard", 0.9, 1.0, "hard")]
+
+
+def distill_cases(g):
+    logits = torch.randn(6, NUM_CLASSES, generator=g) * 2.0
+    dist_logits = torch.randn(6, NUM_CLASSES, generator=g) * 2.0
+    teacher = torch.randn(6, NUM_CLASSES, generator=g) * 3.0
+    soft = torch.softmax(torch.randn(6, NUM_CLASSES, generator=g), dim=-1)
+    labels = torch.tensor([1, 0, 4, 2, 1, 3])
+    cases = []
+    for kind, alpha, tau, base in DISTILL_CASES:
+        criterion = SoftTargetCrossEntropy() if base == "soft" else torch.nn.CrossEntropyLoss(label_smoothing=SMOOTHING)
+        targets = soft if base == "soft" else labels
+        loss = DeitDistillationLoss(criterion, kind, alpha, tau)((logits, dist_logits), targets, teacher)
+        cases.append({"kind": kind, "alpha": alpha, "tau": tau, "base": base, "loss": float(loss)})
+    return {"logits": flat(logits), "dist_logits": flat(dist_logits), "teacher": flat(teacher),
+            "soft_targets": flat(soft), "labels": labels.tolist(), "smoothing": SMOOTHING, "cases": cases}
+
+
 def compute():
     g = torch.Generator().manual_seed(2401)
-    return {"mix": mix_cases(g), "loss": loss_cases(g), "clip": clip_cases(g), "ema": ema_cases(g)}
+    return {"mix": mix_cases(g), "loss": loss_cases(g), "clip": clip_cases(g), "ema": ema_cases(g),
+            "distill": distill_cases(g)}
 
 
 if __name__ == "__main__":
