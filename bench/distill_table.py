@@ -61,37 +61,42 @@ def main():
         if not (ROOT / "runs" / recipe / "checkpoints" / "last").exists():
             subprocess.run([args.pe, "train", str(ROOT / "experiments" / f"{recipe}.toml")], check=True, cwd=ROOT)
     teacher_acc = {t: final_eval(ROOT / "runs" / r)["acc1"] for t, r in TEACHERS.items()}
-    rows = []
-    for label, recipe, model, teacher, extra in ROWS:
-        accs, times = [], []
-        for seed in args.seeds:
+    results = {row: ([], []) for row in range(len(ROWS))}
+    # Seed by seed, the table rewritten after each: an interrupted sweep keeps its finished seeds.
+    for done, seed in enumerate(args.seeds, 1):
+        for row, (label, recipe, model, teacher, extra) in enumerate(ROWS):
             name = f"{recipe}-{teacher or 'alone'}-seed{seed}"
             start = time.perf_counter()
             command = [args.pe, "train", str(ROOT / "experiments" / f"{recipe}.toml"), "--set", f"train.seed={seed}",
                        "--set", f'name="{name}"', "--set", f'logging.runs_dir="{args.runs_dir}"',
                        "--set", "logging.progress=false", *extra, *(with_teacher(teacher) if teacher else [])]
             subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
+            accs, times = results[row]
             times.append(time.perf_counter() - start)
             accs.append(final_eval(pathlib.Path(args.runs_dir) / name)["acc1"])
             print(f"{label} ({teacher or 'no teacher'}) seed {seed}: top-1 {accs[-1]:.2f}% in {times[-1]:.0f} s",
                   flush=True)
-        rows.append((label, teacher, params(args.pe, model, teacher is not None), accs, times))
+        write_table(args, ROWS, results, teacher_acc, args.seeds[:done])
+
+
+def write_table(args, rows, results, teacher_acc, seeds):
     lines = [
-        f"Fashion-MNIST (60k train / 10k test, 28×28), 2 epochs, {len(args.seeds)} seed(s) each, this machine's CPU;",
-        "hard distillation (DeiT's token, alpha 0.5). Teachers (seed 0): "
+        f"Fashion-MNIST (60k train / 10k test, 28×28), 2 epochs, seed(s) {', '.join(map(str, seeds))}, this "
+        "machine's CPU; hard distillation (DeiT's token, alpha 0.5). Teachers (seed 0): "
         + ", ".join(f"{t} {a:.2f} %" for t, a in teacher_acc.items()) + ".",
         "",
         "| student | teacher | params | test top-1 (mean ± std) | train time per run (s) |",
         "|---|---|---|---|---|",
     ]
-    for label, teacher, count, accs, times in rows:
+    for row, (label, _, model, teacher, _) in enumerate(rows):
+        accs, times = results[row]
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        count = params(args.pe, model, teacher is not None)
         lines.append(f"| {label} | {teacher or '-'} | {count:,} | {statistics.mean(accs):.2f} ± {std:.2f} "
                      f"| {statistics.mean(times):.0f} |")
     print("\n".join(lines))
     if args.out:
         pathlib.Path(args.out).write_text("\n".join(lines) + "\n")
-
 
 if __name__ == "__main__":
     main()

@@ -53,8 +53,14 @@ fn a_teacher_changes_the_loss_only_and_stays_out_of_checkpoints() {
     assert!(stdout.contains("distill: teacher"), "{stdout}");
     assert_same_losses(&step_losses(&runs.join("weightless")), &step_losses(&teacher));
 
-    let student =
-        tiny_recipe(dir.path(), "student", &data, &runs, &distill(&teacher, "kind = \"hard\"\nalpha = 0.5"), "");
+    let student = tiny_recipe(
+        dir.path(),
+        "student",
+        &data,
+        &runs,
+        &distill(&teacher, "kind = \"hard\"\nalpha = 0.5"),
+        "",
+    );
     run_ok(pe().arg("train").arg(&student), "a run with a teacher");
     let (with, without) = (step_losses(&runs.join("student")), step_losses(&teacher));
     assert_eq!(with.len(), without.len());
@@ -88,7 +94,8 @@ fn a_distilled_vit_trains_both_heads_with_a_resnet_teacher() {
     let (data, runs) = folders(dir.path());
     let teacher = tiny_recipe(dir.path(), "teacher", &data, &runs, "", "");
     run_ok(pe().arg("train").arg(&teacher), "the teacher");
-    let recipe = tiny_recipe(dir.path(), "vit", &data, &runs, &distill(&runs.join("teacher"), "kind = \"hard\""), "");
+    let recipe =
+        tiny_recipe(dir.path(), "vit", &data, &runs, &distill(&runs.join("teacher"), "kind = \"hard\""), "");
     let text = std::fs::read_to_string(&recipe).unwrap();
     let model = "[model]\narch = \"vit\"\nimg_size = 16\npatch_size = 4\nin_channels = 3\nnum_classes = 3\n\
                  embed_dim = 24\ndepth = 2\nheads = 2\nmlp_ratio = 2.0\ndistilled = true\n\n[data]";

@@ -3,10 +3,10 @@
 //! loss, gradient clipping and the EMA; plus CutMix pixels on plans as training draws them.
 
 use pe_data::mixup::{partner, MixKind, MixPlan, Mixup};
+use pe_runner::config::DistillKind;
 use pe_runner::train::batch;
 use pe_runner::train::ema::Ema;
 use pe_runner::train::grad_norm::clip_grad_norm;
-use pe_runner::config::DistillKind;
 use pe_runner::train::loss::{cross_entropy, distillation, soft_target_cross_entropy, with_teacher};
 use serde_json::Value;
 use tch::{nn, Device, Kind, Tensor};

@@ -19,7 +19,9 @@ use tch::{Device, Kind, Tensor};
 
 use pe_models::ModelConfig;
 
-use crate::config::{Amp, DeviceChoice, DistBackend, DistillConfig, DistillKind, OptimizerConfig, OptimizerKind};
+use crate::config::{
+    Amp, DeviceChoice, DistBackend, DistillConfig, DistillKind, OptimizerConfig, OptimizerKind,
+};
 use crate::train::amp::Precision;
 use crate::train::dist::Dist;
 use crate::train::step_engine::{EngineConfig, StepEngine, Targets, CUDA_GRAPH_WARMUP_STEPS};

@@ -14,11 +14,11 @@ use pe_models::pretrained::{self, Selection};
 use pe_models::{Model, ModelConfig};
 
 use crate::cmd::eval::validation_loader;
-use crate::train::trained::{at_img_size, Trained};
 use crate::config::ExperimentConfig;
 use crate::train::amp::Precision;
 use crate::train::batch::{to_device, Normalizer};
 use crate::train::evaluate::eval_logits;
+use crate::train::trained::{at_img_size, Trained};
 use crate::train::weight_average::TrainingBatches;
 
 /// The weights file in the output folder.

@@ -11,7 +11,6 @@ use tch::Device;
 
 use pe_data::{Loader, Split};
 
-use crate::train::trained::Trained;
 use crate::config::{load_experiment, ExperimentConfig};
 use crate::eval::figure;
 use crate::eval::labels::{ClassMap, EvalSetError, Targets};
@@ -20,6 +19,7 @@ use crate::eval::report::{self, Evaluated, Format};
 use crate::train::amp::Precision;
 use crate::train::batch::Normalizer;
 use crate::train::evaluate::{evaluate, Evaluation, Keep};
+use crate::train::trained::Trained;
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {

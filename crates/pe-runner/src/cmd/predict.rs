@@ -14,10 +14,10 @@ use pe_data::rng::{Rng, Stream};
 use pe_data::transforms::Scratch;
 use pe_data::Transform;
 
-use crate::train::trained::Trained;
 use crate::train::amp::Precision;
 use crate::train::batch::Normalizer;
 use crate::train::evaluate::eval_logits;
+use crate::train::trained::Trained;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {

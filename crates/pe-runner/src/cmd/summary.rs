@@ -118,13 +118,13 @@ fn millions(count: i64) -> String {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<21} {:>4} {:>12} {:>9} {:>14} {:>9} {:>8} {:>6}  note",
+        "{:<23} {:>4} {:>12} {:>9} {:>14} {:>9} {:>8} {:>6}  note",
         "model", "img", "params", "(M)", "without head", "(M)", "GMACs", "paper"
     );
     for row in rows {
         let paper = row.paper_params_m.map(|m| format!("{m:.1}M")).unwrap_or_else(|| "-".into());
         println!(
-            "{:<21} {:>4} {:>12} {:>9} {:>14} {:>9} {:>8.3} {:>6}  {}",
+            "{:<23} {:>4} {:>12} {:>9} {:>14} {:>9} {:>8.3} {:>6}  {}",
             row.model,
             row.img_size,
             row.params,

@@ -65,7 +65,8 @@ impl Teacher {
             )));
         }
         if precision.channels_last {
-            pe_torch::memory_format::convert_conv_weights_(&loaded.vs).map_err(|e| refuse(format!("{e:#}")))?;
+            pe_torch::memory_format::convert_conv_weights_(&loaded.vs)
+                .map_err(|e| refuse(format!("{e:#}")))?;
         }
         let digest = checkpoint::content_hash(&trained.weights).map_err(|e| refuse(format!("{e:#}")))?;
         let identity = InitIdentity { file: trained.weights.display().to_string(), digest };
@@ -76,7 +77,6 @@ impl Teacher {
     pub fn identity(&self) -> &InitIdentity {
         &self.identity
     }
-
 
     /// What the run log says of the teacher: where it was read, how it enters the loss, and what
     /// was adapted to its input size.
