@@ -87,6 +87,10 @@ pub fn overrides(recipe: &Path, data: &Path, runs: &Path, max_steps: u32, machin
             None => sets.push(format!("model.init={:?}", runs.join(init.file_name().unwrap()))),
         }
     }
+    // A teacher is its recipe's run in this runs folder, trained earlier in the walk likewise.
+    if let Some(distill) = &config.distill {
+        sets.push(format!("distill.teacher={:?}", runs.join(distill.teacher.file_name().unwrap())));
+    }
     sets.into_iter().flat_map(|set| ["--set".to_owned(), set]).collect()
 }
 
