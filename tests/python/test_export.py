@@ -21,6 +21,7 @@ from conftest import PE, load_tensors, run_pe, rust_forward, save_tensors, train
 MODELS = {
     "resnet18": 64, "resnet34": 64, "resnet50": 64, "resnet50_pe": 64, "resnet50_pe_stage34": 64,
     "deit_tiny": 224, "deit_small": 224, "vit_pe_tiny": 224, "vit_pe_small": 224,
+    "deit_tiny_distilled": 224, "deit_small_distilled": 224, "vit_pe_small_distilled": 224,
     "resnet_mini": 28, "resnet_mini_pe": 28, "vit_mini": 28, "vit_pe_mini": 28,
     "resnet50_matched": 64, "vit_small_matched": 224, "resnet_mini_matched": 28, "vit_mini_matched": 28,
 }
