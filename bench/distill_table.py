@@ -16,6 +16,8 @@ import statistics
 import subprocess
 import time
 
+from fmnist_table import final_eval  # bench/ is the script's folder, first on sys.path
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEACHERS = {"vit_mini": "fmnist_vit_mini", "resnet_mini": "fmnist_resnet_mini"}
 
@@ -33,11 +35,6 @@ ROWS = [
     ("vit_mini_matched + dist token", "fmnist_vit_mini_matched", "vit_mini_matched", "vit_mini",
      ["--set", "model.distilled=true", "--set", 'distill.kind="hard"']),
 ]
-
-
-def final_eval(run_dir):
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in records if r["type"] == "eval"][-1]
 
 
 def params(pe, model, distilled):
